@@ -1,0 +1,93 @@
+"""`slm-jax`: train, inspect and ahead-of-time compile (more sub-commands join in later issues).
+
+    slm-jax train   --gin_file=gin/runs/demo_cpu.gin [--gin.TRAIN_STEPS=100] [--module_import=my_tasks]
+    slm-jax inspect MODEL_DIR [--step N]
+    slm-jax compile --gin_file=gin/runs/tpu_v5e_1b.gin --topology=v5e:4x4
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _gin_setup(argv):
+    from slm_jax import gin_utils
+    files, bindings, modules, rest = gin_utils.split_gin_args(argv)
+    if not files and not bindings:
+        raise gin_utils.ConfigError("no --gin_file given (e.g. --gin_file=gin/runs/demo_cpu.gin)")
+    gin_utils.parse_gin(files, bindings, modules)
+    return rest
+
+
+def cmd_train(argv) -> int:
+    _gin_setup(argv)
+    import gin
+    from slm_jax.training.train import TrainRun, run_training
+    run = TrainRun()
+    last = run_training(run, config_str=gin.config_str())
+    if last:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
+        print(f"done: step {last['step']}: {shown}")
+    print(f"MODEL_DIR: {run.model_dir}")
+    return 0
+
+
+def cmd_inspect(argv) -> int:
+    parser = argparse.ArgumentParser(prog="slm-jax inspect", description="Checkpoint steps, size and params hash.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    args = parser.parse_args(argv)
+    import numpy as np
+    from slm_jax.training import checkpoints
+    ckpt_dir = f"{args.model_dir.rstrip('/')}/checkpoints"
+    steps = checkpoints.list_complete_steps(ckpt_dir)
+    print(f"model_dir: {args.model_dir}")
+    print(f"checkpoint_steps: {' '.join(map(str, steps)) or '(none)'}")
+    step, params = checkpoints.restore_params_to_host(ckpt_dir, args.step)
+    import jax
+    leaves = jax.tree.leaves(params)
+    print(f"step: {step}")
+    print(f"num_params: {sum(int(np.prod(x.shape)) for x in leaves)}")
+    print(f"params_sha256: {checkpoints.params_sha256(params)}")
+    return 0
+
+
+def cmd_compile(argv) -> int:
+    parser = argparse.ArgumentParser(prog="slm-jax compile",
+                                     description="AOT-compile the train step for a TPU slice on this machine.")
+    parser.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x2, v5p:2x2x2, v4:2x2x1")
+    parser.add_argument("--num_slices", type=int, default=1)
+    rest = _gin_setup(argv)
+    args = parser.parse_args(rest)
+    from slm_jax.training.aot import compile_for_topology, format_report
+    from slm_jax.training.train import TrainRun
+    report = compile_for_topology(TrainRun(), args.topology, num_slices=args.num_slices)
+    print(format_report(report))
+    return 0 if report["fits"] else 3
+
+
+COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        print("commands:", ", ".join(COMMANDS))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from slm_jax.gin_utils import ConfigError
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ConfigError as err:
+        print(f"slm-jax {argv[0]}: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""t5x-style gin handling: `--gin_file`, `--gin.NAME=VALUE`, `--module_import`.
+
+Gin files are found relative to the working directory or to the repository's `gin/`
+folder, so `--gin_file=gin/runs/demo_cpu.gin` and `--gin_file=runs/demo_cpu.gin` both
+work and run files can `include 'models/tiny.gin'`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+from typing import Sequence
+
+import gin
+
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+# Modules whose configurables gin must know before parsing (unknown names are errors).
+CONFIGURABLE_MODULES = (
+    "slm_jax.models.decoder",
+    "slm_jax.training.optimizer",
+    "slm_jax.training.partitioning",
+    "slm_jax.training.trainer",
+    "slm_jax.training.train",
+    "slm_jax.data.pipeline",
+)
+
+
+class ConfigError(ValueError):
+    """A gin file, binding or module import that cannot be used; names the culprit."""
+
+
+def import_modules(names: Sequence[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"--module_import={name}: cannot import it ({err}); it must be importable "
+                              f"from the current directory or the installed packages") from err
+
+
+def _resolve_gin_file(path: str) -> str:
+    for candidate in (pathlib.Path(path), GIN_DIR / path, GIN_DIR.parent / path):
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"--gin_file={path}: no such file (looked in the working directory and in {GIN_DIR})")
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], module_imports: Sequence[str] = ()) -> None:
+    """Import configurables, then parse files and bindings, naming whatever fails."""
+    gin.clear_config()
+    import_modules(CONFIGURABLE_MODULES)
+    import_modules(module_imports)
+    gin.add_config_file_search_path(str(GIN_DIR))
+    gin.add_config_file_search_path(str(GIN_DIR.parent))
+    gin.add_config_file_search_path(os.getcwd())
+    for path in gin_files:
+        resolved = _resolve_gin_file(path)
+        try:
+            gin.parse_config_file(resolved)
+        except Exception as err:  # gin raises ValueError/ParseError/... with its own context
+            raise ConfigError(f"--gin_file={path}: {err}") from err
+    # Bindings one at a time so an error names its binding; they come after the files,
+    # so a macro such as --gin.TRAIN_STEPS=10 overrides the file's value.
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as err:
+            raise ConfigError(f"--gin.{binding}: unknown or invalid gin binding: {err}") from err
+
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Pull t5x-style flags out of argv -> (gin_files, bindings, module_imports, rest)."""
+    files, bindings, modules, rest = [], [], [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.partition("=")
+        if key in ("--gin_file", "--module_import") and not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{key} needs a value")
+            value, i = args[i + 1], i + 1
+            eq = "="
+        if key == "--gin_file":
+            files.append(value)
+        elif key == "--module_import":
+            modules.append(value)
+        elif key.startswith("--gin.") and eq:
+            bindings.append(f"{key[len('--gin.'):]} = {value}")
+        elif key.startswith("--gin."):
+            raise ConfigError(f"{arg}: expected --gin.NAME=VALUE")
+        else:
+            rest.append(arg)
+        i += 1
+    return files, bindings, modules, rest

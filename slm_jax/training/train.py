@@ -1,0 +1,221 @@
+"""The training loop: validate, restore or init, step, log, evaluate, checkpoint.
+
+`train` is the gin entry point (`slm-jax train`); everything it calls is plain code.
+Order matters for users: every config error surfaces before the first compile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+
+from slm_jax.models.decoder import DecoderConfig
+from slm_jax.training import partitioning
+from slm_jax.training.metrics import MetricsWriter, mfu
+from slm_jax.training.optimizer import OptimizerConfig
+from slm_jax.training.partitioning import MeshConfig
+from slm_jax.training.trainer import TrainConfig, Trainer
+
+log = logging.getLogger("slm_jax")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the last good checkpoint is left untouched."""
+
+
+class IncompatibleModelDirError(ValueError):
+    """MODEL_DIR holds a run whose model shapes differ from the requested model."""
+
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def _gfile():
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+def check_model_dir_compatible(model_dir: str, model_cfg: DecoderConfig) -> None:
+    """Refuse to resume a MODEL_DIR trained with different parameter shapes."""
+    path = f"{model_dir.rstrip('/')}/{MODEL_CONFIG_FILE}"
+    gfile = _gfile()
+    if not gfile.exists(path):
+        return
+    with gfile.GFile(path) as f:
+        saved = json.load(f)
+    wanted = model_cfg.shape_dict()
+    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if diff:
+        lines = ", ".join(f"DecoderConfig.{k}: saved {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise IncompatibleModelDirError(
+            f"MODEL_DIR={model_dir} holds a model incompatible with the requested one ({lines}); "
+            f"use a new MODEL_DIR or the saved model config ({path})")
+
+
+def write_run_files(model_dir: str, model_cfg: DecoderConfig, config_str: str) -> None:
+    if jax.process_index() != 0:
+        return
+    gfile = _gfile()
+    gfile.makedirs(model_dir)
+    with gfile.GFile(f"{model_dir.rstrip('/')}/{MODEL_CONFIG_FILE}", "w") as f:
+        json.dump({**model_cfg.to_dict(), **model_cfg.shape_dict()}, f, indent=1, sort_keys=True)
+    with gfile.GFile(f"{model_dir.rstrip('/')}/config.gin", "w") as f:
+        f.write(config_str)
+
+
+def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
+    for step, loss in pending:
+        if not math.isfinite(float(loss)):
+            return step
+    return None
+
+
+def evaluate(trainer: Trainer, params, eval_iterator_factory, eval_steps: int) -> dict[str, float]:
+    """Mean per-token loss over `eval_steps` batches of a FRESH eval iterator (same batches each time)."""
+    iterator = eval_iterator_factory()
+    loss_sum, tokens = 0.0, 0.0
+    for _ in range(eval_steps):
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        out = jax.device_get(trainer.eval_step(params, trainer.global_batch(batch)))
+        loss_sum += float(out["loss_sum"])
+        tokens += float(out["target_tokens"])
+    return {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": tokens}
+
+
+def _progress(total: int, initial: int):
+    if jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+@gin.configurable("train")
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """Everything one run needs; gin binds it as `train.*` (t5x style)."""
+
+    model_dir: str = gin.REQUIRED
+    model: DecoderConfig = gin.REQUIRED
+    train_dataset: Any = gin.REQUIRED  # slm_jax.data.pipeline.DatasetConfig
+    train_steps: int = gin.REQUIRED
+    eval_dataset: Any = None
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    train_config: TrainConfig = TrainConfig()
+    checkpoint_period: int = 1000
+    keep_checkpoints: int | None = 3
+    log_period: int = 10
+    eval_period: int = 0
+    eval_steps: int = 10
+    seed: int = 0
+    async_checkpoints: bool = True
+
+    def __post_init__(self):
+        for key, value in (("TRAIN_STEPS (train.train_steps)", self.train_steps),
+                           ("CHECKPOINT_PERIOD (train.checkpoint_period)", self.checkpoint_period),
+                           ("train.log_period", self.log_period)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}={value!r} must be an int >= 1")
+
+
+def build_trainer(run: TrainRun, devices=None) -> Trainer:
+    """Mesh + Trainer for a run; all shape/mesh errors are raised here, before compiling."""
+    device_mesh = partitioning.make_mesh(run.mesh, devices)
+    return Trainer(run.model, run.optimizer, run.train_config, device_mesh, run.mesh.logical_axis_rules,
+                   run.train_steps, run.train_dataset.batch_size, run.train_dataset.sequence_length)
+
+
+def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
+    """Train until `run.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+    Returns the last logged metrics (used by tests and the demo report).
+    """
+    import seqio
+
+    from slm_jax.data.pipeline import DataIterator, get_dataset
+    from slm_jax.training.checkpoints import CheckpointManager
+
+    # 1. Everything that can be checked without compiling.
+    model_dir = run.model_dir
+    check_model_dir_compatible(model_dir, run.model)
+    trainer = build_trainer(run)
+    shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+    data_iter = DataIterator(get_dataset(run.train_dataset, shard))
+    eval_factory = None
+    if run.eval_dataset is not None and run.eval_period:
+        eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
+    write_run_files(model_dir, run.model, config_str)
+
+    # 2. Restore or initialise.
+    ckpt = CheckpointManager(f"{model_dir.rstrip('/')}/checkpoints", save_period=run.checkpoint_period,
+                             max_to_keep=run.keep_checkpoints, async_save=run.async_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        log.info("Restoring step %d from %s", start, model_dir)
+        state = ckpt.restore(trainer.abstract_state, step=start, data_iterator=data_iter)
+    else:
+        start = 0
+        state = trainer.init_state(run.seed)
+    writer = MetricsWriter(model_dir, resume_step=start)
+
+    tokens_per_step = run.train_dataset.batch_size * run.train_dataset.sequence_length
+    flops_per_token = run.model.flops_per_token(run.train_dataset.sequence_length)
+    bar = _progress(run.train_steps, start)
+    pending: list[tuple[int, Any]] = []
+    last: dict[str, Any] = {}
+    window_start, window_steps = time.perf_counter(), 0
+
+    def check_finite():
+        bad = _first_non_finite([(s, jax.device_get(l)) for s, l in pending])
+        if bad is not None:
+            ckpt.wait_until_finished()
+            good = ckpt.latest_step()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {bad}; stopping. The last good checkpoint (step {good}) in "
+                f"{model_dir} is intact; lower OptimizerConfig.learning_rate or raise TrainConfig.z_loss")
+        pending.clear()
+
+    try:
+        for step in range(start + 1, run.train_steps + 1):
+            batch = trainer.global_batch(next(data_iter))
+            state, metrics = trainer.train_step(state, batch)
+            pending.append((step, metrics["loss"]))
+            window_steps += 1
+
+            if step % run.log_period == 0 or step == run.train_steps:
+                check_finite()
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                tps = tokens_per_step * window_steps / max(elapsed, 1e-9)
+                values["tokens_per_second"] = tps
+                values["mfu"] = mfu(tps, flops_per_token, jax.device_count())
+                if eval_factory is not None and step % run.eval_period == 0:
+                    values.update(evaluate(trainer, state["params"], eval_factory, run.eval_steps))
+                writer.write(step, values)
+                last = {"step": step, **values}
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", tok_s=f"{tps:,.0f}")
+                window_start, window_steps = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+
+            if ckpt.should_save(step) or step == run.train_steps:
+                check_finite()
+                ckpt.save(step, state, data_iter, force=True)
+        ckpt.wait_until_finished()
+    finally:
+        ckpt.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+    return last

@@ -1,0 +1,179 @@
+"""Train state, sharded initialisation and the jitted train / eval steps.
+
+The state is a plain dict {'step', 'params', 'opt_state'} so Orbax, `slm-jax inspect`
+and export code see ordinary pytrees. Its shardings come from the params' logical axis
+names through the mesh rules; the optimizer's param-shaped leaves (Adam mu/nu) follow
+their params, the rest is replicated.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from slm_jax.models.decoder import Decoder, DecoderConfig
+from slm_jax.training import partitioning
+from slm_jax.training.losses import cross_entropy_sums
+from slm_jax.training.optimizer import OptimizerConfig, make_optimizer
+
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+              "decoder_segment_ids", "decoder_positions")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    gradient_accumulation_steps: int = 1
+    z_loss: float = 1e-4
+
+    def __post_init__(self):
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"TrainConfig.gradient_accumulation_steps={self.gradient_accumulation_steps} "
+                             "must be >= 1")
+
+
+class Trainer:
+    """Owns the model, optimizer, mesh and the compiled steps of one run."""
+
+    def __init__(self, model_cfg: DecoderConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig, mesh: Mesh,
+                 rules, total_steps: int, batch_size: int, sequence_length: int):
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.mesh, self.rules = mesh, tuple(rules)
+        self.batch_size, self.sequence_length = batch_size, sequence_length
+        partitioning.validate_batch_and_length(mesh, self.rules, batch_size, sequence_length,
+                                               train_cfg.gradient_accumulation_steps)
+        self.model = Decoder(model_cfg)
+        self.tx, self.schedule = make_optimizer(opt_cfg, total_steps)
+
+        with self.context():
+            boxed = jax.eval_shape(self._init_boxed_params, jax.random.key(0))
+        param_specs = nn.get_partition_spec(boxed)
+        abstract_params = nn.meta.unbox(boxed)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        opt_specs = optax.tree_map_params(self.tx, lambda _, spec: spec, abstract_opt, param_specs,
+                                          transform_non_params=lambda _: P(),
+                                          is_leaf=lambda x: isinstance(x, P))
+        specs = {"step": P(), "params": param_specs, "opt_state": opt_specs}
+        self.state_shardings = partitioning.logical_to_shardings(specs, mesh, self.rules)
+        partitioning.validate_param_shardings(abstract_params, self.state_shardings["params"])
+        abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params, "opt_state": abstract_opt}
+        self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                           abstract, self.state_shardings)
+        self.batch_sharding = partitioning.batch_sharding(mesh, self.rules)
+        self.batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
+        replicated = partitioning.replicated(mesh)
+
+        self._jit_init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        self._jit_train = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_shardings),
+                                  out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        self._jit_eval = jax.jit(self._eval_step, in_shardings=(self.state_shardings["params"], self.batch_shardings),
+                                 out_shardings=replicated)
+
+    # -- context -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh + logical rules active while tracing, so activation constraints bind."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    # -- initialisation -------------------------------------------------------------------
+    def _init_boxed_params(self, rng):
+        tokens = jnp.zeros((1, self.sequence_length), jnp.int32)
+        return self.model.init(rng, tokens)["params"]
+
+    def _init_state(self, rng):
+        params = nn.meta.unbox(self._init_boxed_params(rng))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+
+    def init_state(self, seed: int):
+        """Fresh state, created directly in its shards (never whole on one device)."""
+        with self.context():
+            return self._jit_init(jax.random.key(seed))
+
+    # -- steps ----------------------------------------------------------------------------
+    def _loss_sums(self, params, batch):
+        logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
+                                  batch["decoder_segment_ids"], batch["decoder_positions"])
+        total, ce, z, weight = cross_entropy_sums(logits, batch["decoder_target_tokens"],
+                                                  batch["decoder_loss_weights"], self.train_cfg.z_loss)
+        return total, jnp.stack([ce, z, weight])
+
+    def _train_step(self, state, batch):
+        params = state["params"]
+        grad_fn = jax.value_and_grad(self._loss_sums, has_aux=True)
+        accum = self.train_cfg.gradient_accumulation_steps
+        if accum == 1:
+            (_, sums), grads = grad_fn(params, batch)
+        else:
+            # Row r goes to micro-batch r % accum, so every device keeps its local rows.
+            micro = jax.tree.map(lambda x: x.reshape(-1, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
+            def body(carry, mb):
+                g_acc, s_acc = carry
+                mb = nn.with_logical_constraint(mb, {k: ("batch", "length") for k in mb})
+                (_, s), g = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, g_acc, g), s_acc + s), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(3, jnp.float32)), micro)
+        ce, z, weight = sums[0], sums[1], sums[2]
+        denom = jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                     "opt_state": opt_state}
+        metrics = {"loss": ce / denom, "z_loss": z / denom, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
+        return new_state, metrics
+
+    def _eval_step(self, params, batch):
+        _, sums = self._loss_sums(params, batch)
+        return {"loss_sum": sums[0], "target_tokens": sums[2]}
+
+    def train_step(self, state, batch):
+        with self.context():
+            return self._jit_train(state, batch)
+
+    def eval_step(self, params, batch):
+        with self.context():
+            return self._jit_eval(params, batch)
+
+    # -- batches --------------------------------------------------------------------------
+    def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows -> one global jax.Array per key (multi-host safe)."""
+        missing = [k for k in BATCH_KEYS if k not in local_batch]
+        if missing:
+            raise KeyError(f"batch lacks features {missing}; a DecoderFeatureConverter batch has {BATCH_KEYS}")
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[k], np.int32))
+                for k in BATCH_KEYS}
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        shape = (self.batch_size, self.sequence_length)
+        return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for k in BATCH_KEYS}
+
+    def lower_train_step(self):
+        """Lower the train step on abstract inputs (AOT compile; no arrays allocated)."""
+        with self.context():
+            return self._jit_train.trace(self.abstract_state, self.abstract_batch()).lower()
+
+
+def shard_bytes_per_device(abstract_tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    total = 0
+    for leaf in jax.tree.leaves(abstract_tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += int(np.prod(shard)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def describe(state_or_abstract) -> dict[str, Any]:
+    params = state_or_abstract["params"]
+    return {"num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))}
