@@ -75,17 +75,21 @@ COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile}
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("slm_jax").setLevel(logging.INFO)
+    # gin logs every search-path miss while resolving `include`; not a user-facing error.
+    logging.getLogger().addFilter(lambda r: not str(r.msg).startswith(("Path not found", "system_path_file_exists")))
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         print("commands:", ", ".join(COMMANDS))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from slm_jax.gin_utils import ConfigError
+    from slm_jax.training.partitioning import MeshError
+    from slm_jax.training.train import IncompatibleModelDirError, NonFiniteLossError
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except ConfigError as err:
-        print(f"slm-jax {argv[0]}: config error: {err}", file=sys.stderr)
+    except (ConfigError, MeshError, IncompatibleModelDirError, NonFiniteLossError) as err:
+        print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 
 

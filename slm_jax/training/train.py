@@ -71,8 +71,9 @@ def write_run_files(model_dir: str, model_cfg: DecoderConfig, config_str: str) -
 
 
 def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
-    for step, loss in pending:
-        if not math.isfinite(float(loss)):
+    """First step whose loss, gradient norm or resulting parameter norm is NaN/Inf."""
+    for step, values in pending:
+        if not all(math.isfinite(float(v)) for v in values):
             return step
     return None
 
@@ -181,7 +182,7 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
             ckpt.wait_until_finished()
             good = ckpt.latest_step()
             raise NonFiniteLossError(
-                f"non-finite loss at step {bad}; stopping. The last good checkpoint (step {good}) in "
+                f"non-finite loss, gradient or parameters at step {bad}; stopping. The last good checkpoint (step {good}) in "
                 f"{model_dir} is intact; lower OptimizerConfig.learning_rate or raise TrainConfig.z_loss")
         pending.clear()
 
@@ -189,7 +190,7 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
         for step in range(start + 1, run.train_steps + 1):
             batch = trainer.global_batch(next(data_iter))
             state, metrics = trainer.train_step(state, batch)
-            pending.append((step, metrics["loss"]))
+            pending.append((step, (metrics["loss"], metrics["grad_norm"], metrics["param_norm"])))
             window_steps += 1
 
             if step % run.log_period == 0 or step == run.train_steps:

@@ -53,8 +53,9 @@ class Trainer:
         self.model = Decoder(model_cfg)
         self.tx, self.schedule = make_optimizer(opt_cfg, total_steps)
 
+        abstract_key = jax.eval_shape(lambda: jax.random.key(0))
         with self.context():
-            boxed = jax.eval_shape(self._init_boxed_params, jax.random.key(0))
+            boxed = jax.eval_shape(self._init_boxed_params, abstract_key)
         param_specs = nn.get_partition_spec(boxed)
         abstract_params = nn.meta.unbox(boxed)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -128,9 +129,11 @@ class Trainer:
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                     "opt_state": opt_state}
-        metrics = {"loss": ce / denom, "z_loss": z / denom, "grad_norm": optax.global_norm(grads),
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
+        # param_norm is also the guard that keeps a blown-up update out of checkpoints.
+        metrics = {"loss": ce / denom, "z_loss": z / denom, "grad_norm": optax.tree.norm(grads),
+                   "param_norm": optax.tree.norm(new_params),
                    "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
         return new_state, metrics
 

@@ -1,0 +1,138 @@
+"""Register a SeqIO task over a TFRecord unit corpus in a few lines.
+
+A user module (passed with `--module_import`) calls, e.g.:
+
+    register_unit_task("my_units_en",
+                       {"train": "/data/en/train-*.tfrecord",
+                        "validation": "/data/en/valid-*.tfrecord"},
+                       num_units=500)
+
+Records follow the unit schema (`id`, `lang`, `units`; see demo_corpus.py). The task
+yields `targets` = unit token ids + EOS, split into chunks of the configured length.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import seqio
+import tensorflow as tf
+
+from slm_jax.data import preprocessors as prep
+from slm_jax.data.vocab import UnitVocabulary
+
+FilePatterns = Union[str, Iterable[str]]
+
+
+class LazyRootTFExampleDataSource(seqio.TFExampleDataSource):
+    """A `TFExampleDataSource` whose file patterns are relative to a root resolved late.
+
+    `root_fn` runs only when files are listed (i.e. when a dataset is built), so
+    registering and importing a task module does no I/O. The demo tasks pass
+    `ensure_demo_corpus`, which generates the corpus on first use.
+    """
+
+    def __init__(
+        self,
+        split_to_filepattern: Mapping[str, FilePatterns],
+        feature_description,
+        root_fn: Callable[[], str],
+        **kwargs,
+    ):
+        self._root_fn = root_fn
+        super().__init__(split_to_filepattern, feature_description, **kwargs)
+
+    def _resolved(self, split: str):
+        root = self._root_fn()
+        pattern = self._split_to_filepattern[split]
+        if isinstance(pattern, str):
+            return os.path.join(root, pattern)
+        return [os.path.join(root, p) for p in pattern]
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        files = seqio.utils.list_files(self._resolved(split))
+        if not files:
+            raise ValueError(
+                f"No files match {self._resolved(split)!r} (split {split!r} of {type(self).__name__})."
+            )
+        return files
+
+
+def _remove_if_registered(registry, name: str) -> None:
+    """Makes registration idempotent: re-importing a task module must not crash."""
+    if name in registry.names():
+        registry.remove(name)
+
+
+def register_unit_task(
+    name: str,
+    split_to_filepattern: Mapping[str, FilePatterns],
+    num_units: int,
+    dedup: bool = True,
+    lang: Optional[str] = None,
+    *,
+    units_key: str = "units",
+    vocabulary: Optional[UnitVocabulary] = None,
+    root_fn: Optional[Callable[[], str]] = None,
+    shuffle_buffer_size: Optional[int] = 1000,
+    num_input_examples: Optional[Mapping[str, int]] = None,
+) -> seqio.Task:
+    """Registers (or re-registers) a SeqIO task reading unit records from TFRecords.
+
+    Args:
+      name: task name for `seqio.TaskRegistry`.
+      split_to_filepattern: split -> file pattern(s) of `tf.train.Example` records.
+        Patterns are relative to `root_fn()` when `root_fn` is given.
+      num_units: size of the unit inventory (units must be in [0, num_units)).
+      dedup: run-length collapse consecutive duplicate units (SpiritLM/GSLM style).
+      lang: keep only records whose `lang` field equals this (None keeps all).
+      units_key: feature holding the units in the records.
+      vocabulary: token space; defaults to `UnitVocabulary(num_units)`.
+      root_fn: resolves the directory the patterns live in, lazily (see
+        `LazyRootTFExampleDataSource`).
+      shuffle_buffer_size: example shuffle buffer of the task.
+      num_input_examples: optional split -> record count (informational).
+
+    Returns:
+      The registered `seqio.Task`.
+    """
+    vocabulary = vocabulary or UnitVocabulary(num_units)
+    if vocabulary.num_units != num_units:
+        raise ValueError(
+            f"register_unit_task({name!r}): vocabulary has "
+            f"{vocabulary.num_units} units but num_units={num_units}"
+        )
+    desc = prep.unit_feature_description(units_key)
+    if root_fn is None:
+        source = seqio.TFExampleDataSource(split_to_filepattern, desc, num_input_examples=num_input_examples)
+    else:
+        source = LazyRootTFExampleDataSource(
+            split_to_filepattern, desc, root_fn=root_fn, num_input_examples=num_input_examples
+        )
+    preprocessors = []
+    if lang is not None:
+        preprocessors.append(functools.partial(prep.filter_lang, lang=lang))
+    if dedup:
+        preprocessors.append(functools.partial(prep.dedup_units, key=units_key))
+    preprocessors += [
+        functools.partial(prep.units_to_targets, vocabulary=vocabulary, units_key=units_key),
+        seqio.CacheDatasetPlaceholder(),
+        prep.split_to_length,  # needs sequence_length, so after the cache point
+    ]
+    _remove_if_registered(seqio.TaskRegistry, name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=preprocessors,
+        output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
+        metric_fns=[],
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+
+
+def register_mixture(name: str, tasks, default_rate=None) -> seqio.Mixture:
+    """Registers (or re-registers) a SeqIO mixture; idempotent like the tasks."""
+    _remove_if_registered(seqio.MixtureRegistry, name)
+    return seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)
