@@ -23,6 +23,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+# The input pipeline runs on host CPUs; TF must never take accelerator memory from JAX.
+tf.config.set_visible_devices([], "GPU")
+
 BATCH_KEYS = (
     "decoder_input_tokens",
     "decoder_target_tokens",

@@ -28,6 +28,8 @@ collection (`max_to_keep`) and restore never see a half-written step either.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import hashlib
 import json
@@ -253,6 +255,14 @@ def _resolve_step(directory: epath.PathLike, step: int | None) -> int:
 # --------------------------------------------------------------------------------------
 
 
+def _absolute(directory) -> epath.Path:
+    """Orbax (tensorstore) needs absolute local paths; URLs such as gs:// pass through."""
+    text = str(directory)
+    if "://" in text:
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(text))
+
+
 class CheckpointManager:
     """Saves/restores the train state and data iterator position under `directory`.
 
@@ -275,7 +285,7 @@ class CheckpointManager:
             raise ValueError(f"save_period must be positive, got {save_period}.")
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"max_to_keep must be positive or None, got {max_to_keep}.")
-        self.directory = epath.Path(directory)
+        self.directory = _absolute(directory)
         self.save_period = save_period
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,

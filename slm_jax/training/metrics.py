@@ -74,7 +74,7 @@ class MetricsWriter:
         gfile = _gfile()
         tmp = self.path + ".tmp"
         with gfile.GFile(tmp, "w") as f:
-            f.writelines(self._lines)
+            f.write("".join(self._lines))
         gfile.rename(tmp, self.path, overwrite=True)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -97,7 +97,7 @@ def _progress(total: int, initial: int):
     if jax.process_index() != 0:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
 
 
 @gin.configurable("train")
