@@ -46,11 +46,34 @@ def _resolve_gin_file(path: str) -> str:
     raise ConfigError(f"--gin_file={path}: no such file (looked in the working directory and in {GIN_DIR})")
 
 
+def _harden_gin_file_readers() -> None:
+    """Make gin's file-existence checks return False instead of raising.
+
+    gin's package-resource reader treats `runs/base.gin` as module `runs` + file and
+    crashes (TypeError) when the working directory holds a plain `runs/` folder, which
+    Python imports as a namespace package without `__file__`.
+    """
+    readers = gin.config._FILE_READERS  # noqa: SLF001 - no public hook for this
+    for i, (reader, exists) in enumerate(readers):
+        if getattr(exists, "hardened", False):
+            continue
+
+        def safe_exists(path, _exists=exists):
+            try:
+                return _exists(path)
+            except Exception:  # noqa: BLE001 - "cannot tell" means "not here"
+                return False
+
+        safe_exists.hardened = True
+        readers[i] = (reader, safe_exists)
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], module_imports: Sequence[str] = ()) -> None:
     """Import configurables, then parse files and bindings, naming whatever fails."""
     gin.clear_config()
     import_modules(CONFIGURABLE_MODULES)
     import_modules(module_imports)
+    _harden_gin_file_readers()
     gin.add_config_file_search_path(str(GIN_DIR))
     gin.add_config_file_search_path(str(GIN_DIR.parent))
     gin.add_config_file_search_path(os.getcwd())

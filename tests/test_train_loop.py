@@ -1,0 +1,146 @@
+"""End-to-end runs of `slm-jax train`: exact resume after SIGKILL, restore onto another mesh,
+NaN stop with the last good checkpoint intact, TPU ahead-of-time compile."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from slm_jax import gin_utils
+from slm_jax.training import checkpoints
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_FLAGS = [
+    "--gin_file=gin/runs/demo_cpu.gin",
+    "--gin.TRAIN_STEPS=60",
+    "--gin.CHECKPOINT_PERIOD=10",
+    "--gin.SEQUENCE_LENGTH=64",
+    "--gin.BATCH_SIZE=8",
+    "--gin.train.log_period=5",
+    "--gin.train.eval_period=0",
+    "--gin.train.keep_checkpoints=None",
+]
+
+
+def cli(*args, devices=8):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return [sys.executable, "-m", "slm_jax.cli", *args], env
+
+
+def run_cli(*args, devices=8, check=True):
+    cmd, env = cli(*args, devices=devices)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def sha_of(model_dir, step=None):
+    args = ["inspect", model_dir] + ([f"--step={step}"] if step else [])
+    out = run_cli(*args).stdout
+    return next(line.split()[-1] for line in out.splitlines() if line.startswith("params_sha256:"))
+
+
+def metrics_by_step(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return {m["step"]: m for m in map(json.loads, f)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'")
+    return model_dir
+
+
+def test_uninterrupted_run_writes_everything(uninterrupted):
+    metrics = metrics_by_step(uninterrupted)
+    assert sorted(metrics) == list(range(5, 61, 5))
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu"):
+        assert key in metrics[60]
+    assert metrics[60]["loss"] < 0.8 * metrics[5]["loss"], "loss must fall"
+    assert checkpoints.list_complete_steps(os.path.join(uninterrupted, "checkpoints")) == list(range(10, 61, 10))
+    for name in ("config.gin", "model_config.json"):
+        assert os.path.isfile(os.path.join(uninterrupted, name))
+    assert os.listdir(os.path.join(uninterrupted, "tensorboard"))
+    with open(os.path.join(uninterrupted, "config.gin")) as f:
+        assert "TRAIN_STEPS = 60" in f.read()
+
+
+def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path):
+    model_dir = str(tmp_path / "killed")
+    cmd, env = cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'")
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    deadline = time.time() + 300
+    while not checkpoints.list_complete_steps(ckpt_dir):
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read().decode()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoints.list_complete_steps(ckpt_dir)
+    assert killed_at and killed_at[-1] < 60, killed_at
+
+    run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'")
+    assert sha_of(model_dir) == sha_of(uninterrupted)
+    # metrics.jsonl holds each logged step once, whatever was logged before the kill.
+    assert sorted(metrics_by_step(model_dir)) == list(range(5, 61, 5))
+
+
+def test_resume_onto_a_different_mesh(uninterrupted, tmp_path):
+    """Saved with fsdp=8 on 8 devices, continued on 1 device: same data, same losses."""
+    model_dir = str(tmp_path / "remeshed")
+    shutil.copytree(uninterrupted, model_dir)
+    for step in checkpoints.list_complete_steps(os.path.join(model_dir, "checkpoints")):
+        if step > 30:
+            shutil.rmtree(os.path.join(model_dir, "checkpoints", str(step)))
+    run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'", devices=1)
+    want, got = metrics_by_step(uninterrupted), metrics_by_step(model_dir)
+    for step in range(35, 61, 5):
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=2e-3), step
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp_path):
+    from slm_jax.training.train import NonFiniteLossError, TrainRun, run_training
+
+    model_dir = str(tmp_path / "nan")
+    base = ["TRAIN_STEPS = 8", "CHECKPOINT_PERIOD = 2", "SEQUENCE_LENGTH = 64", "train.eval_period = 0",
+            "train.log_period = 2", f"MODEL_DIR = '{model_dir}'", "OptimizerConfig.warmup_steps = 0",
+            "OptimizerConfig.decay = 'constant'"]
+    gin_utils.parse_gin(["gin/runs/demo_cpu.gin"], base + ["TRAIN_STEPS = 4"])
+    run_training(TrainRun())
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]
+    good_sha = checkpoints.params_sha256(checkpoints.restore_params_to_host(ckpt_dir)[1])
+
+    # An absurd learning rate blows the parameters up at the first resumed step (5).
+    gin_utils.parse_gin(["gin/runs/demo_cpu.gin"], base + ["OptimizerConfig.learning_rate = 1e30"])
+    with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*last good checkpoint \(step 4\)"):
+        run_training(TrainRun())
+    assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]
+    assert checkpoints.params_sha256(checkpoints.restore_params_to_host(ckpt_dir)[1]) == good_sha
+
+
+def test_incompatible_model_dir_is_refused_before_compiling(uninterrupted):
+    proc = run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{uninterrupted}'", "--gin.DecoderConfig.num_layers=3",
+                   check=False)
+    assert proc.returncode == 2
+    assert "DecoderConfig.num_layers: saved 2 vs requested 3" in proc.stderr
+
+
+def test_unknown_binding_from_the_command_line():
+    proc = run_cli("train", "--gin_file=gin/runs/demo_cpu.gin", "--gin.train.no_such_flag=1", check=False)
+    assert proc.returncode == 2
+    assert "--gin.train.no_such_flag = 1" in proc.stderr
+
+
+def test_compile_for_a_tpu_slice():
+    proc = run_cli("compile", "--gin_file=gin/runs/demo_cpu.gin", "--topology=v5e:2x2")
+    assert "topology: v5e:2x2 (4 x TPU v5" in proc.stdout
+    assert "fits" in proc.stdout and "temporaries" in proc.stdout
