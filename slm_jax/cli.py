@@ -53,7 +53,27 @@ def cmd_inspect(argv) -> int:
     print(f"step: {step}")
     print(f"num_params: {sum(int(np.prod(x.shape)) for x in leaves)}")
     print(f"params_sha256: {checkpoints.params_sha256(params)}")
+    _print_metrics_summary(args.model_dir)
     return 0
+
+
+def _print_metrics_summary(model_dir: str) -> None:
+    """First/last logged loss and the latest eval loss and speed, if metrics exist."""
+    import json
+    import tensorflow as tf
+    path = f"{model_dir.rstrip('/')}/metrics.jsonl"
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        return
+    first, last = rows[0], rows[-1]
+    print(f"train_loss: {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})")
+    evals = [r for r in rows if r.get("eval_loss") is not None]
+    if evals:
+        print(f"eval_loss: {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
+    print(f"tokens_per_second: {last['tokens_per_second']:,.0f}")
 
 
 def cmd_compile(argv) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import sys
 from typing import Sequence
 
 import gin
@@ -31,6 +32,9 @@ class ConfigError(ValueError):
 
 
 def import_modules(names: Sequence[str]) -> None:
+    # Like t5x: a user's task module in the working directory is importable by name.
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in names:
         try:
             importlib.import_module(name)

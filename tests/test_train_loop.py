@@ -144,3 +144,28 @@ def test_compile_for_a_tpu_slice():
     proc = run_cli("compile", "--gin_file=gin/runs/demo_cpu.gin", "--topology=v5e:2x2")
     assert "topology: v5e:2x2 (4 x TPU v5" in proc.stdout
     assert "fits" in proc.stdout and "temporaries" in proc.stdout
+
+
+USER_TASKS = '''
+from slm_jax.data import demo_corpus
+from slm_jax.data.registration import register_mixture, register_unit_task
+
+register_unit_task("user_units_fr", {"train": demo_corpus.file_pattern("train", "fr"),
+                                     "validation": demo_corpus.file_pattern("validation", "fr")},
+                   num_units=demo_corpus.NUM_UNITS, root_fn=demo_corpus.ensure_demo_corpus)
+register_mixture("user_mixture", ["user_units_fr"])
+'''
+
+
+def test_user_module_registers_a_trainable_mixture(demo_data_dir, tmp_path):
+    (tmp_path / "my_tasks.py").write_text(USER_TASKS)
+    model_dir = str(tmp_path / "user_run")
+    cmd, env = cli("train", "--gin_file=" + os.path.join(REPO, "gin/runs/demo_cpu.gin"), "--module_import=my_tasks",
+                   "--gin.MIXTURE_OR_TASK_NAME='user_mixture'", "--gin.TRAIN_STEPS=4", "--gin.SEQUENCE_LENGTH=64",
+                   "--gin.train.log_period=2", "--gin.train.eval_period=0", f"--gin.MODEL_DIR='{model_dir}'")
+    proc = subprocess.run(cmd, env=dict(env, PYTHONPATH=REPO), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(metrics_by_step(model_dir)) == [2, 4]
+    with open(os.path.join(model_dir, "config.gin")) as f:
+        assert "user_mixture" in f.read()

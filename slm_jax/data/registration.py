@@ -132,7 +132,11 @@ def register_unit_task(
     )
 
 
-def register_mixture(name: str, tasks, default_rate=None) -> seqio.Mixture:
-    """Registers (or re-registers) a SeqIO mixture; idempotent like the tasks."""
+def register_mixture(name: str, tasks, default_rate=1.0) -> seqio.Mixture:
+    """Registers (or re-registers) a SeqIO mixture; idempotent like the tasks.
+
+    `tasks` are names or (name, rate) pairs; bare names get `default_rate` (equal
+    rates by default).
+    """
     _remove_if_registered(seqio.MixtureRegistry, name)
     return seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)

@@ -46,7 +46,19 @@ def compile_for_topology(run, topology: str, num_slices: int = 1) -> dict[str, A
     from slm_jax.training.train import build_trainer
     devices = topology_devices(topology, num_slices)
     trainer = build_trainer(run, devices=devices)
-    compiled = trainer.lower_train_step().compile()
+    try:
+        compiled = trainer.lower_train_step().compile()
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        # The TPU compiler refuses programs that cannot fit; report it like a measurement.
+        return {"topology": topology, "num_devices": len(devices), "device_kind": devices[0].device_kind,
+                "mesh": dict(trainer.mesh.shape), "num_params": run.model.num_params(),
+                "batch_size": trainer.batch_size, "sequence_length": trainer.sequence_length,
+                "fits": False, "compiler_error": str(err).split("\n")[0],
+                "params_bytes": shard_bytes_per_device(trainer.abstract_state["params"]),
+                "optimizer_bytes": shard_bytes_per_device(trainer.abstract_state["opt_state"]),
+                "hbm_bytes": _hbm_for(topology)}
     mem = compiled.memory_analysis()
     params = shard_bytes_per_device(trainer.abstract_state["params"])
     optimizer = shard_bytes_per_device(trainer.abstract_state["opt_state"])
@@ -69,6 +81,14 @@ def compile_for_topology(run, topology: str, num_slices: int = 1) -> dict[str, A
 
 def format_report(r: dict[str, Any]) -> str:
     gib = lambda b: f"{b / GIB:8.3f} GiB"  # noqa: E731
+    if "compiler_error" in r:
+        return "\n".join([
+            f"topology: {r['topology']} ({r['num_devices']} x {r['device_kind']}), mesh {r['mesh']}",
+            f"model: {r['num_params'] / 1e6:.1f}M params, batch {r['batch_size']} x {r['sequence_length']}",
+            f"  params       {gib(r['params_bytes'])}",
+            f"  optimizer    {gib(r['optimizer_bytes'])}",
+            f"DOES NOT FIT: {r['compiler_error']}",
+        ])
     lines = [
         f"topology: {r['topology']} ({r['num_devices']} x {r['device_kind']}), mesh {r['mesh']}",
         f"model: {r['num_params'] / 1e6:.1f}M params, batch {r['batch_size']} x {r['sequence_length']}",
