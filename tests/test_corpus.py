@@ -1,0 +1,371 @@
+"""Corpus schema, JSONL/TFRecord round trips, validator, parallel pairing and importers."""
+
+import json
+import logging
+import os
+
+import pytest
+import tensorflow as tf
+
+from slm_jax.data import corpus, importers
+from slm_jax.data.corpus import BadRecordError, Utterance
+
+
+def _full_utt() -> Utterance:
+    """Every optional field set; times are decimals that float32 cannot hold exactly."""
+    return Utterance(
+        id="en-0001",
+        lang="en",
+        units=[5, 5, 7, 7, 7, 1, 0, 3, 3, 9],
+        unit_rate_hz=50.0,
+        pitch=[3, 3, 60],
+        pitch_rate_hz=12.5,
+        style=[4],
+        style_rate_hz=1.0,
+        text="the cat sat",
+        words=[("the", 0.0, 0.06), ("cat", 0.06, 0.1), ("sat", 0.12, 0.2)],
+        sentences=[(0.0, 0.1, "the cat"), (0.1, 0.2, "sat")],
+        parallel_id="story-1/0",
+    )
+
+
+def _min_utt(uid="fr-0001", lang="fr") -> Utterance:
+    return Utterance(id=uid, lang=lang, units=[1, 2, 3], unit_rate_hz=25.0)
+
+
+# --- schema and round trips -------------------------------------------------------------
+def test_duration_and_container_normalisation():
+    import numpy as np
+
+    u = Utterance(
+        id="a", lang="en", units=np.array([1, 2, 3, 4]), unit_rate_hz=50.0, words=[["w", 0.0, 0.04]]
+    )
+    assert u.units == [1, 2, 3, 4] and u.words == [("w", 0.0, 0.04)]
+    assert u.duration_s == pytest.approx(0.08)
+
+
+def test_jsonl_round_trip(tmp_path):
+    utts = [_full_utt(), _min_utt()]
+    path = str(tmp_path / "c.jsonl")
+    assert corpus.write_jsonl(path, utts) == 2
+    first = json.loads((tmp_path / "c.jsonl").read_text().splitlines()[0])
+    assert first["words"][0] == ["the", 0.0, 0.06] and first["sentences"][1] == [0.1, 0.2, "sat"]
+    assert list(corpus.read_jsonl(str(tmp_path / "*.jsonl"))) == utts
+    assert list(corpus.iter_utterances(path)) == utts
+
+
+def test_tfrecord_round_trip_and_shards(tmp_path):
+    utts = [_full_utt(), _min_utt()] + [_min_utt(f"fr-{i}") for i in range(3)]
+    paths = corpus.write_tfrecord_shards(str(tmp_path), "train", utts, num_shards=2)
+    assert [os.path.basename(p) for p in paths] == [
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+    ]
+    assert list(corpus.read_tfrecord(str(tmp_path / "train-*"))) == utts  # contiguous shards keep the order
+    assert list(corpus.iter_utterances(str(tmp_path / "*.tfrecord"))) == utts
+    assert corpus.from_example(corpus.to_example(_full_utt()).SerializeToString()) == _full_utt()
+    with pytest.raises(FileExistsError, match="another shard count"):
+        corpus.write_tfrecord_shards(str(tmp_path), "train", utts, num_shards=3)
+
+
+def test_parse_minimal_record_has_every_key():
+    raw = corpus.to_example(_min_utt()).SerializeToString()
+    ex = tf.io.parse_single_example(raw, corpus.TFRECORD_FEATURES)
+    assert (
+        set(ex)
+        == set(corpus.TFRECORD_FEATURES)
+        == {
+            "id",
+            "lang",
+            "units",
+            "unit_rate_hz",
+            "pitch",
+            "pitch_rate_hz",
+            "style",
+            "style_rate_hz",
+            "text",
+            "word_text",
+            "word_start",
+            "word_end",
+            "sentence_text",
+            "sentence_start",
+            "sentence_end",
+            "parallel_id",
+        }
+    )
+    assert all(isinstance(v, tf.Tensor) for v in ex.values())  # dense, not sparse
+    assert ex["units"].numpy().tolist() == [1, 2, 3] and ex["units"].dtype == tf.int64
+    assert ex["unit_rate_hz"].numpy() == 25.0 and ex["pitch_rate_hz"].numpy() == 0.0
+    assert ex["id"].numpy() == b"fr-0001" and ex["text"].numpy() == b"" and ex["parallel_id"].numpy() == b""
+    for key in ("pitch", "style", "word_text", "word_start", "word_end", "sentence_text", "sentence_start"):
+        assert ex[key].shape == (0,), key
+    # Every key is physically present (not just defaulted by the parser).
+    assert set(tf.train.Example.FromString(raw).features.feature) == set(corpus.TFRECORD_FEATURES)
+
+
+def test_seqio_source_reads_shards(tmp_path):
+    import seqio
+
+    corpus.write_tfrecord_shards(str(tmp_path), "c", [_full_utt()], num_shards=1)
+    src = seqio.TFExampleDataSource(
+        {"train": str(tmp_path / "c-*")}, feature_description=corpus.TFRECORD_FEATURES
+    )
+    ex = next(iter(src.get_dataset("train", shuffle=False)))
+    assert ex["word_text"].numpy().tolist() == [b"the", b"cat", b"sat"]
+    assert ex["sentence_end"].numpy().tolist() == pytest.approx([0.1, 0.2])
+
+
+def test_old_demo_style_record_reads_with_defaults():
+    feature = {
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"])),
+        "lang": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"en"])),
+        "units": tf.train.Feature(int64_list=tf.train.Int64List(value=[4, 4])),
+        "unit_rate_hz": tf.train.Feature(float_list=tf.train.FloatList(value=[50.0])),
+    }
+    raw = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    assert corpus.from_example(raw) == Utterance(id="x", lang="en", units=[4, 4], unit_rate_hz=50.0)
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        json.dumps(_min_utt().to_dict()) + "\n" + '{"id": "r2", "lang": "en", "units": [1, 2.5], '
+        '"unit_rate_hz": 50}\n'
+    )
+    with pytest.raises(BadRecordError, match=r"bad\.jsonl:2: record 'r2': units\[1\]=2\.5 is not an integer"):
+        list(corpus.read_jsonl(str(path)))
+    with pytest.raises(FileNotFoundError, match="nothing-"):
+        list(corpus.read_jsonl(str(tmp_path / "nothing-*.jsonl")))
+
+
+# --- validation ---------------------------------------------------------------------------
+def _with(**kw) -> Utterance:
+    d = _full_utt().to_dict()
+    d.update(kw)
+    return Utterance.from_dict(d)
+
+
+BAD_CASES = {
+    "unit out of range": (_with(units=[1, 500, 2]), r"units\[1\]=500 out of range; expected \[0, 500\)"),
+    "negative unit": (_with(units=[-1, 2]), r"units\[0\]=-1"),
+    "pitch out of range": (_with(pitch=[1, 64]), r"pitch\[1\]=64 out of range; expected \[0, 64\)"),
+    "style out of range": (_with(style=[100]), r"style\[0\]=100 out of range; expected \[0, 100\)"),
+    "empty units": (_with(units=[], words=[], sentences=[]), "units are empty"),
+    "missing lang": (_with(lang=""), "lang is missing"),
+    "missing id": (_with(id=""), "<missing id>.*id is missing"),
+    "word after end": (_with(words=[["w", 0.0, 1.5]]), r"words\[0\] \(0.0, 1.5\) lies outside \[0, 0.2\]"),
+    "word negative": (_with(words=[["w", -0.1, 0.1]]), r"words\[0\].*lies outside"),
+    "word start>=end": (_with(words=[["w", 0.1, 0.1]]), r"words\[0\] starts at 0.1 but ends at 0.1"),
+    "word overlap": (_with(words=[["a", 0.0, 0.1], ["b", 0.08, 0.12]]), r"words\[1\] starts at 0.08, before"),
+    "sentence after end": (_with(sentences=[[0.0, 0.5, "s"]]), r"sentences\[0\].*lies outside"),
+    "sentence overlap": (
+        _with(sentences=[[0.0, 0.1, "a"], [0.05, 0.2, "b"]]),
+        r"sentences\[1\] starts at 0.05",
+    ),
+    "pitch without rate": (_with(pitch_rate_hz=None), "pitch_rate_hz must be a positive number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_validate_bad_records(case):
+    utt, pattern = BAD_CASES[case]
+    with pytest.raises(BadRecordError, match=pattern) as e:
+        corpus.validate(utt, num_units=500, num_pitch=64, num_style=100, source="data/en.jsonl:7")
+    assert "data/en.jsonl:7" in str(e.value)
+    if utt.id:
+        assert f"record {utt.id!r}" in str(e.value)
+
+
+def test_validate_good_and_tolerance():
+    corpus.validate(_full_utt(), num_units=10, num_pitch=64, num_style=100)
+    # A word may end up to one unit frame (1/50 s) after the last unit (aligners see the audio).
+    corpus.validate(_with(words=[["w", 0.0, 0.215]]), num_units=10)
+    with pytest.raises(BadRecordError):
+        corpus.validate(_with(words=[["w", 0.0, 0.215]]), num_units=10, time_tolerance_s=0.0)
+
+
+def test_validate_all_error_and_skip(caplog):
+    good = [_full_utt(), _min_utt()]
+    bad = [("a.jsonl:3", _with(id="b1", units=[999])), ("a.jsonl:4", _with(id="b2", lang=""))]
+    with pytest.raises(BadRecordError, match=r"a\.jsonl:3: record 'b1'"):
+        corpus.validate_all(good + bad, num_units=500)
+    with caplog.at_level(logging.WARNING, logger="slm_jax.data.corpus"):
+        kept, skipped = corpus.validate_all(bad[:1] + good + bad[1:], num_units=500, on_bad_record="skip")
+    assert kept == good and skipped == 2
+    assert "skipped 2 bad record(s) of 4" in caplog.text and "'b1'" in caplog.text and "'b2'" in caplog.text
+    with pytest.raises(ValueError, match="on_bad_record"):
+        corpus.validate_all(good, num_units=500, on_bad_record="ignore")
+
+
+# --- parallel pairs -----------------------------------------------------------------------
+def _en_fr():
+    en = Utterance(
+        id="en-7",
+        lang="en",
+        units=[1, 1, 2, 3, 4],
+        unit_rate_hz=50.0,
+        parallel_id="p7",
+        sentences=[(0.0, 0.04, "Hi."), (0.04, 0.1, "Bye.")],
+    )
+    fr = Utterance(
+        id="fr-7",
+        lang="fr",
+        units=[5, 6, 6, 7],
+        unit_rate_hz=50.0,
+        parallel_id="p7",
+        sentences=[(0.0, 0.02, "Salut."), (0.02, 0.08, "Adieu.")],
+    )
+    return en, fr
+
+
+def test_pair_parallel_exact(tmp_path):
+    en, fr = _en_fr()
+    other = _min_utt("de-1", "de")  # other languages / no parallel_id do not take part
+    pairs = corpus.pair_parallel([fr, other, en])
+    assert pairs == [
+        {
+            "id": "p7",
+            "a_lang": "en",
+            "a_units": [1, 1, 2, 3, 4],
+            "a_sentence_start": [0.0, 0.04],
+            "a_sentence_end": [0.04, 0.1],
+            "b_lang": "fr",
+            "b_units": [5, 6, 6, 7],
+            "b_sentence_start": [0.0, 0.02],
+            "b_sentence_end": [0.02, 0.08],
+            "unit_rate_hz": 50.0,
+        }
+    ]
+    corpus.write_paired_tfrecord_shards(str(tmp_path), "pairs", pairs, num_shards=1)
+    assert list(corpus.read_paired_tfrecord(str(tmp_path / "pairs-*"))) == pairs
+    raw = corpus.paired_to_example(pairs[0]).SerializeToString()
+    ex = tf.io.parse_single_example(raw, corpus.PAIRED_TFRECORD_FEATURES)
+    assert set(ex) == {
+        "id",
+        "a_lang",
+        "a_units",
+        "a_sentence_start",
+        "a_sentence_end",
+        "b_lang",
+        "b_units",
+        "b_sentence_start",
+        "b_sentence_end",
+        "unit_rate_hz",
+    }
+    assert ex["b_units"].numpy().tolist() == [5, 6, 6, 7]
+
+
+def test_pair_parallel_errors(caplog):
+    en, fr = _en_fr()
+    fr2 = Utterance(**{**fr.__dict__, "id": "fr-7b"})
+    with pytest.raises(BadRecordError, match=r"'p7': record\(s\) \['en-7'\] \(en\) have no 'fr' partner"):
+        corpus.pair_parallel([en])
+    with pytest.raises(BadRecordError, match=r"'p7': 2 'fr' records \['fr-7', 'fr-7b'\]"):
+        corpus.pair_parallel([en, fr, fr2])
+    fr_rate = Utterance(**{**fr.__dict__, "unit_rate_hz": 25.0})
+    with pytest.raises(BadRecordError, match=r"'en-7' has unit_rate_hz 50.0 but 'fr-7' has 25.0"):
+        corpus.pair_parallel([en, fr_rate])
+    fr_one = Utterance(**{**fr.__dict__, "sentences": fr.sentences[:1]})
+    with pytest.raises(BadRecordError, match=r"'en-7' has 2 sentence\(s\) but 'fr-7' has 1"):
+        corpus.pair_parallel([en, fr_one])
+    lonely = Utterance(id="fr-9", lang="fr", units=[1], unit_rate_hz=50.0, parallel_id="p9")
+    with caplog.at_level(logging.WARNING, logger="slm_jax.data.corpus"):
+        pairs = corpus.pair_parallel([en, fr, lonely], on_bad_record="skip")
+    assert [p["id"] for p in pairs] == ["p7"]
+    assert "skipped 1 bad record(s) of 2" in caplog.text and "'fr-9'" in caplog.text
+
+
+# --- importers ----------------------------------------------------------------------------
+def test_slamkit_records():
+    u = importers.from_slamkit(
+        {"file_name": "a/1.flac", "units": "12 13 13 5", "duration": 0.0808}, lang="fr", source="s.jsonl:1"
+    )
+    assert u == Utterance(id="a/1.flac", lang="fr", units=[12, 13, 13, 5], unit_rate_hz=50.0)  # 49.5 Hz -> 50
+    u = importers.from_slamkit({"id": "x", "units": [1, 2, 3], "duration": 0.125})
+    assert u.unit_rate_hz == 24.0  # far from 25/50/100: kept exact
+    u = importers.from_slamkit(
+        {"audio": "y", "units": [3, 9], "duration": [2, 3], "lang": "en"}, unit_rate_hz=25
+    )
+    assert u == Utterance(id="y", lang="en", units=[3, 3, 9, 9, 9], unit_rate_hz=25.0)
+    with pytest.raises(BadRecordError, match=r"s\.jsonl:4: record 'y'.*pass unit_rate_hz"):
+        importers.from_slamkit({"audio": "y", "units": [3], "duration": [2]}, source="s.jsonl:4")
+    with pytest.raises(BadRecordError, match=r"record 'z'.*expected frame-level \(not deduplicated\)"):
+        importers.from_slamkit({"id": "z", "units": [1] * 10, "duration": 1.0}, unit_rate_hz=50)
+    with pytest.raises(BadRecordError, match=r"s\.jsonl:2: no record id"):
+        importers.from_slamkit({"units": [1]}, source="s.jsonl:2")
+
+
+def test_spiritlm_strings():
+    s = "[Speech][St5][Pi3][Hu12][Hu7][Pi9][Hu7][St6]"
+    u = importers.parse_spiritlm(s, utt_id="sp-1", lang="en")
+    assert u == Utterance(
+        id="sp-1",
+        lang="en",
+        units=[12, 7, 7],
+        unit_rate_hz=25.0,
+        pitch=[3, 9],
+        pitch_rate_hz=12.5,
+        style=[5, 6],
+        style_rate_hz=1.0,
+    )
+    u = importers.parse_spiritlm(
+        "[Hu1][Hu2][Pi4]", utt_id="sp-2", durations=[2, 1], pitch_durations=[3], unit_rate_hz=50.0
+    )
+    assert (u.units, u.pitch, u.style, u.style_rate_hz) == ([1, 1, 2], [4, 4, 4], None, None)
+    with pytest.raises(
+        BadRecordError,
+        match=r"f\.jsonl:3: record 'sp-3': the string contains \[Text\] at "
+        r"character 13; this importer takes speech-only",
+    ):
+        importers.parse_spiritlm("[Speech][Hu1][Text]the cat", utt_id="sp-3", source="f.jsonl:3")
+    with pytest.raises(BadRecordError, match=r"record 'sp-4': unexpected text at character 5"):
+        importers.parse_spiritlm("[Hu1]<Un3>", utt_id="sp-4")
+    with pytest.raises(BadRecordError, match=r"durations has 1 value\(s\); expected a list of 2"):
+        importers.parse_spiritlm("[Hu1][Hu2]", utt_id="sp-5", durations=[1])
+
+
+def test_import_main_end_to_end(tmp_path, capsys, caplog):
+    src = tmp_path / "in.jsonl"
+    lines = [
+        {"id": "a", "units": "[Hu1][Pi2][Hu3]", "lang": "fr"},
+        {"id": "b", "units": "[Hu499][Hu500]"},  # unit 500 out of range
+        {"id": "a", "units": "[Hu4]"},
+    ]  # duplicate id
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = str(tmp_path / "out" / "sp")
+    argv = ["--format=spiritlm", f"--input={src}", f"--output={out}", "--num_units=500"]
+    assert importers.import_main(argv) == 1
+    assert "in.jsonl:2: record 'b': units[1]=500 out of range" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="slm_jax.data.corpus"):
+        assert importers.import_main(argv + ["--on_bad_record=skip", "--num_shards=2"]) == 0
+    assert "skipped 2 bad record(s) of 3" in caplog.text and "duplicate id (first at" in caplog.text
+    assert "wrote 1 record(s) to 2 shard(s)" in capsys.readouterr().out
+    assert list(corpus.read_tfrecord(out + "-*")) == [
+        Utterance(id="a", lang="fr", units=[1, 3], unit_rate_hz=25.0, pitch=[2], pitch_rate_hz=12.5)
+    ]
+
+
+def test_import_slamkit_file(tmp_path):
+    src = tmp_path / "feats.jsonl"
+    src.write_text(json.dumps({"file_name": "x.flac", "units": [7, 8], "duration": [1, 2]}) + "\n\n")
+    summary = importers.import_to_tfrecord(
+        "slamkit", str(src), str(tmp_path / "u"), lang="en", unit_rate_hz=25.0
+    )
+    assert summary["written"] == 1 and summary["skipped"] == 0
+    assert list(corpus.read_tfrecord(summary["shards"])) == [
+        Utterance(id="x.flac", lang="en", units=[7, 8, 8], unit_rate_hz=25.0)
+    ]
+
+
+def test_mistyped_tfrecord_feature_names_file_and_record(tmp_path):
+    ex = corpus.to_example(_min_utt())
+    ex.features.feature["units"].CopyFrom(tf.train.Feature(float_list=tf.train.FloatList(value=[1.0])))
+    path = str(tmp_path / "bad.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(ex.SerializeToString())
+    with pytest.raises(
+        BadRecordError,
+        match=r"bad\.tfrecord#0: feature 'units' is a float_list; expected a "
+        r"int64_list",
+    ):
+        list(corpus.read_tfrecord(path))
