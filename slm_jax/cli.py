@@ -3,6 +3,9 @@
     slm-jax train   --gin_file=gin/runs/demo_cpu.gin [--gin.TRAIN_STEPS=100] [--module_import=my_tasks]
     slm-jax inspect MODEL_DIR [--step N]
     slm-jax compile --gin_file=gin/runs/tpu_v5e_1b.gin --topology=v5e:4x4
+    slm-jax units fit|encode ...            audio -> features -> k-means units
+    slm-jax prepare demo-corpus|spm|import  build or import corpora, train SentencePiece
+    slm-jax data show|stats TASK_OR_MIXTURE [--module_import=my_tasks]
 """
 from __future__ import annotations
 
@@ -90,7 +93,46 @@ def cmd_compile(argv) -> int:
     return 0 if report["fits"] else 3
 
 
-COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile}
+def cmd_units(argv) -> int:
+    from slm_jax.speech.pipeline import units_main
+    return units_main(argv)
+
+
+PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N]   spoken EN/FR demo corpus + cloze pairs
+slm-jax prepare spm --input=GLOB --model_prefix=P --vocab_size=N        SentencePiece on corpus transcripts
+slm-jax prepare import --format=slamkit|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora"""
+
+
+def cmd_prepare(argv) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(PREPARE_HELP)
+        return 0 if argv else 2
+    what, rest = argv[0], argv[1:]
+    if what == "spm":
+        from slm_jax.data.spm import spm_main
+        return spm_main(rest)
+    if what == "import":
+        from slm_jax.data.importers import import_main
+        return import_main(rest)
+    if what == "demo-corpus":
+        from slm_jax.data.spoken_demo import demo_corpus_main
+        return demo_corpus_main(rest)
+    print(f"slm-jax prepare: unknown target {what!r}\n{PREPARE_HELP}", file=sys.stderr)
+    return 2
+
+
+def cmd_data(argv) -> int:
+    rest = argv
+    modules = [a.split("=", 1)[1] for a in argv if a.startswith("--module_import=")]
+    rest = [a for a in argv if not a.startswith("--module_import=")]
+    from slm_jax import gin_utils
+    gin_utils.import_modules(["tasks.demo", *modules])
+    from slm_jax.data.inspect_data import data_main
+    return data_main(rest)
+
+
+COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile, "units": cmd_units,
+            "prepare": cmd_prepare, "data": cmd_data}
 
 
 def main(argv=None) -> int:

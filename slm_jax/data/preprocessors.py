@@ -7,7 +7,7 @@ stateful"). Anything Python-only belongs in corpus preparation, not here.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import seqio
 import tensorflow as tf
@@ -86,16 +86,23 @@ def _chunk_row_lengths(n: tf.Tensor, length: int) -> tf.Tensor:
     return tf.concat([full, tf.reshape(rem, [1])[: tf.cast(rem > 0, tf.int32)]], 0)
 
 
+# Per-token features that travel with `targets` and must be cut at the same places.
+ALIGNED_FEATURES = ("targets", "modality", "loss_mask", "patch_ids")
+
+
 def split_to_length(
     dataset: tf.data.Dataset,
     sequence_length: Optional[Mapping[str, int]] = None,
     feature_key: str = "targets",
+    aligned_keys: Sequence[str] = ALIGNED_FEATURES,
 ) -> tf.data.Dataset:
     """Splits `feature_key` into consecutive chunks of at most `sequence_length[key]`.
 
     Unlike truncation nothing is dropped: a 10-token example with L=4 becomes three
-    examples of 4, 4 and 2 tokens. Other features are copied onto every chunk. With
-    no length configured (None), the dataset passes through unchanged.
+    examples of 4, 4 and 2 tokens. Per-token features named in `aligned_keys`
+    (modality, loss mask, patch ids) are cut at the same places; other features are
+    copied onto every chunk. With no length configured (None), the dataset passes
+    through unchanged.
     """
     length = (sequence_length or {}).get(feature_key)
     if length is None:
@@ -105,17 +112,12 @@ def split_to_length(
         raise ValueError(f"split_to_length: sequence_length[{feature_key!r}] must be > 0, got {length}")
 
     def to_chunks(ex):
-        x = ex[feature_key]
-        rows = tf.RaggedTensor.from_row_lengths(x, _chunk_row_lengths(tf.size(x), length))
-        others = {k: v for k, v in ex.items() if k != feature_key}
-        chunks = tf.data.Dataset.from_tensor_slices(rows)
-        rest = tf.data.Dataset.from_tensors(others).repeat(rows.nrows())
-
-        def merge(chunk, other):
-            out = dict(other)
-            out[feature_key] = chunk
-            return out
-
-        return tf.data.Dataset.zip((chunks, rest)).map(merge)
+        row_lengths = _chunk_row_lengths(tf.size(ex[feature_key]), length)
+        keys = [k for k in ex if k == feature_key or k in aligned_keys]
+        chunked = {k: tf.RaggedTensor.from_row_lengths(ex[k], row_lengths) for k in keys}
+        others = {k: v for k, v in ex.items() if k not in chunked}
+        chunks = tf.data.Dataset.from_tensor_slices(chunked)
+        rest = tf.data.Dataset.from_tensors(others).repeat(tf.size(row_lengths, out_type=tf.int64))
+        return tf.data.Dataset.zip((chunks, rest)).map(lambda chunk, other: {**other, **chunk})
 
     return dataset.flat_map(to_chunks)

@@ -140,3 +140,118 @@ def register_mixture(name: str, tasks, default_rate=1.0) -> seqio.Mixture:
     """
     _remove_if_registered(seqio.MixtureRegistry, name)
     return seqio.MixtureRegistry.add(name, tasks, default_rate=default_rate)
+
+
+class LazyVocabulary(seqio.Vocabulary):
+    """A vocabulary built on first use by `factory()`, compared by `key` until then.
+
+    Tasks are registered at import time, but a vocabulary may need files that a
+    corpus build creates later (the demo's SentencePiece model). Equality and hashing
+    use `key`, so mixtures can check their tasks agree without building anything.
+    """
+
+    def __init__(self, key: str, factory: Callable[[], seqio.Vocabulary]):
+        self._key, self._factory, self._real = key, factory, None
+        super().__init__(extra_ids=0)
+
+    @property
+    def real(self) -> seqio.Vocabulary:
+        if self._real is None:
+            self._real = self._factory()
+        return self._real
+
+    def __getattr__(self, name):  # SLM-specific attributes (unit_offset, modality_ids_tf, ...)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.real.vocab_size
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.real._base_vocab_size  # noqa: SLF001
+
+    @property
+    def eos_id(self):
+        return self.real.eos_id
+
+    @property
+    def pad_id(self):
+        return self.real.pad_id
+
+    @property
+    def unk_id(self):
+        return self.real.unk_id
+
+    @property
+    def bos_id(self):
+        return self.real.bos_id
+
+    def _encode(self, s):
+        return self.real.encode(s)
+
+    def _decode(self, ids):
+        return self.real.decode(ids)
+
+    def _encode_tf(self, s):
+        return self.real.encode_tf(s)
+
+    def _decode_tf(self, ids):
+        return self.real.decode_tf(ids)
+
+    def encode(self, s):
+        return self.real.encode(s)
+
+    def decode(self, ids):
+        return self.real.decode(ids)
+
+    def encode_tf(self, s):
+        return self.real.encode_tf(s)
+
+    def decode_tf(self, ids):
+        return self.real.decode_tf(ids)
+
+    def __eq__(self, other):
+        return isinstance(other, LazyVocabulary) and other._key == self._key
+
+    def __hash__(self):
+        return hash(("LazyVocabulary", self._key))
+
+    def __repr__(self):
+        return f"LazyVocabulary({self._key!r})"
+
+
+def register_corpus_task(
+    name: str,
+    split_to_filepattern: Mapping[str, str],
+    preprocessors: Sequence[Callable],
+    vocabulary: seqio.Vocabulary,
+    *,
+    feature_description: Optional[Mapping] = None,
+    root_fn: Optional[Callable[[], str]] = None,
+    shuffle_buffer_size: Optional[int] = 1000,
+) -> seqio.Task:
+    """A task over corpus TFRecords (slm_jax.data.corpus layout) with SLM preprocessors.
+
+    `preprocessors` turn parsed records into `targets` (+ `modality`, `loss_mask`,
+    `patch_ids`); examples longer than the sequence length are then SPLIT (never
+    truncated) with all per-token features cut at the same places.
+    """
+    from slm_jax.data import corpus
+
+    desc = feature_description or corpus.TFRECORD_FEATURES
+    if root_fn is None:
+        source = seqio.TFExampleDataSource(split_to_filepattern, desc)
+    else:
+        source = LazyRootTFExampleDataSource(split_to_filepattern, desc, root_fn=root_fn)
+    _remove_if_registered(seqio.TaskRegistry, name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[*preprocessors, seqio.CacheDatasetPlaceholder(), prep.split_to_length],
+        output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
+        metric_fns=[],
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
