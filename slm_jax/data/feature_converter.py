@@ -1,0 +1,208 @@
+"""`SLMFeatureConverter`: seqio's decoder-only conversion plus modality, loss mask and patch ids.
+
+Task features (all int32, 1-D, the same length as `targets`):
+
+    targets     required; ends with EOS (see `slm_jax.data.interleave`)
+    modality    optional; per-token modality id (0 pad, 1 text, 2 speech, 3 marker).
+                Missing -> derived with `vocabulary.modality_ids_tf(targets)` when the
+                converter was given a vocabulary, else zeros ("unknown").
+    loss_mask   optional; 1 where the token is a prediction target (0 for prompts).
+                Missing -> ones (every token is a target, as in seqio).
+    patch_ids   optional; index of the latent patch (LST) a token belongs to, >= 0.
+                Missing -> -1 ("no patch").
+
+Model features (int32 [length]); position i of every feature describes TARGET token i:
+
+    decoder_target_tokens   targets, trimmed/padded (packed: concatenated)
+    decoder_input_tokens    targets shifted right, 0 (BOS) at each segment start
+    decoder_loss_weights    nonpad(targets) * loss_mask
+    decoder_segment_ids     1, 2, ... per packed example, 0 on padding   (pack=True only)
+    decoder_positions       0.. within each packed example, 0 on padding (pack=True only)
+    decoder_modality        modality of the target token, 0 on padding
+    decoder_patch_ids       patch id of the target token, -1 on padding
+
+The first five are exactly `seqio.DecoderFeatureConverter`'s (unpacked: three, like
+seqio; `slm_jax.data.pipeline` adds segment ids and positions to unpacked rows). A model
+that wants the modality/patch of the INPUT token shifts these right within segments
+(`seqio.utils.make_autoregressive_inputs(x, sequence_id=decoder_segment_ids)`).
+
+Why values are offset while packing: seqio's TF packer (`utils.trim_and_pack_dataset`)
+measures each feature's length as its count of NON-ZERO values, so a 0 inside
+`loss_mask`, `modality` or `patch_ids` would truncate that feature and misalign it. The
+optional features are therefore packed as value + offset (all > 0) and mapped back
+after packing, with padding restored to the documented pad values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import seqio
+import tensorflow as tf
+from seqio import feature_converters as seqio_fc
+from seqio import utils as seqio_utils
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+
+# feature -> (value when a task lacks it, offset while packing, value on padding)
+OPTIONAL_FEATURES = {
+    "modality": (0, 1, 0),
+    "loss_mask": (1, 1, 0),
+    "patch_ids": (-1, 2, -1),
+}
+
+
+def _check_aligned(key: str, value: tf.Tensor, targets: tf.Tensor, length: int) -> tf.Operation:
+    """Asserts an optional feature is aligned with `targets` and packable (value + offset > 0).
+
+    An over-long `targets` is left to seqio's own input length check (clearer message).
+    """
+    offset = OPTIONAL_FEATURES[key][1]
+    expected = tf.minimum(tf.size(targets), length)
+    message = (
+        f"SLMFeatureConverter: feature {key!r} must have the length of 'targets' and values > {-offset};"
+    )
+    return tf.debugging.Assert(
+        tf.logical_and(tf.equal(tf.size(value), expected), tf.reduce_all(value + offset > 0)),
+        [message, "lengths:", tf.size(value), tf.size(targets), "values:", value],
+        summarize=16,
+    )
+
+
+def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, vocabulary=None) -> dict:
+    """All four task features as int32, defaults for missing ones, lengths checked against targets.
+
+    Present optional features are trimmed to `length` first, as seqio trims `targets` (a
+    task whose output_features omit them leaves them untrimmed).
+    """
+    targets = ex["targets"]
+    out = {"targets": targets}
+    checks = []
+    for key, (default, _, _) in OPTIONAL_FEATURES.items():
+        if key in ex:
+            value = tf.cast(ex[key], tf.int32)[:length]
+            checks.append(_check_aligned(key, value, targets, length))
+        elif key == "modality" and vocabulary is not None:
+            value = tf.cast(vocabulary.modality_ids_tf(targets), tf.int32)
+        else:
+            value = tf.fill(tf.shape(targets), tf.constant(default, tf.int32))
+        out[key] = value
+    with tf.control_dependencies(checks):
+        return {k: tf.identity(v) for k, v in out.items()}
+
+
+def _offset(ex: Mapping[str, tf.Tensor]) -> dict:
+    """Optional features + offset, so the packer's non-zero length count sees every token."""
+    out = dict(ex)
+    for key, (_, offset, _) in OPTIONAL_FEATURES.items():
+        out[key] = ex[key] + offset
+    return out
+
+
+def _unoffset(value: tf.Tensor, key: str) -> tf.Tensor:
+    """Inverse of `_offset` on a padded/packed row; padding (0) becomes the pad value."""
+    _, offset, pad = OPTIONAL_FEATURES[key]
+    return tf.where(tf.equal(value, 0), pad, value - offset)
+
+
+class SLMFeatureConverter(seqio.FeatureConverter):
+    """Decoder-only feature converter for slm_jax tasks (see the module docstring).
+
+    Args:
+      pack: pack several examples per row (seqio's TF packer) or pad each to length.
+      vocabulary: optional `SpeechTextVocabulary`; derives `modality` when a task lacks it.
+      use_custom_packing_ops, apply_length_check, bos_id: as in `seqio.FeatureConverter`.
+    """
+
+    TASK_FEATURES: ClassVar[dict] = {
+        "targets": FeatureSpec(dtype=tf.int32),
+        "modality": FeatureSpec(dtype=tf.int32),
+        "loss_mask": FeatureSpec(dtype=tf.int32),
+        "patch_ids": FeatureSpec(dtype=tf.int32),
+    }
+    MODEL_FEATURES: ClassVar[dict] = {
+        "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_loss_weights": FeatureSpec(dtype=tf.int32),
+        "decoder_modality": FeatureSpec(dtype=tf.int32),
+        "decoder_patch_ids": FeatureSpec(dtype=tf.int32),
+    }
+    PACKING_FEATURE_DTYPES: ClassVar[dict] = {
+        "decoder_segment_ids": tf.int32,
+        "decoder_positions": tf.int32,
+    }
+
+    def __init__(
+        self,
+        pack: bool = True,
+        vocabulary=None,
+        use_custom_packing_ops: bool = False,
+        apply_length_check: bool = True,
+        bos_id: int = 0,
+    ):
+        self._vocabulary = vocabulary
+        super().__init__(
+            pack=pack,
+            use_custom_packing_ops=use_custom_packing_ops,
+            apply_length_check=apply_length_check,
+            bos_id=bos_id,
+        )
+
+    def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+        """Fills the optional task features, then runs seqio's validated conversion.
+
+        `task_feature_lengths` needs `targets`; the optional features may be listed too,
+        with the same length (they always share the targets' length).
+        """
+        if "targets" not in task_feature_lengths:
+            raise ValueError(
+                f"SLMFeatureConverter: task_feature_lengths needs 'targets', got {dict(task_feature_lengths)}"
+            )
+        length = task_feature_lengths["targets"]
+        for key, value in task_feature_lengths.items():
+            if key not in self.TASK_FEATURES:
+                raise ValueError(
+                    f"SLMFeatureConverter: unknown task feature {key!r} in task_feature_lengths; "
+                    f"expected a subset of {sorted(self.TASK_FEATURES)}"
+                )
+            if value != length:
+                raise ValueError(
+                    f"SLMFeatureConverter: task_feature_lengths[{key!r}]={value} differs from "
+                    f"targets' {length}; every task feature is aligned with targets"
+                )
+        ds = ds.map(
+            lambda ex: _fill_optional(ex, length, self._vocabulary), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        return super().__call__(ds, {key: length for key in self.TASK_FEATURES})
+
+    def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
+        """One padded/packed row of offset task features -> model features."""
+        targets = features["targets"]
+        segment_ids = features.get("targets_segment_ids")
+        loss_mask = _unoffset(features["loss_mask"], "loss_mask")
+        out = {
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(
+                targets, sequence_id=segment_ids, bos_id=self.bos_id
+            ),
+            "decoder_loss_weights": seqio_fc.non_padding_position(targets) * loss_mask,
+            "decoder_modality": _unoffset(features["modality"], "modality"),
+            "decoder_patch_ids": _unoffset(features["patch_ids"], "patch_ids"),
+        }
+        if self.pack:
+            out["decoder_segment_ids"] = segment_ids
+            out["decoder_positions"] = features["targets_positions"]
+        return out
+
+    def _convert_features(
+        self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
+        ds = ds.map(_offset, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._pack_or_pad(ds, task_feature_lengths)
+        return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+        length = task_feature_lengths["targets"]
+        keys = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
+        return {key: length for key in keys}

@@ -1,0 +1,687 @@
+"""SeqIO preprocessors that turn corpus records into SLM token sequences (pure TF ops).
+
+Every preprocessor here reads parsed corpus records (`slm_jax.data.corpus`
+`TFRECORD_FEATURES` / `PAIRED_TFRECORD_FEATURES`) and emits exactly these features:
+
+    id         the record id (tf.string scalar), kept for debugging and eval joins
+    targets    int32 ids in the `SpeechTextVocabulary` token space, ending with EOS
+    modality   int32, `vocabulary.modality_ids_tf(targets)` (0 pad, 1 text, 2 speech, 3 marker)
+    loss_mask  int32 ones (task formats elsewhere mask prompts; the feature converter
+               multiplies it into `decoder_loss_weights`)
+
+Every other record feature is dropped, so the outputs of different preprocessors can be
+mixed in one SeqIO mixture. In a SeqIO Task `vocabulary` may be left out: SeqIO passes
+`output_features` and the `targets` feature's vocabulary is used.
+
+Sequences start with the marker of their first modality (`[Speech]` / `[Text]`), as in
+SpiritLM: a model trained on a mix of speech-only, text-only and interleaved data then
+always knows which modality comes next, and a prompt can force the output modality by
+ending with a marker. Inside a sequence a marker appears ONLY where the modality changes.
+
+Why pure TF: the tf.data iterator is saved with `tf.train.Checkpoint` for exact resume,
+which fails on `tf.py_function` / `from_generator`. Randomness therefore comes from
+`seqio.map_over_dataset(num_seeds=1)` (a per-example seed drawn from a checkpointable
+`tf.data.Dataset.random`) fed to `tf.random.stateless_*` ops: the same seed gives the
+same output, and a restored iterator continues with the same seeds. Set the initial
+seed with `seqio.map_seed_manager(seed)` (seqio does this from `get_dataset(seed=...)`).
+
+Time -> frame convention (word_interleave and crosslingual_interleave): frame f of a
+stream at rate r covers [f/r, (f+1)/r) and belongs to a time range [start, end) when its
+START lies in it: f in [ceil(start*r), ceil(end*r)). Contiguous ranges thus share no
+frame and lose none. Alignment times are float32 seconds in the corpus, so a time within
+`FRAME_SNAP` (1/100) of a frame boundary snaps to that boundary (0.28 s * 25 Hz is frame
+7, not 8). Ranges are clipped to the units actually present.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from slm_jax.data.preprocessors import run_length_dedup
+
+POLICIES = ("random", "span", "poisson")
+SIDES = ("a", "b")
+STARTS = ("random", "a", "b")
+
+# slamkit's shipped interleaving config (config/tokeniser/interleaved_hubert_25.yaml:
+# interleave_method=poisson, interleave_span=10, interleave_prob=0.3), as keyword
+# arguments of `word_interleave`: `word_interleave(ds, vocab, **SLAMKIT_DEFAULTS)`.
+SLAMKIT_DEFAULTS = types.MappingProxyType({"policy": "poisson", "speech_ratio": 0.3, "mean_span_words": 10.0})
+# slamkit's 'random' method ignores interleave_prob and makes each word speech with this
+# probability; pass it as `speech_ratio` to reproduce that policy exactly.
+SLAMKIT_RANDOM_SPEECH_PROB = 0.5
+
+FRAME_SNAP = 1e-2  # in frames; see the module docstring
+OUTPUT_KEYS = ("id", "targets", "modality", "loss_mask")
+
+
+# --- small shared helpers ------------------------------------------------------------------
+def _dense(x) -> tf.Tensor:
+    """A 1-D parsed list feature as a dense tensor (RaggedFeature already is; VarLen is sparse)."""
+    if isinstance(x, tf.SparseTensor):
+        return tf.sparse.to_dense(x)
+    return tf.convert_to_tensor(x)
+
+
+def _require(ex: Mapping[str, tf.Tensor], keys: Sequence[str], who: str) -> None:
+    """Fails at trace time, naming the missing record features (not deep inside the graph)."""
+    missing = [k for k in keys if k not in ex]
+    if missing:
+        raise ValueError(
+            f"{who}: records lack feature(s) {missing}; got {sorted(ex)} (see slm_jax.data.corpus)"
+        )
+
+
+def _record_id(ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    return ex["id"] if "id" in ex else tf.constant("", tf.string)
+
+
+def _vocab(vocabulary, output_features, who: str):
+    """The vocabulary argument, else the `targets` output feature's (SeqIO passes
+    `output_features` to preprocessors that accept it, so tasks need no functools.partial)."""
+    if vocabulary is None and output_features is not None and "targets" in output_features:
+        vocabulary = output_features["targets"].vocabulary
+    if vocabulary is None or not hasattr(vocabulary, "speech_marker_id"):
+        raise ValueError(
+            f"{who}: vocabulary must be a SpeechTextVocabulary (argument `vocabulary` or "
+            f"output_features['targets'].vocabulary), got {type(vocabulary).__name__}"
+        )
+    return vocabulary
+
+
+def _seed(seed) -> tf.Tensor:
+    """A stateless-op seed: int64 [2] (seqio passes a pair of int64 scalars)."""
+    return tf.cast(tf.convert_to_tensor(seed), tf.int64)
+
+
+def _one(x) -> tf.Tensor:
+    return tf.reshape(tf.cast(x, tf.int32), [1])
+
+
+def finish_example(ex: Mapping[str, tf.Tensor], body: tf.Tensor, vocabulary) -> dict:
+    """The preprocessor output: `body` + EOS as `targets`, its modality ids, ones as loss_mask."""
+    targets = tf.concat([tf.cast(body, tf.int32), _one(vocabulary.eos_id)], 0)
+    return {
+        "id": _record_id(ex),
+        "targets": targets,
+        "modality": tf.cast(vocabulary.modality_ids_tf(targets), tf.int32),
+        "loss_mask": tf.ones_like(targets),
+    }
+
+
+def dedup_rows(values: tf.Tensor, row_ids: tf.Tensor) -> tf.Tensor:
+    """Keep-mask of run-length dedup within rows: a value is kept if it starts its row or differs
+    from the previous value. Rows are independent recordings or spans, so a run that crosses
+    a row boundary is not merged."""
+    differs = tf.logical_or(tf.not_equal(values[1:], values[:-1]), tf.not_equal(row_ids[1:], row_ids[:-1]))
+    return tf.concat([tf.ones_like(values[:1], tf.bool), differs], 0)
+
+
+def run_starts(x: tf.Tensor) -> tf.Tensor:
+    """Indices of the first element of each run of equal values (dedup keeping first-frame times)."""
+    keep = dedup_rows(x, tf.zeros_like(x))
+    return tf.cast(tf.where(keep)[:, 0], tf.int32)
+
+
+def frame_bounds(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Tensor]:
+    """[lo, hi) frame indices whose start time lies in [start_s, end_s) (module docstring rule).
+
+    Clipped to [0, num_frames] and to hi >= lo, so a reversed or out-of-range span yields no frames.
+    """
+    rate = tf.cast(rate_hz, tf.float64)
+    n = tf.cast(num_frames, tf.int32)
+
+    def to_frame(t):
+        f = tf.math.ceil(tf.cast(t, tf.float64) * rate - FRAME_SNAP)
+        return tf.clip_by_value(tf.cast(f, tf.int32), 0, n)
+
+    lo = to_frame(start_s)
+    return lo, tf.maximum(to_frame(end_s), lo)
+
+
+def _rate(ex: Mapping[str, tf.Tensor], rate_hz: float | None, key: str, who: str) -> tf.Tensor:
+    """The unit rate: the argument when given, else the record's `key` feature (checked > 0)."""
+    if rate_hz is not None:
+        return tf.constant(float(rate_hz), tf.float64)
+    if key not in ex:
+        raise ValueError(f"{who}: records have no {key!r} feature; pass unit_rate_hz=...")
+    rate = tf.cast(ex[key], tf.float64)
+    check = tf.debugging.Assert(rate > 0, [f"{who}: record", _record_id(ex), f"has {key} <= 0:", rate])
+    with tf.control_dependencies([check]):
+        return tf.identity(rate)
+
+
+def _check_fraction(name: str, value: float, who: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{who}: {name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str], who: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{who}: {name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _speech_marker(vocabulary, use: bool) -> tf.Tensor:
+    return _one(vocabulary.speech_marker_id) if use else tf.zeros([0], tf.int32)
+
+
+def _unit_ids(units: tf.Tensor, vocabulary, dedup: bool) -> tf.Tensor:
+    units = _dense(units)
+    return tf.cast(vocabulary.units_to_ids_tf(run_length_dedup(units) if dedup else units), tf.int32)
+
+
+# --- speech only / text only ---------------------------------------------------------------
+def speech_only(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    dedup: bool = True,
+    units_key: str = "units",
+    output_features=None,
+) -> tf.data.Dataset:
+    """`[Speech] u1 u2 ... EOS` from a record's frame-level units (run-length deduplicated by
+    default, as SpiritLM and slamkit train on deduplicated HuBERT units)."""
+
+    vocabulary = _vocab(vocabulary, output_features, "speech_only")
+
+    def fn(ex):
+        _require(ex, [units_key], "speech_only")
+        body = tf.concat([_one(vocabulary.speech_marker_id), _unit_ids(ex[units_key], vocabulary, dedup)], 0)
+        return finish_example(ex, body, vocabulary)
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def text_only(
+    dataset: tf.data.Dataset, vocabulary=None, text_key: str = "text", output_features=None
+) -> tf.data.Dataset:
+    """`[Text] <SentencePiece ids of the transcript> EOS` (the vocabulary needs a text model)."""
+
+    vocabulary = _vocab(vocabulary, output_features, "text_only")
+
+    def fn(ex):
+        _require(ex, [text_key], "text_only")
+        ids = vocabulary.encode_text_tf(tf.reshape(ex[text_key], []))
+        body = tf.concat([_one(vocabulary.text_marker_id), tf.cast(ids, tf.int32)], 0)
+        return finish_example(ex, body, vocabulary)
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --- word-level modality policies (slamkit semantics) ----------------------------------------
+def random_policy(num_words, seed, speech_ratio: float) -> tf.Tensor:
+    """Each word independently speech with probability `speech_ratio` (slamkit 'random' uses 0.5)."""
+    u = tf.random.stateless_uniform([num_words], _seed(seed), dtype=tf.float64)
+    return u < speech_ratio
+
+
+def span_policy(num_words, seed, trigger_prob: float, span_words: int) -> tf.Tensor:
+    """slamkit 'span': every word triggers speech with prob `trigger_prob`; a trigger makes it
+    and the next `span_words - 1` words speech (a later trigger restarts the count).
+
+    So word i is speech iff some word in [i - span_words + 1, i] triggered; the speech
+    fraction is 1 - (1 - p)^span_words (about 0.97 for p=0.3, span 10), NOT p.
+    """
+    u = tf.random.stateless_uniform([num_words], _seed(seed), dtype=tf.float64)
+    triggers = tf.cast(u < trigger_prob, tf.int32)
+    count = tf.cumsum(triggers)
+    before_window = tf.concat([tf.zeros([span_words], tf.int32), count], 0)[: tf.size(count)]
+    return count - before_window > 0
+
+
+def poisson_policy(num_words, seed, speech_ratio: float, mean_span_words: float) -> tf.Tensor:
+    """slamkit 'poisson' (`select_spans_poisson`): place speech spans until at least
+    ceil(num_words * speech_ratio) words are speech.
+
+    Each step draws a start uniformly among the eligible words and a length ~
+    Poisson(mean_span_words) (truncated at the end of the record). A span that would
+    overlap selected words is rejected (the start stays eligible); an accepted span makes
+    its words and the word right after it ineligible, so a new span never starts
+    immediately after an existing one (a length-0 draw just retires its start). Ends when
+    enough words are selected or no start is eligible. The same algorithm as slamkit in a
+    `tf.while_loop` with stateless draws (fold_in(seed, step)), not the same random stream.
+    Guard: at most 64 * num_words + 64 steps (slamkit would keep rejecting; only reachable
+    with speech_ratio near 1).
+    """
+    n = tf.cast(num_words, tf.int32)
+    total = tf.cast(tf.math.ceil(tf.cast(n, tf.float64) * speech_ratio), tf.int32)
+    seed = _seed(seed)
+    idx = tf.range(n)
+    max_steps = 64 * n + 64
+
+    def cond(step, mask, eligible, count):
+        return tf.logical_and(tf.logical_and(count < total, tf.reduce_any(eligible)), step < max_steps)
+
+    def body(step, mask, eligible, count):
+        s_start, s_len = tf.unstack(
+            tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, step), 2)
+        )
+        candidates = tf.cast(tf.where(eligible)[:, 0], tf.int32)
+        k = tf.random.stateless_uniform([], s_start, 0, tf.size(candidates), dtype=tf.int32)
+        start = candidates[k]
+        length = tf.random.stateless_poisson([], s_len, mean_span_words, dtype=tf.int32)
+        end = tf.minimum(start + length, n)
+        span = tf.logical_and(idx >= start, idx < end)
+        accept = tf.logical_not(tf.reduce_any(tf.logical_and(span, mask)))
+        retire = tf.logical_and(tf.logical_or(span, tf.equal(idx, end)), accept)
+        mask = tf.logical_or(mask, tf.logical_and(span, accept))
+        eligible = tf.logical_and(eligible, tf.logical_not(retire))
+        count += tf.where(accept, end - start, 0)
+        return step + 1, mask, eligible, count
+
+    init = (tf.constant(0), tf.zeros([n], tf.bool), tf.ones([n], tf.bool), tf.constant(0))
+    return tf.while_loop(cond, body, init)[1]
+
+
+def _check_policy_args(policy: str, speech_ratio: float, mean_span_words: float, who: str):
+    _check_choice("policy", policy, POLICIES, who)
+    _check_fraction("speech_ratio", speech_ratio, who)
+    if policy == "span":
+        if float(mean_span_words) != int(mean_span_words) or int(mean_span_words) < 1:
+            raise ValueError(
+                f"{who}: policy='span' takes a whole mean_span_words >= 1, got {mean_span_words!r}"
+            )
+    elif policy == "poisson" and not float(mean_span_words) > 0:
+        raise ValueError(f"{who}: policy='poisson' needs mean_span_words > 0, got {mean_span_words!r}")
+
+
+def word_speech_mask(
+    num_words, seed, policy: str = "poisson", speech_ratio: float = 0.3, mean_span_words: float = 10.0
+) -> tf.Tensor:
+    """bool [num_words]: True where the word is rendered as speech, False for text."""
+    _check_policy_args(policy, speech_ratio, mean_span_words, "word_speech_mask")
+    if policy == "random":
+        return random_policy(num_words, seed, speech_ratio)
+    if policy == "span":
+        return span_policy(num_words, seed, speech_ratio, int(mean_span_words))
+    return poisson_policy(num_words, seed, speech_ratio, float(mean_span_words))
+
+
+# --- word-level interleaving -------------------------------------------------------------------
+def _segments(flags: tf.Tensor):
+    """Maximal runs of equal flags: (segment id per element, first index, last index per segment)."""
+    n = tf.size(flags)
+    change = tf.concat([tf.ones([tf.minimum(n, 1)], tf.bool), tf.not_equal(flags[1:], flags[:-1])], 0)
+    seg = tf.cumsum(tf.cast(change, tf.int32)) - 1
+    first = tf.cast(tf.where(change)[:, 0], tf.int32)
+    last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
+    return seg, first, last
+
+
+def interleave_words(
+    words, word_start, word_end, is_speech, units, unit_rate_hz, vocabulary, dedup: bool = True
+) -> tf.Tensor:
+    """The interleaved body (no EOS) for given per-word modalities.
+
+    Consecutive words of one modality form a span. A speech span emits the units of the
+    frames in [its first word's start, its last word's end) (deduplicated within the span
+    when `dedup`), so pauses between its words are kept and pauses next to text spans are
+    not (slamkit does the same). A text span emits the SentencePiece ids of its words
+    joined by single spaces. Each span is preceded by its marker, which is exactly "at the
+    start and where the modality changes" because spans alternate.
+
+    Difference from slamkit: slamkit deduplicates the whole utterance first and keeps
+    the deduplicated units whose END time lies in [start, end]; here frames are chosen by
+    START time (module docstring) and deduplicated within the span, so a span's units
+    never depend on frames outside it.
+    """
+    words = _dense(words)
+    is_speech = tf.cast(is_speech, tf.bool)
+    seg, first, last = _segments(is_speech)
+    num_seg = tf.size(first)
+    seg_speech = tf.gather(is_speech, first)
+
+    joined = tf.strings.reduce_join(
+        tf.RaggedTensor.from_value_rowids(words, seg, nrows=num_seg), axis=1, separator=" "
+    )
+    text_rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
+
+    units = _dense(units)
+    lo, hi = frame_bounds(
+        tf.gather(_dense(word_start), first), tf.gather(_dense(word_end), last), unit_rate_hz, tf.size(units)
+    )
+    frames = tf.ragged.range(lo, tf.where(seg_speech, hi, lo))
+    values = tf.gather(units, frames.flat_values)
+    rows = frames.value_rowids()
+    if dedup:
+        keep = dedup_rows(values, rows)
+        values, rows = tf.boolean_mask(values, keep), tf.boolean_mask(rows, keep)
+    unit_rows = tf.RaggedTensor.from_value_rowids(
+        tf.cast(vocabulary.units_to_ids_tf(values), tf.int32), rows, nrows=tf.cast(num_seg, tf.int64)
+    )
+
+    markers = tf.where(seg_speech, vocabulary.speech_marker_id, vocabulary.text_marker_id)
+    marker_rows = tf.RaggedTensor.from_tensor(tf.reshape(tf.cast(markers, tf.int32), [-1, 1]))
+    return tf.concat([marker_rows, unit_rows, text_rows], axis=1).flat_values
+
+
+def _check_alignment(ex, who: str):
+    """Asserts word_text/word_start/word_end agree in length and spans are not reversed."""
+    n = tf.size(ex["word_text"])
+    start, end = _dense(ex["word_start"]), _dense(ex["word_end"])
+    ok = tf.logical_and(tf.equal(tf.size(start), n), tf.equal(tf.size(end), n))
+    ok = tf.logical_and(ok, tf.reduce_all(start[: tf.size(end)] <= end[: tf.size(start)]))
+    return tf.debugging.Assert(
+        ok,
+        [
+            f"{who}: record",
+            _record_id(ex),
+            "has inconsistent word alignments (word_text/word_start/word_end lengths",
+            n,
+            tf.size(start),
+            tf.size(end),
+            "or a word ending before it starts)",
+        ],
+    )
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _word_interleave_map(ex, seed, vocabulary, policy, speech_ratio, mean_span_words, dedup, unit_rate_hz):
+    who = "word_interleave"
+    _require(ex, ["units", "word_text", "word_start", "word_end"], who)
+    rate = _rate(ex, unit_rate_hz, "unit_rate_hz", who)
+    with tf.control_dependencies([_check_alignment(ex, who)]):
+        num_words = tf.size(ex["word_text"])
+    speech = word_speech_mask(num_words, seed, policy, speech_ratio, mean_span_words)
+    body = interleave_words(
+        ex["word_text"], ex["word_start"], ex["word_end"], speech, ex["units"], rate, vocabulary, dedup
+    )
+    return finish_example(ex, body, vocabulary)
+
+
+def word_interleave(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    policy: str = "poisson",
+    speech_ratio: float = 0.3,
+    mean_span_words: float = 10.0,
+    dedup: bool = True,
+    unit_rate_hz: float | None = None,
+    output_features=None,
+) -> tf.data.Dataset:
+    """SpiritLM word-level speech-text interleaving from word alignments, e.g.
+    `[Text] the cat [Speech] [Hu3] [Hu7] ... [Text] the mat EOS`.
+
+    Which words are speech (slamkit's `InterleavingTokeniser._assign_interleaved_modality`,
+    slp-rl/slamkit slamkit/tokeniser/interleaving_tokeniser.py):
+      - 'random': each word is speech with probability `speech_ratio` independently
+        (slamkit hard-codes 0.5: `SLAMKIT_RANDOM_SPEECH_PROB`).
+      - 'span': `speech_ratio` is the per-word probability that a speech span of exactly
+        `mean_span_words` words starts there (slamkit interleave_prob / interleave_span);
+        overlapping spans merge. See `span_policy`.
+      - 'poisson': Poisson(`mean_span_words`)-long speech spans placed without overlap until
+        at least ceil(num_words * speech_ratio) words are speech (slamkit
+        `select_spans_poisson`). See `poisson_policy`.
+    `SLAMKIT_DEFAULTS` holds slamkit's shipped setting (poisson, 0.3, 10).
+
+    How spans become tokens: `interleave_words`. Units come from the record's `units` at
+    `unit_rate_hz` (default: the record's `unit_rate_hz` feature). A record with no words
+    gives `[EOS]`. The per-example seed comes from `seqio.map_over_dataset(num_seeds=1)`.
+    """
+    who = "word_interleave"
+    _check_policy_args(policy, speech_ratio, mean_span_words, who)
+    return _word_interleave_map(
+        dataset,
+        vocabulary=_vocab(vocabulary, output_features, who),
+        policy=policy,
+        speech_ratio=float(speech_ratio),
+        mean_span_words=float(mean_span_words),
+        dedup=bool(dedup),
+        unit_rate_hz=unit_rate_hz,
+    )
+
+
+# --- cross-lingual sentence-level interleaving -------------------------------------------------
+def sentence_sides(num_sentences, seed, switch_prob: float = 1.0, start: str = "random") -> tf.Tensor:
+    """int32 [S]: 0 where sentence i comes from side a, 1 from side b.
+
+    The first sentence is side `start` ('random': a fair coin); at each later sentence
+    the side switches with probability `switch_prob` (1.0: strict alternation a b a b ...,
+    the setting of Moumen et al.; 0.0: never switches).
+    """
+    _check_choice("start", start, STARTS, "sentence_sides")
+    seed = _seed(seed)
+    s_first, s_switch = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if start == "random":
+        first = tf.cast(tf.random.stateless_uniform([], s_first, dtype=tf.float64) < 0.5, tf.int32)
+    else:
+        first = tf.constant(SIDES.index(start), tf.int32)
+    n = tf.cast(num_sentences, tf.int32)
+    switch = tf.cast(tf.random.stateless_uniform([n], s_switch, dtype=tf.float64) < switch_prob, tf.int32)
+    switch = tf.concat([tf.zeros([tf.minimum(n, 1)], tf.int32), switch[1:]], 0)
+    return (first + tf.cumsum(switch)) % 2
+
+
+def _paired_fields(ex, side: str) -> dict:
+    return {k: ex[f"{side}_{k}"] for k in ("lang", "units", "sentence_start", "sentence_end")}
+
+
+def _lang_tag(vocabulary, lang: tf.Tensor) -> tf.Tensor:
+    return tf.cast(vocabulary.lang_tag_id_tf(lang), tf.int32)
+
+
+def crosslingual_units(ex, sides: tf.Tensor, rate, vocabulary, dedup: bool, lang_tags: bool) -> tf.Tensor:
+    """Body of a cross-lingual example: sentence i from side `sides[i]`, as the unit ids of that
+    side's frames in [sentence_start[i], sentence_end[i]).
+
+    Consecutive sentences of one language form a run; dedup works within a run (a run is a
+    stretch of one recording; two recordings' units are never merged), and with
+    `lang_tags` each run is preceded by its language's tag.
+    """
+    a, b = _paired_fields(ex, "a"), _paired_fields(ex, "b")
+    a_units, b_units = _dense(a["units"]), _dense(b["units"])
+    a_lo, a_hi = frame_bounds(_dense(a["sentence_start"]), _dense(a["sentence_end"]), rate, tf.size(a_units))
+    b_lo, b_hi = frame_bounds(_dense(b["sentence_start"]), _dense(b["sentence_end"]), rate, tf.size(b_units))
+    on_b = tf.equal(sides, 1)
+    offset = tf.size(a_units)  # b's frames follow a's in the concatenated unit stream
+    frames = tf.ragged.range(tf.where(on_b, b_lo + offset, a_lo), tf.where(on_b, b_hi + offset, a_hi))
+    values = tf.gather(tf.concat([a_units, b_units], 0), frames.flat_values)
+
+    run_of_sentence, run_first, _ = _segments(on_b)
+    run_ids = tf.gather(run_of_sentence, frames.value_rowids())
+    if dedup:
+        keep = dedup_rows(values, run_ids)
+        values, run_ids = tf.boolean_mask(values, keep), tf.boolean_mask(run_ids, keep)
+    num_runs = tf.size(run_first)
+    rows = tf.RaggedTensor.from_value_rowids(
+        tf.cast(vocabulary.units_to_ids_tf(values), tf.int32),
+        tf.cast(run_ids, tf.int64),
+        nrows=tf.cast(num_runs, tf.int64),
+    )
+    if lang_tags:
+        tags = tf.where(
+            tf.gather(on_b, run_first), _lang_tag(vocabulary, b["lang"]), _lang_tag(vocabulary, a["lang"])
+        )
+        rows = tf.concat([tf.RaggedTensor.from_tensor(tf.reshape(tags, [-1, 1])), rows], axis=1)
+    return rows.flat_values
+
+
+def _check_pair(ex, who: str):
+    """Asserts both sides have the same number of sentences, each with start and end."""
+    sizes = [tf.size(ex[f"{s}_sentence_{k}"]) for s in SIDES for k in ("start", "end")]
+    ok = tf.reduce_all(tf.equal(tf.stack(sizes), sizes[0]))
+    return tf.debugging.Assert(
+        ok, [f"{who}: paired record", ex["id"], "sentence counts differ (a start/end, b start/end):"] + sizes
+    )
+
+
+PAIRED_KEYS = (
+    "id",
+    "a_lang",
+    "a_units",
+    "a_sentence_start",
+    "a_sentence_end",
+    "b_lang",
+    "b_units",
+    "b_sentence_start",
+    "b_sentence_end",
+)
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _crosslingual_map(
+    ex, seed, vocabulary, switch_prob, lang_tags, dedup, start, unit_rate_hz, speech_marker
+):
+    who = "crosslingual_interleave"
+    _require(ex, PAIRED_KEYS, who)
+    rate = _rate(ex, unit_rate_hz, "unit_rate_hz", who)
+    with tf.control_dependencies([_check_pair(ex, who)]):
+        num_sentences = tf.size(ex["a_sentence_start"])
+    sides = sentence_sides(num_sentences, seed, switch_prob, start)
+    body = crosslingual_units(ex, sides, rate, vocabulary, dedup, lang_tags)
+    return finish_example(ex, tf.concat([_speech_marker(vocabulary, speech_marker), body], 0), vocabulary)
+
+
+def crosslingual_interleave(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    switch_prob: float = 1.0,
+    lang_tags: bool = False,
+    dedup: bool = True,
+    start: str = "random",
+    unit_rate_hz: float | None = None,
+    speech_marker: bool = True,
+    output_features=None,
+) -> tf.data.Dataset:
+    """Sentence-level cross-lingual interleaving over PAIRED records (Moumen et al.), speech only:
+    `[Speech] [EN]? <units of EN sentence 0> [FR]? <units of FR sentence 1> ... EOS`.
+
+    Sentence i of side a is the translation of sentence i of side b; the sides per sentence
+    are `sentence_sides(S, seed, switch_prob, start)` and the units `crosslingual_units`.
+    `lang_tags` inserts `vocabulary.lang_tag_id_tf(lang)` at the start and where the
+    language changes (the vocabulary must list both languages). `speech_marker` puts
+    `[Speech]` first, like every speech sequence of this module (a unit-only model can
+    turn it off). Units are at `unit_rate_hz` (default: the record's feature).
+    """
+    who = "crosslingual_interleave"
+    switch_prob = _check_fraction("switch_prob", switch_prob, who)
+    _check_choice("start", start, STARTS, who)
+    return _crosslingual_map(
+        dataset,
+        vocabulary=_vocab(vocabulary, output_features, who),
+        switch_prob=switch_prob,
+        lang_tags=bool(lang_tags),
+        dedup=bool(dedup),
+        start=start,
+        unit_rate_hz=unit_rate_hz,
+        speech_marker=bool(speech_marker),
+    )
+
+
+def side_example(
+    ex, vocabulary, side: str, dedup: bool = True, lang_tags: bool = False, speech_marker: bool = True
+) -> dict:
+    """One whole side of a paired record: `[Speech] [LANG]? <all its units> EOS`."""
+    _check_choice("side", side, SIDES, "monolingual_side")
+    _require(ex, [f"{side}_units"] + ([f"{side}_lang"] if lang_tags else []), "monolingual_side")
+    parts = [_speech_marker(vocabulary, speech_marker)]
+    if lang_tags:
+        parts.append(_one(_lang_tag(vocabulary, ex[f"{side}_lang"])))
+    parts.append(_unit_ids(ex[f"{side}_units"], vocabulary, dedup))
+    return finish_example(ex, tf.concat(parts, 0), vocabulary)
+
+
+def monolingual_side(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    side: str = "a",
+    dedup: bool = True,
+    lang_tags: bool = False,
+    speech_marker: bool = True,
+    output_features=None,
+) -> tf.data.Dataset:
+    """The monolingual baseline: every paired record becomes its side-`side` recording (all of
+    its units, pauses between sentences included), same format as `crosslingual_interleave`."""
+    _check_choice("side", side, SIDES, "monolingual_side")
+    vocabulary = _vocab(vocabulary, output_features, "monolingual_side")
+    return dataset.map(
+        lambda ex: side_example(ex, vocabulary, side, dedup, lang_tags, speech_marker),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def both_sides(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    dedup: bool = True,
+    lang_tags: bool = False,
+    speech_marker: bool = True,
+    output_features=None,
+) -> tf.data.Dataset:
+    """The "EN+FR mixed" baseline: each paired record yields TWO examples, side a then side b
+    (each as `monolingual_side`, both keeping the record's `id`), so the model sees both
+    languages and the same content, but never within one sequence. Shuffling later in the
+    SeqIO pipeline separates the two. A flat_map of pure TF ops (checkpointable)."""
+    vocabulary = _vocab(vocabulary, output_features, "both_sides")
+
+    def fn(ex):
+        a = side_example(ex, vocabulary, "a", dedup, lang_tags, speech_marker)
+        b = side_example(ex, vocabulary, "b", dedup, lang_tags, speech_marker)
+        return tf.data.Dataset.from_tensors(a).concatenate(tf.data.Dataset.from_tensors(b))
+
+    return dataset.flat_map(fn)
+
+
+# --- SpiritLM expressive merge ---------------------------------------------------------------
+def expressive_tokens(
+    units,
+    pitch,
+    style,
+    vocabulary,
+    hubert_rate: float = 25.0,
+    pitch_rate: float = 12.5,
+    style_rate: float = 1.0,
+) -> tf.Tensor:
+    """HuBERT, pitch and style streams merged into one id sequence by timestamp (no marker/EOS).
+
+    A token's timestamp is its frame index BEFORE dedup / its stream's rate. HuBERT and
+    pitch are run-length deduplicated (a kept token has the time of its run's first
+    frame); style is not. A stable sort by time over the concatenation
+    [style, pitch, HuBERT] gives, at equal times, the order style, pitch, HuBERT, and
+    keeps each stream's own order. Times are float64 divisions, which are exact for
+    equal rational times (k / 25 == j / 12.5 whenever k == 2j).
+    """
+    streams = []
+    for values, rate, dedup, to_ids in (
+        (style, style_rate, False, vocabulary.style_to_ids_tf),
+        (pitch, pitch_rate, True, vocabulary.pitch_to_ids_tf),
+        (units, hubert_rate, True, vocabulary.units_to_ids_tf),
+    ):
+        values = _dense(values)
+        index = run_starts(values) if dedup else tf.range(tf.size(values))
+        times = tf.cast(index, tf.float64) / tf.constant(float(rate), tf.float64)
+        streams.append((times, tf.cast(to_ids(tf.gather(values, index)), tf.int32)))
+    times = tf.concat([t for t, _ in streams], 0)
+    ids = tf.concat([i for _, i in streams], 0)
+    return tf.gather(ids, tf.argsort(times, stable=True))
+
+
+def expressive_merge(
+    dataset: tf.data.Dataset,
+    vocabulary=None,
+    hubert_rate: float = 25.0,
+    pitch_rate: float = 12.5,
+    style_rate: float = 1.0,
+    output_features=None,
+) -> tf.data.Dataset:
+    """SpiritLM EXPRESSIVE sequences: `[Speech] <style/pitch/HuBERT merged by time> EOS` from a
+    record's `units`, `pitch` and `style` (see `expressive_tokens`). Rates default to
+    SpiritLM's (mHuBERT 25 Hz, pitch 12.5 Hz, style 1 Hz)."""
+    for name, rate in (("hubert_rate", hubert_rate), ("pitch_rate", pitch_rate), ("style_rate", style_rate)):
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+            raise ValueError(f"expressive_merge: {name} must be a number > 0, got {rate!r}")
+    vocabulary = _vocab(vocabulary, output_features, "expressive_merge")
+
+    def fn(ex):
+        _require(ex, ["units", "pitch", "style"], "expressive_merge")
+        merged = expressive_tokens(
+            ex["units"], ex["pitch"], ex["style"], vocabulary, hubert_rate, pitch_rate, style_rate
+        )
+        return finish_example(ex, tf.concat([_one(vocabulary.speech_marker_id), merged], 0), vocabulary)
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
