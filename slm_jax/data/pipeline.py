@@ -23,8 +23,14 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from slm_jax.data.feature_converter import SLMFeatureConverter
+
 # The input pipeline runs on host CPUs; TF must never take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")
+
+# Per-token modality (0 pad, 1 text, 2 speech, 3 marker) and latent-patch ids ride along
+# for per-modality losses and the LST model; the dense trainer reads only BATCH_KEYS.
+EXTRA_KEYS = ("decoder_modality", "decoder_patch_ids")
 
 BATCH_KEYS = (
     "decoder_input_tokens",
@@ -115,7 +121,7 @@ def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None
     ds = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths={"targets": cfg.sequence_length},
-        feature_converter=seqio.DecoderFeatureConverter(pack=cfg.pack),
+        feature_converter=SLMFeatureConverter(pack=cfg.pack),
         dataset_split=cfg.split,
         use_cached=cfg.use_cached,
         shuffle=cfg.shuffle,
@@ -127,7 +133,7 @@ def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None
     if not cfg.pack:
         ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.map(
-        lambda ex: {k: tf.cast(ex[k], tf.int32) for k in BATCH_KEYS}, num_parallel_calls=tf.data.AUTOTUNE
+        lambda ex: {k: tf.cast(ex[k], tf.int32) for k in BATCH_KEYS + EXTRA_KEYS}, num_parallel_calls=tf.data.AUTOTUNE
     )
     ds = ds.batch(cfg.batch_size // shard_info.num_shards, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
