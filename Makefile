@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench espeak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,21 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The spoken demo corpus is synthesized with espeak-ng (a Debian package).
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "installing espeak-ng (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng; fi; }
+
+demo: $(STAMP) espeak
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax prepare demo-corpus
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax data stats spoken_demo_xl_mix --module_import=tasks.spoken_demo
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax inspect $(DEMO_DIR)
 
-test: $(STAMP)
+# Tests synthesize a small spoken corpus too, so espeak-ng must be present.
+test: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 tests
 
 bench: $(STAMP)

@@ -15,7 +15,7 @@ from slm_jax.training import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_FLAGS = [
-    "--gin_file=gin/runs/demo_cpu.gin",
+    "--gin_file=gin/runs/test_cpu.gin",
     "--gin.TRAIN_STEPS=60",
     "--gin.CHECKPOINT_PERIOD=10",
     "--gin.SEQUENCE_LENGTH=64",
@@ -113,14 +113,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp
     base = ["TRAIN_STEPS = 8", "CHECKPOINT_PERIOD = 2", "SEQUENCE_LENGTH = 64", "train.eval_period = 0",
             "train.log_period = 2", f"MODEL_DIR = '{model_dir}'", "OptimizerConfig.warmup_steps = 0",
             "OptimizerConfig.decay = 'constant'"]
-    gin_utils.parse_gin(["gin/runs/demo_cpu.gin"], base + ["TRAIN_STEPS = 4"])
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], base + ["TRAIN_STEPS = 4"])
     run_training(TrainRun())
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]
     good_sha = checkpoints.params_sha256(checkpoints.restore_params_to_host(ckpt_dir)[1])
 
     # An absurd learning rate blows the parameters up at the first resumed step (5).
-    gin_utils.parse_gin(["gin/runs/demo_cpu.gin"], base + ["OptimizerConfig.learning_rate = 1e30"])
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], base + ["OptimizerConfig.learning_rate = 1e30"])
     with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*last good checkpoint \(step 4\)"):
         run_training(TrainRun())
     assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]
@@ -135,13 +135,13 @@ def test_incompatible_model_dir_is_refused_before_compiling(uninterrupted):
 
 
 def test_unknown_binding_from_the_command_line():
-    proc = run_cli("train", "--gin_file=gin/runs/demo_cpu.gin", "--gin.train.no_such_flag=1", check=False)
+    proc = run_cli("train", "--gin_file=gin/runs/test_cpu.gin", "--gin.train.no_such_flag=1", check=False)
     assert proc.returncode == 2
     assert "--gin.train.no_such_flag = 1" in proc.stderr
 
 
 def test_compile_for_a_tpu_slice():
-    proc = run_cli("compile", "--gin_file=gin/runs/demo_cpu.gin", "--topology=v5e:2x2")
+    proc = run_cli("compile", "--gin_file=gin/runs/test_cpu.gin", "--topology=v5e:2x2")
     assert "topology: v5e:2x2 (4 x TPU v5" in proc.stdout
     assert "fits" in proc.stdout and "temporaries" in proc.stdout
 
@@ -160,7 +160,7 @@ register_mixture("user_mixture", ["user_units_fr"])
 def test_user_module_registers_a_trainable_mixture(demo_data_dir, tmp_path):
     (tmp_path / "my_tasks.py").write_text(USER_TASKS)
     model_dir = str(tmp_path / "user_run")
-    cmd, env = cli("train", "--gin_file=" + os.path.join(REPO, "gin/runs/demo_cpu.gin"), "--module_import=my_tasks",
+    cmd, env = cli("train", "--gin_file=" + os.path.join(REPO, "gin/runs/test_cpu.gin"), "--module_import=my_tasks",
                    "--gin.MIXTURE_OR_TASK_NAME='user_mixture'", "--gin.TRAIN_STEPS=4", "--gin.SEQUENCE_LENGTH=64",
                    "--gin.train.log_period=2", "--gin.train.eval_period=0", f"--gin.MODEL_DIR='{model_dir}'")
     proc = subprocess.run(cmd, env=dict(env, PYTHONPATH=REPO), cwd=tmp_path, capture_output=True, text=True,

@@ -135,7 +135,7 @@ def test_unknown_gin_binding_is_named():
 
 def test_macro_override_wins_over_file():
     import gin
-    gin_utils.parse_gin(["gin/runs/demo_cpu.gin"], ["TRAIN_STEPS = 7", "MODEL_DIR = '/tmp/x'"])
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], ["TRAIN_STEPS = 7", "MODEL_DIR = '/tmp/x'"])
     assert gin.query_parameter("train.train_steps") is not None
     assert gin.query_parameter("TRAIN_STEPS/macro.value") == 7
     gin.clear_config()

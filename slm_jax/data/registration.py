@@ -223,6 +223,20 @@ class LazyVocabulary(seqio.Vocabulary):
         return f"LazyVocabulary({self._key!r})"
 
 
+def slm_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    """`targets` plus the per-token features the SLM converter packs.
+
+    They must be output features: a SeqIO Mixture keeps only output features, so
+    without them modality ids and loss masks would vanish in every mixture.
+    """
+    per_token = seqio.PassThroughVocabulary(size=0)
+    return {
+        "targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+        **{k: seqio.Feature(per_token, add_eos=False, required=False, dtype=tf.int32)
+           for k in ("modality", "loss_mask", "patch_ids")},
+    }
+
+
 def register_corpus_task(
     name: str,
     split_to_filepattern: Mapping[str, str],
@@ -251,7 +265,7 @@ def register_corpus_task(
         name,
         source=source,
         preprocessors=[*preprocessors, seqio.CacheDatasetPlaceholder(), prep.split_to_length],
-        output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
+        output_features=slm_output_features(vocabulary),
         metric_fns=[],
         shuffle_buffer_size=shuffle_buffer_size,
     )

@@ -46,6 +46,7 @@ def _vocab(vocabulary, output_features, who: str) -> SpeechTextVocabulary:
     """The vocabulary argument, or the `targets` output feature's (how SeqIO passes it)."""
     if vocabulary is None and output_features is not None and "targets" in output_features:
         vocabulary = output_features["targets"].vocabulary
+    vocabulary = getattr(vocabulary, "real", vocabulary)  # registration.LazyVocabulary: build it now
     if not isinstance(vocabulary, SpeechTextVocabulary):
         raise ValueError(
             f"{who}: vocabulary must be a SpeechTextVocabulary (argument `vocabulary` or "

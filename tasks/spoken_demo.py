@@ -1,0 +1,74 @@
+"""SeqIO tasks and mixtures over the spoken EN/FR demo corpus (`slm-jax prepare demo-corpus`).
+
+Speech-only token space (units + [EN]/[FR] tags), shared by every speech-only task so
+they mix:
+  spoken_demo_speech_en / _fr     one language, units deduplicated
+  spoken_demo_mixed               EN + FR monolingual utterances (the "mixed" baseline)
+  spoken_demo_crosslingual        sentence-level EN<->FR interleaving (Moumen et al.)
+  spoken_demo_xl_mix              cross-lingual interleaved + monolingual EN and FR
+
+Speech + text token space (adds the corpus's SentencePiece model, built lazily):
+  spoken_demo_interleaved_en / _fr   word-level speech-text interleaving (SpiritLM, poisson spans)
+  spoken_demo_asr_en, spoken_demo_tts_en
+  spoken_demo_speech_text            interleaved + speech-only + text-only, 1/3 each (SpiritLM mix)
+
+Importing does no I/O; the corpus is built on the first dataset request.
+"""
+import functools
+import os
+
+from slm_jax.data import corpus, interleave, task_formats
+from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
+from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
+from slm_jax.data.token_space import SpeechTextVocabulary
+
+LANGS = ("en", "fr")
+NUM_UNITS = DemoCorpusParams.num_units
+SPLITS = ("train", "validation")
+
+SPEECH_VOCAB = SpeechTextVocabulary(None, num_units=NUM_UNITS, langs=LANGS)
+TEXT_VOCAB = LazyVocabulary(
+    "spoken_demo_v1_spm",
+    lambda: SpeechTextVocabulary(os.path.join(ensure_spoken_demo_corpus(), "spm.model"), num_units=NUM_UNITS,
+                                 langs=LANGS))
+
+
+def _speech_files(lang):
+    return {split: f"speech/{split}-{lang}-*.tfrecord" for split in SPLITS}
+
+
+PAIRED_FILES = {split: f"paired/{split}-*.tfrecord" for split in SPLITS}
+_ROOT = ensure_spoken_demo_corpus
+
+for _lang in LANGS:
+    register_corpus_task(
+        f"spoken_demo_speech_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.speech_only, vocabulary=SPEECH_VOCAB, dedup=True)],
+        SPEECH_VOCAB, root_fn=_ROOT)
+    register_corpus_task(
+        f"spoken_demo_interleaved_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.word_interleave, vocabulary=TEXT_VOCAB, policy="poisson")],
+        TEXT_VOCAB, root_fn=_ROOT)
+    register_corpus_task(
+        f"spoken_demo_text_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.text_only, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, root_fn=_ROOT)
+    register_corpus_task(
+        f"spoken_demo_speech_tv_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.speech_only, vocabulary=TEXT_VOCAB, dedup=True)], TEXT_VOCAB, root_fn=_ROOT)
+
+register_corpus_task(
+    "spoken_demo_crosslingual", PAIRED_FILES,
+    [functools.partial(interleave.crosslingual_interleave, vocabulary=SPEECH_VOCAB, switch_prob=1.0)],
+    SPEECH_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT)
+register_corpus_task(
+    "spoken_demo_asr_en", _speech_files("en"),
+    [functools.partial(task_formats.format_asr, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, root_fn=_ROOT)
+register_corpus_task(
+    "spoken_demo_tts_en", _speech_files("en"),
+    [functools.partial(task_formats.format_tts, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, root_fn=_ROOT)
+
+register_mixture("spoken_demo_mixed", ["spoken_demo_speech_en", "spoken_demo_speech_fr"])
+register_mixture("spoken_demo_xl_mix", [("spoken_demo_crosslingual", 2.0), ("spoken_demo_speech_en", 1.0),
+                                        ("spoken_demo_speech_fr", 1.0)])
+register_mixture("spoken_demo_speech_text", ["spoken_demo_interleaved_en", "spoken_demo_speech_tv_en",
+                                             "spoken_demo_text_en"])

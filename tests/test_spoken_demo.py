@@ -1,0 +1,86 @@
+"""The spoken demo corpus end to end: espeak-ng -> units -> corpus, paired records, cloze
+pairs, SentencePiece; its SeqIO tasks produce packed batches a model can train on."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="espeak-ng not installed (apt-get install -y espeak-ng)")
+
+SMALL = dict(num_stories=12, num_units=32, spm_vocab_size=120, voices_per_lang=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
+    return ensure_spoken_demo_corpus(str(tmp_path_factory.mktemp("spoken")), DemoCorpusParams(**SMALL))
+
+
+def test_corpus_records_have_aligned_speech_and_text(small_corpus):
+    from slm_jax.data import corpus
+    utts = list(corpus.iter_utterances(os.path.join(small_corpus, "speech", "train-*.tfrecord")))
+    heldout = list(corpus.iter_utterances(os.path.join(small_corpus, "speech", "validation-*.tfrecord")))
+    assert len(utts) + len(heldout) == 2 * SMALL["num_stories"]
+    assert heldout, "held-out stories feed the cloze benchmarks"
+    for utt in utts:
+        corpus.validate(utt, num_units=SMALL["num_units"], source="speech")
+        assert utt.unit_rate_hz == 25.0 and utt.parallel_id and utt.text
+        assert len(utt.sentences) in (4, 5)
+        # words are inside their sentences, sentences cover the words in order
+        for (start, end, _) in utt.sentences:
+            assert any(start <= ws and we <= end + 1e-6 for _, ws, we in utt.words)
+        assert utt.words[-1][2] <= utt.duration_s + 1.0 / utt.unit_rate_hz
+
+
+def test_paired_records_and_spm(small_corpus):
+    from slm_jax.data import corpus
+    paired = list(corpus.read_paired_tfrecord(os.path.join(small_corpus, "paired", "train-*.tfrecord")))
+    assert paired and all(p["a_lang"] == "en" and p["b_lang"] == "fr" for p in paired)
+    assert all(len(p["a_sentence_start"]) == len(p["b_sentence_start"]) for p in paired)
+    assert os.path.isfile(os.path.join(small_corpus, "spm.model"))
+
+
+def test_cloze_pairs_cover_languages_and_directions(small_corpus):
+    names = sorted(f[:-len(".jsonl")] for f in os.listdir(os.path.join(small_corpus, "cloze")))
+    assert names == sorted(f"{b}_{p}" for b in ("ssc", "stc") for p in ("en", "fr", "en_fr", "fr_en"))
+    with open(os.path.join(small_corpus, "cloze", "stc_en_fr.jsonl")) as f:
+        items = [json.loads(line) for line in f]
+    assert items
+    for item in items:
+        assert item["prompt"]["lang"] == "en" and item["correct"]["lang"] == "fr" == item["wrong"]["lang"]
+        assert item["prompt"]["units"] and item["correct"]["units"] and item["wrong"]["units"]
+        assert item["correct"]["text"] != item["wrong"]["text"]
+
+
+def test_build_is_deterministic(small_corpus, tmp_path):
+    from slm_jax.data import corpus
+    from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
+    again = ensure_spoken_demo_corpus(str(tmp_path), DemoCorpusParams(**SMALL))
+    pattern = os.path.join("speech", "train-en-*.tfrecord")
+    a = [u.units for u in corpus.iter_utterances(os.path.join(small_corpus, pattern))]
+    b = [u.units for u in corpus.iter_utterances(os.path.join(again, pattern))]
+    assert a == b
+
+
+def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):
+    import tasks.spoken_demo as spoken_tasks
+    from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
+    from slm_jax.data.registration import LazyRootTFExampleDataSource
+
+    # Point the registered tasks at the small corpus (their vocab has NUM_UNITS units).
+    monkeypatch.setattr(LazyRootTFExampleDataSource, "_resolved",
+                        lambda self, split: os.path.join(small_corpus, self._split_to_filepattern[split]))
+    if SMALL["num_units"] > spoken_tasks.NUM_UNITS:
+        pytest.skip("small corpus has more units than the registered vocabulary")
+    cfg = DatasetConfig("spoken_demo_xl_mix", sequence_length=256, batch_size=2, seed=0)
+    batch = next(DataIterator(get_dataset(cfg)))
+    assert batch["decoder_target_tokens"].shape == (2, 256)
+    speech = batch["decoder_modality"] == 2
+    assert speech.sum() > 0.8 * (batch["decoder_target_tokens"] > 0).sum()
+    vocab = spoken_tasks.SPEECH_VOCAB
+    units = batch["decoder_target_tokens"][speech] - vocab.unit_offset
+    assert units.min() >= 0 and units.max() < SMALL["num_units"]
+    assert np.all(batch["decoder_segment_ids"][batch["decoder_target_tokens"] > 0] > 0)
