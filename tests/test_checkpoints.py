@@ -338,3 +338,14 @@ def test_async_save_survives_donation_and_deletion(tmp_path):
     restored = mngr.restore(abstract)
     mngr.close()
     assert_trees_equal(to_host(restored), expected)
+
+
+def test_relative_directory_works_for_save_and_host_restore(tmp_path, monkeypatch):
+    """Orbax needs absolute paths; `slm-jax inspect runs/demo` must still work."""
+    monkeypatch.chdir(tmp_path)
+    params = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((3, 2)), jnp.float32)}
+    mgr = ckpt.CheckpointManager("rel/checkpoints", save_period=1, async_save=False)
+    mgr.save(1, {"step": jnp.asarray(1, jnp.int32), "params": params})
+    mgr.close()
+    step, host = ckpt.restore_params_to_host("rel/checkpoints")
+    assert step == 1 and np.array_equal(host["w"], np.asarray(params["w"]))

@@ -193,7 +193,7 @@ def is_complete_step_dir(step_dir: epath.PathLike) -> bool:
 
 def list_complete_steps(directory: epath.PathLike) -> list[int]:
     """Steps (ascending) of the complete checkpoints in `directory`; [] if none."""
-    directory = epath.Path(directory)
+    directory = _absolute(directory)
     if not directory.exists():
         return []
     steps = []
@@ -232,7 +232,7 @@ _NAME_FORMAT = _CompleteStepNameFormat()
 
 
 def _step_dir(directory: epath.PathLike, step: int) -> epath.Path:
-    return epath.Path(directory) / _NAME_FORMAT.build_name(step)
+    return _absolute(directory) / _NAME_FORMAT.build_name(step)
 
 
 def _resolve_step(directory: epath.PathLike, step: int | None) -> int:
