@@ -70,8 +70,22 @@ def _check_aligned(key: str, value: tf.Tensor, targets: tf.Tensor, length: int) 
     )
 
 
-def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, vocabulary=None) -> dict:
-    """All four task features as int32, defaults for missing ones, lengths checked against targets.
+def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
+    """Optional features worth packing: present in the task, and not derivable after packing.
+
+    Packing cost grows with every packed feature, so a missing feature is synthesised
+    after packing instead of being filled with defaults first, and `modality` (a pure
+    function of the token id) is recomputed from the packed targets when the vocabulary
+    is known.
+    """
+    keys = [k for k in OPTIONAL_FEATURES if k in element_spec]
+    if vocabulary is not None and hasattr(vocabulary, "modality_ids_tf"):
+        keys = [k for k in keys if k != "modality"]
+    return tuple(keys)
+
+
+def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, keys: tuple[str, ...]) -> dict:
+    """`targets` + the optional features to pack, as int32, checked against targets.
 
     Present optional features are trimmed to `length` first, as seqio trims `targets` (a
     task whose output_features omit them leaves them untrimmed).
@@ -79,14 +93,9 @@ def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, vocabulary=None) ->
     targets = ex["targets"]
     out = {"targets": targets}
     checks = []
-    for key, (default, _, _) in OPTIONAL_FEATURES.items():
-        if key in ex:
-            value = tf.cast(ex[key], tf.int32)[:length]
-            checks.append(_check_aligned(key, value, targets, length))
-        elif key == "modality" and vocabulary is not None:
-            value = tf.cast(vocabulary.modality_ids_tf(targets), tf.int32)
-        else:
-            value = tf.fill(tf.shape(targets), tf.constant(default, tf.int32))
+    for key in keys:
+        value = tf.cast(ex[key], tf.int32)[:length]
+        checks.append(_check_aligned(key, value, targets, length))
         out[key] = value
     with tf.control_dependencies(checks):
         return {k: tf.identity(v) for k, v in out.items()}
@@ -96,7 +105,8 @@ def _offset(ex: Mapping[str, tf.Tensor]) -> dict:
     """Optional features + offset, so the packer's non-zero length count sees every token."""
     out = dict(ex)
     for key, (_, offset, _) in OPTIONAL_FEATURES.items():
-        out[key] = ex[key] + offset
+        if key in ex:
+            out[key] = ex[key] + offset
     return out
 
 
@@ -161,39 +171,54 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             )
         length = task_feature_lengths["targets"]
         for key, value in task_feature_lengths.items():
-            if key not in self.TASK_FEATURES:
+            if key not in type(self).TASK_FEATURES:
                 raise ValueError(
                     f"SLMFeatureConverter: unknown task feature {key!r} in task_feature_lengths; "
-                    f"expected a subset of {sorted(self.TASK_FEATURES)}"
+                    f"expected a subset of {sorted(type(self).TASK_FEATURES)}"
                 )
             if value != length:
                 raise ValueError(
                     f"SLMFeatureConverter: task_feature_lengths[{key!r}]={value} differs from "
                     f"targets' {length}; every task feature is aligned with targets"
                 )
-        ds = ds.map(
-            lambda ex: _fill_optional(ex, length, self._vocabulary), num_parallel_calls=tf.data.AUTOTUNE
-        )
+        keys = _packed_optional_keys(ds.element_spec, self._vocabulary)
+        ds = ds.map(lambda ex: _fill_optional(ex, length, keys), num_parallel_calls=tf.data.AUTOTUNE)
+        # seqio validates task_feature_lengths against TASK_FEATURES exactly: narrow it to
+        # the features this dataset packs.
+        self.TASK_FEATURES = {k: type(self).TASK_FEATURES[k] for k in ("targets", *keys)}
         return super().__call__(ds, {key: length for key in self.TASK_FEATURES})
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         """One padded/packed row of offset task features -> model features."""
         targets = features["targets"]
         segment_ids = features.get("targets_segment_ids")
-        loss_mask = _unoffset(features["loss_mask"], "loss_mask")
+        weights = seqio_fc.non_padding_position(targets)
+        if "loss_mask" in features:
+            weights = weights * _unoffset(features["loss_mask"], "loss_mask")
         out = {
             "decoder_target_tokens": targets,
             "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(
                 targets, sequence_id=segment_ids, bos_id=self.bos_id
             ),
-            "decoder_loss_weights": seqio_fc.non_padding_position(targets) * loss_mask,
-            "decoder_modality": _unoffset(features["modality"], "modality"),
-            "decoder_patch_ids": _unoffset(features["patch_ids"], "patch_ids"),
+            "decoder_loss_weights": weights,
+            "decoder_modality": self._modality(features),
+            "decoder_patch_ids": (_unoffset(features["patch_ids"], "patch_ids") if "patch_ids" in features
+                                  else tf.fill(tf.shape(targets), tf.constant(OPTIONAL_FEATURES["patch_ids"][2]))),
         }
         if self.pack:
             out["decoder_segment_ids"] = segment_ids
             out["decoder_positions"] = features["targets_positions"]
         return out
+
+    def _modality(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Packed modality ids: unpacked, or recomputed from the packed tokens (pad -> 0)."""
+        targets = features["targets"]
+        if "modality" in features:
+            return _unoffset(features["modality"], "modality")
+        if self._vocabulary is not None and hasattr(self._vocabulary, "modality_ids_tf"):
+            modality = tf.cast(self._vocabulary.modality_ids_tf(targets), tf.int32)
+            return tf.where(tf.equal(targets, 0), 0, modality)
+        return tf.zeros_like(targets)
 
     def _convert_features(
         self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]

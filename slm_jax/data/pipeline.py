@@ -109,6 +109,12 @@ def _add_unpacked_segments(ex: dict) -> dict:
     return ex
 
 
+def _targets_vocabulary(cfg: DatasetConfig):
+    """The task's token space, so the converter can derive modality ids after packing."""
+    vocab = seqio.get_mixture_or_task(cfg.mixture_or_task_name).output_features["targets"].vocabulary
+    return vocab if hasattr(vocab, "modality_ids_tf") else None
+
+
 def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
     """Per-process batches of `cfg` for `shard_info` (default: the only shard).
 
@@ -121,7 +127,7 @@ def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None
     ds = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths={"targets": cfg.sequence_length},
-        feature_converter=SLMFeatureConverter(pack=cfg.pack),
+        feature_converter=SLMFeatureConverter(pack=cfg.pack, vocabulary=_targets_vocabulary(cfg)),
         dataset_split=cfg.split,
         use_cached=cfg.use_cached,
         shuffle=cfg.shuffle,

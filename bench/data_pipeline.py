@@ -1,0 +1,107 @@
+"""Packed tokens/s per CPU core of the SLM input pipelines against a plain SeqIO pipeline.
+
+The plain reference is the simplest useful unit pipeline: TFRecord -> parse -> dedup
+-> ids -> seqio DecoderFeatureConverter packing. The measured pipelines are slm_jax's
+interleaving tasks/mixtures through `slm_jax.data.pipeline.get_dataset` (SLM feature
+converter with modality ids). All run in one process, pinned to ONE core's worth of
+TF threads, over the spoken demo corpus (built on first use).
+
+    python bench/data_pipeline.py [--batches=200] [--sequence_length=1024]
+
+Prints one line per pipeline and its ratio to the plain pipeline (target: >= 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PIPELINES = (
+    "spoken_demo_speech_en",        # speech-only through the SLM path (dedup, markers, modality)
+    "spoken_demo_crosslingual",     # sentence-level EN<->FR interleaving
+    "spoken_demo_xl_mix",           # the demo's training mixture
+    "spoken_demo_interleaved_en",   # word-level speech-text interleaving (SentencePiece)
+    "spoken_demo_speech_text",      # SpiritLM-style 1/3 interleaved, speech, text
+)
+
+
+def one_core():
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    options.autotune.enabled = False
+    return options
+
+
+def measure(ds, batches: int, warmup: int, key: str) -> dict:
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    tokens, start = 0, time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+        tokens += int((batch[key].numpy() > 0).sum())
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+def plain_dataset(root: str, sequence_length: int, batch_size: int, options):
+    """TFRecord -> dedup -> pack with seqio only: the reference pipeline."""
+    import seqio
+
+    from slm_jax.data.registration import register_unit_task
+    from slm_jax.data.spoken_demo import DemoCorpusParams
+    register_unit_task("bench_plain_units", {"train": os.path.join(root, "speech", "train-*.tfrecord")},
+                       num_units=DemoCorpusParams.num_units, dedup=True)
+    ds = seqio.get_dataset("bench_plain_units", {"targets": sequence_length}, dataset_split="train", shuffle=True,
+                           num_epochs=None, seed=0, feature_converter=seqio.DecoderFeatureConverter(pack=True))
+    return ds.batch(batch_size).with_options(options)
+
+
+def slm_dataset(name: str, sequence_length: int, batch_size: int, options):
+    from slm_jax.data.pipeline import DatasetConfig, get_dataset
+    cfg = DatasetConfig(name, sequence_length=sequence_length, batch_size=batch_size, seed=0)
+    return get_dataset(cfg).with_options(options)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--sequence_length", type=int, default=1024)
+    p.add_argument("--pipelines", default=",".join(PIPELINES))
+    args = p.parse_args(argv)
+
+    options = one_core()
+    import tasks.spoken_demo  # noqa: F401 - registers the measured tasks
+    from slm_jax.data.spoken_demo import ensure_spoken_demo_corpus
+    root = ensure_spoken_demo_corpus()
+    print(f"# corpus {root}; batch {args.batch_size} x {args.sequence_length}; 1 core of TF threads", flush=True)
+
+    plain = measure(plain_dataset(root, args.sequence_length, args.batch_size, options), args.batches,
+                    args.warmup, "decoder_target_tokens")
+    print(json.dumps({"pipeline": "plain_seqio_dedup_pack", **plain}), flush=True)
+    rows = [("plain_seqio_dedup_pack", plain)]
+    for name in args.pipelines.split(","):
+        result = measure(slm_dataset(name, args.sequence_length, args.batch_size, options), args.batches,
+                         args.warmup, "decoder_target_tokens")
+        print(json.dumps({"pipeline": name, **result}), flush=True)
+        rows.append((name, result))
+    print(f"\n{'pipeline':34s} {'tokens/s/core':>14s} {'vs plain':>9s}")
+    for name, r in rows:
+        print(f"{name:34s} {r['tokens_per_second']:14,.0f} {r['tokens_per_second'] / plain['tokens_per_second']:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
