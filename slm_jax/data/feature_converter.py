@@ -78,10 +78,24 @@ def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
     function of the token id) is recomputed from the packed targets when the vocabulary
     is known.
     """
-    keys = [k for k in OPTIONAL_FEATURES if k in element_spec]
+    keys = [k for k in OPTIONAL_FEATURES if k in element_spec and k != "loss_mask"]
     if vocabulary is not None and hasattr(vocabulary, "modality_ids_tf"):
         keys = [k for k in keys if k != "modality"]
     return tuple(keys)
+
+
+def _fold_loss_mask(ex: Mapping[str, tf.Tensor], length: int) -> dict:
+    """Carries the loss mask in the SIGN of the target ids (-id = no loss), so packing it
+    costs nothing: the packer only needs ids to be non-zero. `_unfold` undoes it."""
+    out = {k: v for k, v in ex.items() if k != "loss_mask"}
+    if "loss_mask" not in ex:
+        return out
+    targets = ex["targets"]
+    mask = tf.cast(ex["loss_mask"], tf.int32)[:length]
+    check = _check_aligned("loss_mask", mask, targets, length)
+    with tf.control_dependencies([check]):
+        out["targets"] = tf.where(mask > 0, targets, -targets)
+    return out
 
 
 def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, keys: tuple[str, ...]) -> dict:
@@ -182,7 +196,14 @@ class SLMFeatureConverter(seqio.FeatureConverter):
                     f"targets' {length}; every task feature is aligned with targets"
                 )
         keys = _packed_optional_keys(ds.element_spec, self._vocabulary)
-        ds = ds.map(lambda ex: _fill_optional(ex, length, keys), num_parallel_calls=tf.data.AUTOTUNE)
+
+        def prepare(ex):
+            out = _fill_optional(ex, length, keys)
+            if "loss_mask" in ex:
+                out["loss_mask"] = ex["loss_mask"]
+            return _fold_loss_mask(out, length)
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         # seqio validates task_feature_lengths against TASK_FEATURES exactly: narrow it to
         # the features this dataset packs.
         self.TASK_FEATURES = {k: type(self).TASK_FEATURES[k] for k in ("targets", *keys)}
@@ -190,11 +211,11 @@ class SLMFeatureConverter(seqio.FeatureConverter):
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         """One padded/packed row of offset task features -> model features."""
-        targets = features["targets"]
+        signed = features["targets"]
+        targets = tf.abs(signed)
         segment_ids = features.get("targets_segment_ids")
-        weights = seqio_fc.non_padding_position(targets)
-        if "loss_mask" in features:
-            weights = weights * _unoffset(features["loss_mask"], "loss_mask")
+        weights = tf.cast(signed > 0, tf.int32)  # pad (0) and loss-masked (-id) tokens weigh 0
+        features = {**features, "targets": targets}
         out = {
             "decoder_target_tokens": targets,
             "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(

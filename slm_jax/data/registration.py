@@ -237,6 +237,13 @@ def slm_output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature
     }
 
 
+@seqio.map_over_dataset
+def drop_token_modality(ex):
+    """Drops `modality`: the converter recomputes it from the packed ids (it is a function of
+    the id), and tasks that never emit it (task formats) then mix with ones that do."""
+    return {k: v for k, v in ex.items() if k != "modality"}
+
+
 def register_corpus_task(
     name: str,
     split_to_filepattern: Mapping[str, str],
@@ -264,7 +271,7 @@ def register_corpus_task(
     return seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=[*preprocessors, seqio.CacheDatasetPlaceholder(), prep.split_to_length],
+        preprocessors=[*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(), prep.split_to_length],
         output_features=slm_output_features(vocabulary),
         metric_fns=[],
         shuffle_buffer_size=shuffle_buffer_size,
