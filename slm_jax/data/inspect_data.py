@@ -149,6 +149,8 @@ def data_main(argv) -> int:
     p_stats.add_argument("--split", default="train")
     p_stats.add_argument("--max_examples", type=int, default=None)
     p_stats.add_argument("--sequence_length", type=int, default=None)
+    p_stats.add_argument("--token_shares", default=None,
+                         help="task=share,... : print mixture rates giving these TOKEN shares (matched budgets)")
     args = parser.parse_args(argv)
     if args.cmd == "show":
         colour = {"auto": None, "always": True, "never": False}[args.colour]
@@ -160,4 +162,13 @@ def data_main(argv) -> int:
     for task, row in table.items():
         print(task.ljust(32) + "".join(f"{row.get(k, 0):20,.1f}" if isinstance(row.get(k, 0), float)
                                        else f"{row.get(k, 0):20,d}" for k in keys))
+    if args.token_shares:
+        try:
+            shares = {t: float(v) for t, v in (item.split("=") for item in args.token_shares.split(","))}
+        except ValueError:
+            raise ValueError(f"--token_shares={args.token_shares!r}: expected task=share,task=share") from None
+        rates = rates_for_token_shares({t: r["tokens_per_example"] for t, r in table.items()}, shares)
+        print("\nmixture rates for the requested token shares (register_mixture(name, [(task, rate), ...])):")
+        for task, rate in rates.items():
+            print(f"  ({task!r}, {rate:.6f}),")
     return 0
