@@ -251,6 +251,7 @@ def register_corpus_task(
     vocabulary: seqio.Vocabulary,
     *,
     feature_description: Optional[Mapping] = None,
+    features: Optional[Sequence[str]] = None,
     root_fn: Optional[Callable[[], str]] = None,
     shuffle_buffer_size: Optional[int] = 1000,
 ) -> seqio.Task:
@@ -258,11 +259,19 @@ def register_corpus_task(
 
     `preprocessors` turn parsed records into `targets` (+ `modality`, `loss_mask`,
     `patch_ids`); examples longer than the sequence length are then SPLIT (never
-    truncated) with all per-token features cut at the same places.
+    truncated) with all per-token features cut at the same places. `features` limits
+    parsing to the record fields the preprocessors read.
     """
     from slm_jax.data import corpus
 
-    desc = feature_description or corpus.TFRECORD_FEATURES
+    desc = dict(feature_description or corpus.TFRECORD_FEATURES)
+    if features is not None:
+        # Parse only what the preprocessors read: unused string lists cost real throughput.
+        unknown = sorted(set(features) - set(desc))
+        if unknown:
+            raise ValueError(f"register_corpus_task({name!r}): features {unknown} are not in the corpus layout "
+                             f"({sorted(desc)})")
+        desc = {k: desc[k] for k in features}
     if root_fn is None:
         source = seqio.TFExampleDataSource(split_to_filepattern, desc)
     else:
