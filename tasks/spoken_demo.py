@@ -28,7 +28,7 @@ SPLITS = ("train", "validation")
 
 SPEECH_VOCAB = SpeechTextVocabulary(None, num_units=NUM_UNITS, langs=LANGS)
 TEXT_VOCAB = LazyVocabulary(
-    "spoken_demo_v1_spm",
+    "spoken_demo_v2_spm",
     lambda: SpeechTextVocabulary(os.path.join(ensure_spoken_demo_corpus(), "spm.model"), num_units=NUM_UNITS,
                                  langs=LANGS))
 
@@ -43,7 +43,8 @@ _ROOT = ensure_spoken_demo_corpus
 # Record fields each kind of task reads (parsing only these is markedly faster).
 SPEECH_FIELDS = ("id", "units")
 TEXT_FIELDS = ("id", "text")
-WORD_FIELDS = ("id", "units", "unit_rate_hz", "word_text", "word_start", "word_end")
+WORD_FIELDS = ("id", "units", "unit_rate_hz", "word_text", "word_start", "word_end", "word_token_ids",
+               "word_token_lengths", "word_token_model")
 ASR_FIELDS = ("id", "units", "text")
 
 for _lang in LANGS:

@@ -91,6 +91,9 @@ def test_parse_minimal_record_has_every_key():
             "sentence_start",
             "sentence_end",
             "parallel_id",
+            "word_token_ids",
+            "word_token_lengths",
+            "word_token_model",
         }
     )
     assert all(isinstance(v, tf.Tensor) for v in ex.values())  # dense, not sparse
@@ -369,3 +372,19 @@ def test_mistyped_tfrecord_feature_names_file_and_record(tmp_path):
         r"int64_list",
     ):
         list(corpus.read_tfrecord(path))
+
+
+def test_word_token_ids_round_trip_and_validation(tmp_path):
+    utt = corpus.Utterance(id="u1", lang="en", units=[1, 2, 3, 4], unit_rate_hz=25.0,
+                           words=[("the", 0.0, 0.04), ("cat", 0.08, 0.16)],
+                           word_token_ids=[[7], [9, 11]], word_token_model="ab" * 32)
+    back = corpus.from_example(corpus.to_example(utt).SerializeToString())
+    assert back.word_token_ids == [[7], [9, 11]] and back.word_token_model == "ab" * 32
+    assert corpus.Utterance.from_dict(utt.to_dict()) == utt
+    corpus.validate(utt, num_units=10, source="f.jsonl")
+    bad = corpus.Utterance(**{**utt.to_dict(), "word_token_ids": [[7]]})
+    with pytest.raises(corpus.BadRecordError, match=r"f.jsonl: record 'u1': 1 word_token_ids entries for 2 words"):
+        corpus.validate(bad, num_units=10, source="f.jsonl")
+    no_model = corpus.Utterance(**{**utt.to_dict(), "word_token_model": None})
+    with pytest.raises(corpus.BadRecordError, match="without word_token_model"):
+        corpus.validate(no_model, num_units=10, source="f.jsonl")

@@ -84,3 +84,44 @@ def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):
     units = batch["decoder_target_tokens"][speech] - vocab.unit_offset
     assert units.min() >= 0 and units.max() < SMALL["num_units"]
     assert np.all(batch["decoder_segment_ids"][batch["decoder_target_tokens"] > 0] > 0)
+
+
+def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
+    """The corpus's per-word SentencePiece ids give exactly the in-graph tokenizer's output."""
+    import functools
+
+    import seqio
+    import tensorflow as tf
+
+    from slm_jax.data import corpus, interleave
+    from slm_jax.data.token_space import SpeechTextVocabulary
+
+    vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
+    files = tf.io.gfile.glob(os.path.join(small_corpus, "speech", "train-en-*.tfrecord"))
+    with_tokens = ("id", "units", "unit_rate_hz", "word_text", "word_start", "word_end",
+                   "word_token_ids", "word_token_lengths", "word_token_model")
+
+    def targets(keys):
+        desc = {k: corpus.TFRECORD_FEATURES[k] for k in keys}
+        ds = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, desc))
+        fn = functools.partial(interleave.word_interleave, vocabulary=vocab, policy="random", speech_ratio=0.5)
+        with seqio.utils.map_seed_manager(7):
+            return [ex["targets"].tolist() for ex in fn(ds).as_numpy_iterator()]
+
+    pretokenized, in_graph = targets(with_tokens), targets(with_tokens[:6])
+    assert pretokenized == in_graph
+    assert any(vocab.text_marker_id in t for t in pretokenized)  # text spans really were exercised
+
+
+def test_pretokenized_words_from_another_model_are_refused(small_corpus):
+    import tensorflow as tf
+
+    from slm_jax.data import corpus, interleave
+    from slm_jax.data.token_space import SpeechTextVocabulary
+
+    other = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
+    other._model_digest = "0" * 64  # a vocabulary whose model is not the corpus's
+    files = tf.io.gfile.glob(os.path.join(small_corpus, "speech", "train-en-*.tfrecord"))
+    ds = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, corpus.TFRECORD_FEATURES))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="word_token_ids .* SentencePiece model"):
+        next(interleave.word_interleave(ds, vocabulary=other).as_numpy_iterator())

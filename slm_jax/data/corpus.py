@@ -85,6 +85,10 @@ class Utterance:
     words: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)
     sentences: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)
     parallel_id: str | None = None
+    # Optional: SentencePiece ids of each word (as it reads in a space-joined span), and the
+    # sha256 of that model. Word-level interleaving then needs no tokenizer at train time.
+    word_token_ids: list[list[int]] | None = None
+    word_token_model: str | None = None
 
     def __post_init__(self):
         # Normalise containers (not values) so equality does not depend on whether a
@@ -94,6 +98,8 @@ class Utterance:
         self.style = None if self.style is None else _as_list(self.style)
         self.words = [tuple(w) for w in self.words]
         self.sentences = [tuple(s) for s in self.sentences]
+        if self.word_token_ids is not None:
+            self.word_token_ids = [_as_list(t) for t in self.word_token_ids]
 
     @property
     def duration_s(self) -> float:
@@ -135,6 +141,9 @@ class Utterance:
             words=[_word(w, i, where) for i, w in enumerate(d.get("words") or [])],
             sentences=[_sentence(s, i, where) for i, s in enumerate(d.get("sentences") or [])],
             parallel_id=_opt(d.get("parallel_id"), lambda v: _str_field(v, "parallel_id", where)),
+            word_token_ids=_opt(d.get("word_token_ids"),
+                                lambda v: [_int_list(t, f"word_token_ids[{i}]", where) for i, t in enumerate(v)]),
+            word_token_model=_opt(d.get("word_token_model"), lambda v: _str_field(v, "word_token_model", where)),
         )
 
 
@@ -216,6 +225,9 @@ TFRECORD_FEATURES = {
     "sentence_start": _ragged(tf.float32),
     "sentence_end": _ragged(tf.float32),
     "parallel_id": _scalar(tf.string, b""),
+    "word_token_ids": _ragged(tf.int64),  # all words' ids, concatenated
+    "word_token_lengths": _ragged(tf.int64),  # ids per word
+    "word_token_model": _scalar(tf.string, b""),
 }
 
 PAIRED_TFRECORD_FEATURES = {
@@ -280,6 +292,9 @@ def to_example(utt: Utterance) -> tf.train.Example:
         "sentence_start": [s[0] for s in utt.sentences],
         "sentence_end": [s[1] for s in utt.sentences],
         "parallel_id": [utt.parallel_id or ""],
+        "word_token_ids": [i for ids in (utt.word_token_ids or []) for i in ids],
+        "word_token_lengths": [len(ids) for ids in (utt.word_token_ids or [])],
+        "word_token_model": [utt.word_token_model or ""],
     }
     return _example(_UTT_KINDS, values)
 
@@ -338,6 +353,14 @@ def from_example(serialized: bytes, source: str = "<bytes>") -> Utterance:
                 f"{where}: {a}/{b}/{c} have {len(v[a])}/{len(v[b])}/{len(v[c])} values; "
                 "expected equal lengths"
             )
+    lengths, flat = v["word_token_lengths"], v["word_token_ids"]
+    if sum(lengths) != len(flat) or any(n < 0 for n in lengths):
+        raise BadRecordError(f"{where}: word_token_lengths sum to {sum(lengths)} but there are {len(flat)} "
+                             "word_token_ids")
+    word_token_ids = None
+    if lengths:
+        bounds = np.cumsum([0, *lengths])
+        word_token_ids = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return Utterance(
         id=rid,
         lang=_scalar_value(v, "lang", where, ""),
@@ -351,6 +374,8 @@ def from_example(serialized: bytes, source: str = "<bytes>") -> Utterance:
         words=list(zip(v["word_text"], v["word_start"], v["word_end"])),
         sentences=list(zip(v["sentence_start"], v["sentence_end"], v["sentence_text"])),
         parallel_id=_scalar_value(v, "parallel_id", where, "") or None,
+        word_token_ids=word_token_ids,
+        word_token_model=_scalar_value(v, "word_token_model", where, "") or None,
     )
 
 
@@ -597,6 +622,13 @@ def validate(
     tol = 1.0 / utt.unit_rate_hz if time_tolerance_s is None else time_tolerance_s
     _check_spans([(w[1], w[2]) for w in utt.words], "words", utt.duration_s, tol, where)
     _check_spans([(s[0], s[1]) for s in utt.sentences], "sentences", utt.duration_s, tol, where)
+    if utt.word_token_ids is not None:
+        if len(utt.word_token_ids) != len(utt.words):
+            raise BadRecordError(f"{where}: {len(utt.word_token_ids)} word_token_ids entries for "
+                                 f"{len(utt.words)} words; expected one per word")
+        if not utt.word_token_model:
+            raise BadRecordError(f"{where}: word_token_ids without word_token_model; expected the sha256 "
+                                 "of the SentencePiece model that produced them")
 
 
 def check_on_bad_record(on_bad_record: str) -> None:

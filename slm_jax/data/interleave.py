@@ -314,7 +314,8 @@ def _segments(flags: tf.Tensor):
 
 
 def interleave_words(
-    words, word_start, word_end, is_speech, units, unit_rate_hz, vocabulary, dedup: bool = True
+    words, word_start, word_end, is_speech, units, unit_rate_hz, vocabulary, dedup: bool = True,
+    word_tokens: tf.RaggedTensor | None = None,
 ) -> tf.Tensor:
     """The interleaved body (no EOS) for given per-word modalities.
 
@@ -329,6 +330,11 @@ def interleave_words(
     the deduplicated units whose END time lies in [start, end]; here frames are chosen by
     START time (module docstring) and deduplicated within the span, so a span's units
     never depend on frames outside it.
+
+    `word_tokens` ([words, ids] ragged): the corpus's pre-tokenized SentencePiece ids of
+    each word. SentencePiece segments whitespace-separated words independently, so a
+    span's ids are its words' ids concatenated: the same output, without running the
+    tokenizer at train time.
     """
     words = _dense(words)
     is_speech = tf.cast(is_speech, tf.bool)
@@ -336,10 +342,17 @@ def interleave_words(
     num_seg = tf.size(first)
     seg_speech = tf.gather(is_speech, first)
 
-    joined = tf.strings.reduce_join(
-        tf.RaggedTensor.from_value_rowids(words, seg, nrows=num_seg), axis=1, separator=" "
-    )
-    text_rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
+    if word_tokens is None:
+        joined = tf.strings.reduce_join(
+            tf.RaggedTensor.from_value_rowids(words, seg, nrows=num_seg), axis=1, separator=" "
+        )
+        text_rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
+    else:
+        is_text = tf.logical_not(is_speech)
+        text_tokens = tf.ragged.boolean_mask(tf.cast(word_tokens, tf.int32), is_text)
+        text_rows = tf.RaggedTensor.from_value_rowids(
+            text_tokens, tf.cast(tf.boolean_mask(seg, is_text), tf.int64), nrows=tf.cast(num_seg, tf.int64)
+        ).merge_dims(1, 2)
 
     units = _dense(units)
     lo, hi = frame_bounds(
@@ -389,9 +402,32 @@ def _word_interleave_map(ex, seed, vocabulary, policy, speech_ratio, mean_span_w
         num_words = tf.size(ex["word_text"])
     speech = word_speech_mask(num_words, seed, policy, speech_ratio, mean_span_words)
     body = interleave_words(
-        ex["word_text"], ex["word_start"], ex["word_end"], speech, ex["units"], rate, vocabulary, dedup
+        ex["word_text"], ex["word_start"], ex["word_end"], speech, ex["units"], rate, vocabulary, dedup,
+        word_tokens=_pretokenized_words(ex, vocabulary, num_words, who),
     )
     return finish_example(ex, body, vocabulary)
+
+
+def _pretokenized_words(ex, vocabulary, num_words, who: str):
+    """The record's per-word SentencePiece ids, if it carries them for THIS vocabulary's model.
+
+    Static choice: a task either parses the `word_token_*` fields or not. When it does,
+    every record must have one entry per word and the model digest of the vocabulary;
+    anything else stops with the record id (never a silent fallback to other ids).
+    """
+    keys = ("word_token_ids", "word_token_lengths", "word_token_model")
+    if not all(k in ex for k in keys):
+        return None
+    digest = getattr(vocabulary, "model_digest", None)
+    lengths = tf.cast(_dense(ex["word_token_lengths"]), tf.int64)
+    ok = tf.logical_and(tf.equal(tf.size(lengths), num_words),
+                        tf.equal(ex["word_token_model"], tf.constant(digest or "", tf.string)))
+    check = tf.debugging.Assert(ok, [f"{who}: record", _record_id(ex), "has word_token_ids for",
+                                     tf.size(lengths), "words of", num_words, "or from SentencePiece model",
+                                     ex["word_token_model"], f"but the vocabulary's model is {digest}; rebuild "
+                                     "the corpus tokens or drop the word_token_* fields from the task"])
+    with tf.control_dependencies([check]):
+        return tf.RaggedTensor.from_row_lengths(_dense(ex["word_token_ids"]), lengths)
 
 
 def word_interleave(

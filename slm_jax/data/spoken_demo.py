@@ -26,7 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: words carry pre-tokenized SentencePiece ids
 LANGS = ("en", "fr")
 UNIT_RATE_HZ = 25.0
 FRAME_STACK = 4  # log-mel at 100 Hz -> 25 Hz, the mHuBERT rate SpiritLM uses
@@ -122,6 +122,10 @@ def build(root: str, params: DemoCorpusParams) -> None:
     tmp = tempfile.mkdtemp(prefix=".spoken_demo_tmp_", dir=os.path.dirname(root))
     try:
         kmeans.save_centroids(os.path.join(tmp, "centroids.npy"), centroids)
+        transcripts = [" ".join(getattr(s, f"sentences_{lang}")) for s in stories if split_of[s.id] == "train"
+                       for lang in LANGS]
+        spm_path = spm.train_sentencepiece(transcripts, os.path.join(tmp, "spm"), params.spm_vocab_size)
+        word_ids, spm_digest = _word_tokenizer(spm_path)
         utts = {split: {lang: [] for lang in LANGS} for split in ("train", "validation")}
         units_of = {}
         for story in stories:
@@ -134,7 +138,8 @@ def build(root: str, params: DemoCorpusParams) -> None:
                     text=" ".join(getattr(story, f"sentences_{lang}")),
                     words=[(w, float(s), float(e)) for w, s, e in words],
                     sentences=[(float(s), float(e), t) for s, e, t in sentences],
-                    parallel_id=story.id))
+                    parallel_id=story.id,
+                    word_token_ids=[word_ids(w) for w, _, _ in words], word_token_model=spm_digest))
         for split, by_lang in utts.items():
             for lang, items in by_lang.items():
                 corpus.write_tfrecord_shards(os.path.join(tmp, "speech"), f"{split}-{lang}", items,
@@ -142,8 +147,6 @@ def build(root: str, params: DemoCorpusParams) -> None:
             paired = corpus.pair_parallel(by_lang["en"] + by_lang["fr"], "en", "fr")
             corpus.write_paired_tfrecord_shards(os.path.join(tmp, "paired"), split, paired,
                                                 num_shards=4 if split == "train" else 1)
-        transcripts = [u.text for items in utts["train"].values() for u in items]
-        spm.train_sentencepiece(transcripts, os.path.join(tmp, "spm"), params.spm_vocab_size)
         _write_cloze(os.path.join(tmp, "cloze"), stories, split_of, units_of, endings, to_units)
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump({"version": VERSION, **dataclasses.asdict(params)}, f)
@@ -154,6 +157,23 @@ def build(root: str, params: DemoCorpusParams) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("demo corpus: built in %s (%.0f s)", root, time.time() - start)
+
+
+def _word_tokenizer(spm_path: str):
+    """(word -> SentencePiece ids, cached; sha256 of the model) for pre-tokenized words."""
+    import sentencepiece
+
+    with open(spm_path, "rb") as f:
+        model = f.read()
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    cache: dict[str, list[int]] = {}
+
+    def word_ids(word: str) -> list[int]:
+        if word not in cache:
+            cache[word] = processor.encode(word)
+        return cache[word]
+
+    return word_ids, hashlib.sha256(model).hexdigest()
 
 
 def _side(lang, units, text):

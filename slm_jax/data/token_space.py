@@ -242,6 +242,11 @@ class SpeechTextVocabulary(seqio.Vocabulary):
 
     # --- layout -------------------------------------------------------------------------
     @property
+    def model_digest(self) -> str | None:
+        """sha256 (hex) of the SentencePiece model; corpora store it beside pre-tokenized words."""
+        return self._model_digest
+
+    @property
     def has_text_model(self) -> bool:
         return self._model_bytes is not None
 
