@@ -315,7 +315,7 @@ def _segments(flags: tf.Tensor):
 
 def interleave_words(
     words, word_start, word_end, is_speech, units, unit_rate_hz, vocabulary, dedup: bool = True,
-    word_tokens: tf.RaggedTensor | None = None,
+    word_tokens: tf.RaggedTensor | None = None, use_word_tokens=None,
 ) -> tf.Tensor:
     """The interleaved body (no EOS) for given per-word modalities.
 
@@ -332,9 +332,9 @@ def interleave_words(
     never depend on frames outside it.
 
     `word_tokens` ([words, ids] ragged): the corpus's pre-tokenized SentencePiece ids of
-    each word. SentencePiece segments whitespace-separated words independently, so a
-    span's ids are its words' ids concatenated: the same output, without running the
-    tokenizer at train time.
+    each word, used where `use_word_tokens` (a bool scalar) holds. SentencePiece segments
+    whitespace-separated words independently, so a span's ids are its words' ids
+    concatenated: the same output, without running the tokenizer at train time.
     """
     words = _dense(words)
     is_speech = tf.cast(is_speech, tf.bool)
@@ -342,17 +342,26 @@ def interleave_words(
     num_seg = tf.size(first)
     seg_speech = tf.gather(is_speech, first)
 
-    if word_tokens is None:
+    def tokenized_spans():
         joined = tf.strings.reduce_join(
             tf.RaggedTensor.from_value_rowids(words, seg, nrows=num_seg), axis=1, separator=" "
         )
-        text_rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
-    else:
+        rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
+        return rows.flat_values, tf.cast(rows.row_lengths(), tf.int64)
+
+    def pretokenized_spans():
         is_text = tf.logical_not(is_speech)
         text_tokens = tf.ragged.boolean_mask(tf.cast(word_tokens, tf.int32), is_text)
-        text_rows = tf.RaggedTensor.from_value_rowids(
+        rows = tf.RaggedTensor.from_value_rowids(
             text_tokens, tf.cast(tf.boolean_mask(seg, is_text), tf.int64), nrows=tf.cast(num_seg, tf.int64)
         ).merge_dims(1, 2)
+        return rows.flat_values, tf.cast(rows.row_lengths(), tf.int64)
+
+    if word_tokens is None:
+        values, lengths = tokenized_spans()
+    else:  # records without pre-tokenized words (empty fields) use the tokenizer
+        values, lengths = tf.cond(use_word_tokens, pretokenized_spans, tokenized_spans)
+    text_rows = tf.RaggedTensor.from_row_lengths(values, lengths)
 
     units = _dense(units)
     lo, hi = frame_bounds(
@@ -401,33 +410,37 @@ def _word_interleave_map(ex, seed, vocabulary, policy, speech_ratio, mean_span_w
     with tf.control_dependencies([_check_alignment(ex, who)]):
         num_words = tf.size(ex["word_text"])
     speech = word_speech_mask(num_words, seed, policy, speech_ratio, mean_span_words)
+    word_tokens, use_word_tokens = _pretokenized_words(ex, vocabulary, num_words, who)
     body = interleave_words(
         ex["word_text"], ex["word_start"], ex["word_end"], speech, ex["units"], rate, vocabulary, dedup,
-        word_tokens=_pretokenized_words(ex, vocabulary, num_words, who),
+        word_tokens=word_tokens, use_word_tokens=use_word_tokens,
     )
     return finish_example(ex, body, vocabulary)
 
 
 def _pretokenized_words(ex, vocabulary, num_words, who: str):
-    """The record's per-word SentencePiece ids, if it carries them for THIS vocabulary's model.
+    """(per-word SentencePiece ids, whether this record has them) or (None, None).
 
-    Static choice: a task either parses the `word_token_*` fields or not. When it does,
-    every record must have one entry per word and the model digest of the vocabulary;
-    anything else stops with the record id (never a silent fallback to other ids).
+    A record carries pre-tokenized words when its `word_token_model` is set; then it must
+    have one entry per word and the digest of THIS vocabulary's model, or the pipeline
+    stops naming the record (never silently different ids). Records without them (empty
+    fields) go through the tokenizer.
     """
     keys = ("word_token_ids", "word_token_lengths", "word_token_model")
     if not all(k in ex for k in keys):
-        return None
+        return None, None
     digest = getattr(vocabulary, "model_digest", None)
     lengths = tf.cast(_dense(ex["word_token_lengths"]), tf.int64)
-    ok = tf.logical_and(tf.equal(tf.size(lengths), num_words),
-                        tf.equal(ex["word_token_model"], tf.constant(digest or "", tf.string)))
-    check = tf.debugging.Assert(ok, [f"{who}: record", _record_id(ex), "has word_token_ids for",
-                                     tf.size(lengths), "words of", num_words, "or from SentencePiece model",
-                                     ex["word_token_model"], f"but the vocabulary's model is {digest}; rebuild "
-                                     "the corpus tokens or drop the word_token_* fields from the task"])
+    has_tokens = tf.not_equal(ex["word_token_model"], "")
+    consistent = tf.logical_and(tf.equal(tf.size(lengths), num_words),
+                                tf.equal(ex["word_token_model"], tf.constant(digest or "", tf.string)))
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.logical_not(has_tokens), consistent),
+        [f"{who}: record", _record_id(ex), "has word_token_ids for", tf.size(lengths), "words of", num_words,
+         "or from SentencePiece model", ex["word_token_model"], f"but the vocabulary's model is {digest}; "
+         "rebuild the corpus tokens or drop the word_token_* fields from the task"])
     with tf.control_dependencies([check]):
-        return tf.RaggedTensor.from_row_lengths(_dense(ex["word_token_ids"]), lengths)
+        return tf.RaggedTensor.from_row_lengths(_dense(ex["word_token_ids"]), lengths), tf.identity(has_tokens)
 
 
 def word_interleave(
