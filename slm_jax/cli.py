@@ -147,10 +147,10 @@ def main(argv=None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     from slm_jax.gin_utils import ConfigError
     from slm_jax.training.partitioning import MeshError
-    from slm_jax.training.train import IncompatibleModelDirError, NonFiniteLossError
+    from slm_jax.training.train import IncompatibleModelDirError, ModelDataMismatchError, NonFiniteLossError
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, MeshError, IncompatibleModelDirError, NonFiniteLossError) as err:
+    except (ConfigError, MeshError, IncompatibleModelDirError, ModelDataMismatchError, NonFiniteLossError) as err:
         print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
 

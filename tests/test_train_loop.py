@@ -169,3 +169,10 @@ def test_user_module_registers_a_trainable_mixture(demo_data_dir, tmp_path):
     assert sorted(metrics_by_step(model_dir)) == [2, 4]
     with open(os.path.join(model_dir, "config.gin")) as f:
         assert "user_mixture" in f.read()
+
+
+def test_model_vocabulary_must_cover_the_task(tmp_path):
+    proc = run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{tmp_path / 'small_vocab'}'",
+                   "--gin.DecoderConfig.vocab_size=64", check=False)
+    assert proc.returncode == 2
+    assert "DecoderConfig.vocab_size=64 is smaller than the vocabulary of 'demo_units_mix' (103 ids)" in proc.stderr

@@ -153,3 +153,21 @@ def test_incompatible_model_dir(tmp_path):
     check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, attention_impl="xla"))  # numerics only
     with pytest.raises(IncompatibleModelDirError, match=r"DecoderConfig\.num_layers: saved 2 vs requested 3"):
         check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, num_layers=3))
+
+
+def test_loss_is_reported_per_modality():
+    trainer = make_trainer((8, 1, 1))
+    batch = random_packed_batch(3)
+    rng = np.random.default_rng(0)
+    batch["decoder_modality"] = rng.integers(1, 3, batch["decoder_target_tokens"].shape).astype(np.int32)
+    state = trainer.init_state(seed=0)
+    _, m = trainer.train_step(state, trainer.global_batch(batch))
+    w = batch["decoder_loss_weights"].astype(float)
+    w_speech = (w * (batch["decoder_modality"] == 2)).sum()
+    w_text = (w * (batch["decoder_modality"] == 1)).sum()
+    mixed = (float(m["loss_text"]) * w_text + float(m["loss_speech"]) * w_speech) / (w_text + w_speech)
+    np.testing.assert_allclose(mixed, float(m["loss"]), rtol=1e-5)
+    assert float(m["loss_text"]) != float(m["loss_speech"])
+    # Without modality ids (synthetic batches) the split is unknown: NaN, logged as null.
+    _, m = trainer.train_step(trainer.init_state(seed=0), trainer.global_batch(random_packed_batch(3)))
+    assert np.isnan(float(m["loss_text"])) and np.isnan(float(m["loss_speech"]))

@@ -85,8 +85,8 @@ class MetricsWriter:
         self._flush_file()
         import tensorflow as tf
         with self._tb.as_default(step=int(step)):
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and v is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)):
                     tf.summary.scalar(k, v)
         self._tb.flush()
 

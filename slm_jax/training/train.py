@@ -34,6 +34,10 @@ class IncompatibleModelDirError(ValueError):
     """MODEL_DIR holds a run whose model shapes differ from the requested model."""
 
 
+class ModelDataMismatchError(ValueError):
+    """The model cannot represent the data (e.g. fewer embedding rows than token ids)."""
+
+
 MODEL_CONFIG_FILE = "model_config.json"
 
 
@@ -57,6 +61,23 @@ def check_model_dir_compatible(model_dir: str, model_cfg: DecoderConfig) -> None
         raise IncompatibleModelDirError(
             f"MODEL_DIR={model_dir} holds a model incompatible with the requested one ({lines}); "
             f"use a new MODEL_DIR or the saved model config ({path})")
+
+
+def check_vocabulary_fits(run) -> None:
+    """The model's embedding must cover every id the task can emit (else NaN logits)."""
+    import seqio
+
+    for cfg in filter(None, (run.train_dataset, run.eval_dataset)):
+        try:
+            provider = seqio.get_mixture_or_task(cfg.mixture_or_task_name)
+        except ValueError:
+            continue  # get_dataset raises the detailed "not registered" error
+        vocab_size = provider.output_features["targets"].vocabulary.vocab_size
+        if vocab_size > run.model.vocab_size:
+            raise ModelDataMismatchError(
+                f"DecoderConfig.vocab_size={run.model.vocab_size} is smaller than the vocabulary of "
+                f"{cfg.mixture_or_task_name!r} ({vocab_size} ids); set DecoderConfig.vocab_size >= {vocab_size} "
+                f"(a multiple of 128 is efficient)")
 
 
 def write_run_files(model_dir: str, model_cfg: DecoderConfig, config_str: str) -> None:
@@ -149,6 +170,7 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
     check_model_dir_compatible(model_dir, run.model)
+    check_vocabulary_fits(run)
     trainer = build_trainer(run)
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
     data_iter = DataIterator(get_dataset(run.train_dataset, shard))

@@ -21,10 +21,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from slm_jax.models.decoder import Decoder, DecoderConfig
 from slm_jax.training import partitioning
-from slm_jax.training.losses import cross_entropy_sums
+from slm_jax.training.losses import cross_entropy_sums, per_modality_sums
 from slm_jax.training.optimizer import OptimizerConfig, make_optimizer
 
-BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+# decoder_modality (0 unknown, 1 text, 2 speech, 3 marker) only splits the reported loss;
+# batches without it (synthetic benchmarks) get zeros.
+BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_modality",
               "decoder_segment_ids", "decoder_positions")
 
 
@@ -103,9 +105,10 @@ class Trainer:
     def _loss_sums(self, params, batch):
         logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
                                   batch["decoder_segment_ids"], batch["decoder_positions"])
-        total, ce, z, weight = cross_entropy_sums(logits, batch["decoder_target_tokens"],
-                                                  batch["decoder_loss_weights"], self.train_cfg.z_loss)
-        return total, jnp.stack([ce, z, weight])
+        targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        total, ce, z, weight = cross_entropy_sums(logits, targets, weights, self.train_cfg.z_loss)
+        by_modality = per_modality_sums(logits, targets, weights, batch["decoder_modality"])
+        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality])
 
     def _train_step(self, state, batch):
         params = state["params"]
@@ -124,7 +127,7 @@ class Trainer:
                 return (jax.tree.map(jnp.add, g_acc, g), s_acc + s), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(3, jnp.float32)), micro)
+            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(7, jnp.float32)), micro)
         ce, z, weight = sums[0], sums[1], sums[2]
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
@@ -134,6 +137,7 @@ class Trainer:
         # param_norm is also the guard that keeps a blown-up update out of checkpoints.
         metrics = {"loss": ce / denom, "z_loss": z / denom, "grad_norm": optax.tree.norm(grads),
                    "param_norm": optax.tree.norm(new_params),
+                   "loss_text": _ratio(sums[3], sums[4]), "loss_speech": _ratio(sums[5], sums[6]),
                    "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
         return new_state, metrics
 
@@ -152,6 +156,9 @@ class Trainer:
     # -- batches --------------------------------------------------------------------------
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows -> one global jax.Array per key (multi-host safe)."""
+        if "decoder_modality" not in local_batch:
+            local_batch = {**local_batch,
+                           "decoder_modality": np.zeros_like(np.asarray(local_batch["decoder_target_tokens"]))}
         missing = [k for k in BATCH_KEYS if k not in local_batch]
         if missing:
             raise KeyError(f"batch lacks features {missing}; a DecoderFeatureConverter batch has {BATCH_KEYS}")
@@ -166,6 +173,11 @@ class Trainer:
         """Lower the train step on abstract inputs (AOT compile; no arrays allocated)."""
         with self.context():
             return self._jit_train.trace(self.abstract_state, self.abstract_batch()).lower()
+
+
+def _ratio(total, count):
+    """Mean per token, NaN where there are no such tokens (logged as null)."""
+    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), jnp.nan)
 
 
 def shard_bytes_per_device(abstract_tree) -> int:
