@@ -127,16 +127,22 @@ def _check_covered_time(n: int, rate: float, duration_s: float, where: str) -> N
         )
 
 
-def from_slamkit(
-    obj: dict, *, lang: str = "en", unit_rate_hz: float | None = None, source: str = "<input>"
-) -> Utterance:
-    """One slamkit/textlesslib unit record -> Utterance (see the module docstring)."""
+def _record_header(obj, source: str, units_what: str) -> tuple[str, str]:
+    """(record id, "<source>: record <id>") of a JSONL object that must carry `units`."""
     if not isinstance(obj, dict):
         raise BadRecordError(f"{source}: expected a JSON object, got {type(obj).__name__}")
     uid = _record_id(obj, source)
     where = f"{source}: record {uid!r}"
     if "units" not in obj:
-        raise BadRecordError(f"{where}: missing 'units'")
+        raise BadRecordError(f"{where}: missing {units_what}")
+    return uid, where
+
+
+def from_slamkit(
+    obj: dict, *, lang: str = "en", unit_rate_hz: float | None = None, source: str = "<input>"
+) -> Utterance:
+    """One slamkit/textlesslib unit record -> Utterance (see the module docstring)."""
+    uid, where = _record_header(obj, source, "'units'")
     units = _slamkit_units(obj["units"], where)
     duration = obj.get("duration")
     if isinstance(duration, list):
@@ -253,12 +259,7 @@ def from_spiritlm(
     source: str = "<input>",
 ) -> Utterance:
     """One SpiritLM JSONL record (`id`/`file_name`/`audio`, `units` string) -> Utterance."""
-    if not isinstance(obj, dict):
-        raise BadRecordError(f"{source}: expected a JSON object, got {type(obj).__name__}")
-    uid = _record_id(obj, source)
-    where = f"{source}: record {uid!r}"
-    if "units" not in obj:
-        raise BadRecordError(f"{where}: missing 'units' (the SpiritLM string)")
+    uid, where = _record_header(obj, source, "'units' (the SpiritLM string)")
     return parse_spiritlm(
         obj["units"],
         utt_id=uid,

@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from slm_jax.data import corpus
+
 from slm_jax.data.preprocessors import run_length_dedup
 
 POLICIES = ("random", "span", "poisson")
@@ -559,17 +561,9 @@ def _check_pair(ex, who: str):
     )
 
 
-PAIRED_KEYS = (
-    "id",
-    "a_lang",
-    "a_units",
-    "a_sentence_start",
-    "a_sentence_end",
-    "b_lang",
-    "b_units",
-    "b_sentence_start",
-    "b_sentence_end",
-)
+# The paired-record fields this module reads: the corpus layout's, less the unit rate
+# (an argument or a feature read separately).
+PAIRED_KEYS = tuple(k for k in corpus.PAIRED_TFRECORD_FEATURES if k != "unit_rate_hz")
 
 
 @seqio.map_over_dataset(num_seeds=1)
