@@ -42,7 +42,6 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-
 from slm_jax.data.preprocessors import run_length_dedup
 
 POLICIES = ("random", "span", "poisson")
