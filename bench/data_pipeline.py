@@ -56,14 +56,36 @@ def measure(ds, batches: int, warmup: int, key: str) -> dict:
 
 
 def plain_dataset(root: str, sequence_length: int, batch_size: int, options):
-    """TFRecord -> dedup -> pack with seqio only: the reference pipeline."""
+    """The reference: a plain SeqIO task, nothing from slm_jax. TFExampleDataSource (one
+    `parse_single_example` per record) -> run-length dedup and unit ids in one map -> seqio
+    trims to length -> seqio.DecoderFeatureConverter packs."""
     import seqio
+    import tensorflow as tf
 
-    from slm_jax.data.registration import register_unit_task
     from slm_jax.data.spoken_demo import DemoCorpusParams
-    register_unit_task("bench_plain_units", {"train": os.path.join(root, "speech", "train-*.tfrecord")},
-                       num_units=DemoCorpusParams.num_units, dedup=True)
-    ds = seqio.get_dataset("bench_plain_units", {"targets": sequence_length}, dataset_split="train", shuffle=True,
+
+    vocabulary = seqio.PassThroughVocabulary(DemoCorpusParams.num_units + 2, eos_id=1)
+
+    @seqio.map_over_dataset
+    def dedup_to_ids(ex):
+        units = ex["units"]
+        keep = tf.concat([tf.ones_like(units[:1], tf.bool), tf.not_equal(units[1:], units[:-1])], 0)
+        return {"targets": tf.cast(tf.boolean_mask(units, keep) + 2, tf.int32)}
+
+    name = "bench_plain_units"
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.TFExampleDataSource(
+            {"train": os.path.join(root, "speech", "train-*.tfrecord")},
+            {"id": tf.io.FixedLenFeature([], tf.string), "units": tf.io.RaggedFeature(tf.int64)},
+        ),
+        preprocessors=[dedup_to_ids, seqio.CacheDatasetPlaceholder()],
+        output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)},
+        metric_fns=[],
+    )
+    ds = seqio.get_dataset(name, {"targets": sequence_length}, dataset_split="train", shuffle=True,
                            num_epochs=None, seed=0, feature_converter=seqio.DecoderFeatureConverter(pack=True))
     return ds.batch(batch_size).with_options(options)
 

@@ -17,7 +17,7 @@ Importing does no I/O; the corpus is built on the first dataset request.
 import functools
 import os
 
-from slm_jax.data import corpus, interleave, task_formats
+from slm_jax.data import corpus, interleave, task_formats, word_interleave
 from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
 from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
 from slm_jax.data.token_space import SpeechTextVocabulary
@@ -54,7 +54,7 @@ for _lang in LANGS:
         SPEECH_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT)
     register_corpus_task(
         f"spoken_demo_interleaved_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.word_interleave, vocabulary=TEXT_VOCAB, policy="poisson")],
+        [functools.partial(word_interleave.word_interleave, vocabulary=TEXT_VOCAB, policy="poisson")],
         TEXT_VOCAB, features=WORD_FIELDS, root_fn=_ROOT)
     register_corpus_task(
         f"spoken_demo_text_{_lang}", _speech_files(_lang),

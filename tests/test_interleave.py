@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from slm_jax.data import corpus
 from slm_jax.data import interleave as il
+from slm_jax.data import word_interleave as wi
 from slm_jax.data.feature_converter import SLMFeatureConverter
 from slm_jax.data.spm import train_sentencepiece
 from slm_jax.data.token_space import SpeechTextVocabulary
@@ -143,7 +144,7 @@ def test_interleave_words_exact(vocab):
     units = [1, 1, 2, 3, 3, 4, 4, 5, 6, 6]  # 10 Hz
 
     def body(mask, dedup=True):
-        out = il.interleave_words(
+        out = wi.interleave_words(
             tf.constant(words),
             tf.constant(starts, tf.float32),
             tf.constant(ends, tf.float32),
@@ -168,7 +169,7 @@ def test_interleave_words_exact(vocab):
     assert body([True] * 4) == [S] + U(v, 1, 2, 3, 4, 5, 6)
     assert body([False] * 4) == [T] + enc("the cat sat on")
     assert (
-        il.interleave_words(
+        wi.interleave_words(
             tf.constant([], tf.string),
             tf.constant([], tf.float32),
             tf.constant([], tf.float32),
@@ -195,16 +196,18 @@ def _slamkit_span(u, p, span):
     return out
 
 
-def _slamkit_poisson(n, seed, eta, lam):
-    """slamkit select_spans_poisson, fed the same stateless draws as `il.poisson_policy`."""
+def _slamkit_poisson(n, seed, eta, lam, row=0, num_rows=1):
+    """slamkit select_spans_poisson, fed the draws `wi.poisson_policy_rows` gives row `row` of
+    `num_rows`: at step t, u[row] of a uniform [num_rows] picks the start, poisson[row] the length."""
     total = math.ceil(n * eta)
     mask, eligible, count, step = [0] * n, set(range(n)), 0, 0
     while count < total and eligible:
         s = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), step)
         s_start, s_len = tf.unstack(tf.random.experimental.stateless_split(s, 2))
         cand = sorted(eligible)
-        start = cand[int(tf.random.stateless_uniform([], s_start, 0, len(cand), dtype=tf.int32))]
-        length = int(tf.random.stateless_poisson([], s_len, lam, dtype=tf.int32))
+        u = float(tf.random.stateless_uniform([num_rows], s_start, dtype=tf.float64)[row])
+        start = cand[min(math.floor(u * len(cand)), len(cand) - 1)]
+        length = int(tf.random.stateless_poisson([num_rows], s_len, lam, dtype=tf.int32)[row])
         step += 1
         end = min(start + length, n)
         if any(mask[start:end]):
@@ -218,26 +221,50 @@ def _slamkit_poisson(n, seed, eta, lam):
     return [bool(x) for x in mask]
 
 
-def test_span_policy_is_slamkit_patience_rule():
+ROW_LENGTHS = [12, 30, 0, 25, 1, 7]  # a batch of records, one without words
+
+
+def _splits(lengths):
+    return tf.constant(np.concatenate([[0], np.cumsum(lengths)]), tf.int64)
+
+
+def _by_row(flat, lengths):
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    return [list(flat[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def test_span_policy_is_slamkit_patience_rule_per_record():
     seed = tf.constant([5, 6], tf.int64)
-    for n, p, span in [(12, 0.3, 3), (40, 0.1, 5), (30, 0.3, 10)]:
-        u = tf.random.stateless_uniform([n], seed, dtype=tf.float64).numpy()
-        got = il.span_policy(n, seed, p, span).numpy().tolist()
-        assert got == _slamkit_span(u, p, span)
+    for p, span in [(0.3, 3), (0.1, 5), (0.3, 10)]:
+        u = tf.random.stateless_uniform([sum(ROW_LENGTHS)], seed, dtype=tf.float64).numpy()
+        got = _by_row(wi.span_policy_rows(_splits(ROW_LENGTHS), seed, p, span).numpy().tolist(), ROW_LENGTHS)
+        # each record runs its own patience counter: a span never spills into the next record
+        assert got == [_slamkit_span(row_u, p, span) for row_u in _by_row(u, ROW_LENGTHS)]
 
 
-@pytest.mark.parametrize("n,eta,lam", [(12, 0.3, 3.0), (30, 0.3, 10.0), (25, 0.6, 2.0)])
-def test_poisson_policy_is_slamkit_select_spans(n, eta, lam):
+@pytest.mark.parametrize("eta,lam", [(0.3, 3.0), (0.3, 10.0), (0.6, 2.0)])
+def test_poisson_policy_is_slamkit_select_spans_per_record(eta, lam):
     seed = [11, 3]
-    got = il.poisson_policy(n, tf.constant(seed, tf.int64), eta, lam).numpy().tolist()
-    assert got == _slamkit_poisson(n, seed, eta, lam)
-    assert sum(got) >= math.ceil(n * eta)
+    got = wi.poisson_policy_rows(_splits(ROW_LENGTHS), tf.constant(seed, tf.int64), eta, lam).numpy().tolist()
+    rows = _by_row(got, ROW_LENGTHS)
+    for b, n in enumerate(ROW_LENGTHS):
+        assert rows[b] == _slamkit_poisson(n, seed, eta, lam, row=b, num_rows=len(ROW_LENGTHS)), b
+        assert sum(rows[b]) >= math.ceil(n * eta)
+
+
+def test_single_record_mask_is_a_batch_of_one():
+    seed = tf.constant([4, 1], tf.int64)
+    for policy, ratio, span in [("random", 0.5, 10.0), ("span", 0.2, 3), ("poisson", 0.3, 3.0)]:
+        one = wi.word_speech_mask(12, seed, policy, ratio, span).numpy().tolist()
+        rows = wi.word_speech_mask_rows(_splits([12]), seed, policy, ratio, span).numpy().tolist()
+        assert one == rows
+    assert wi.word_speech_mask(12, seed, "poisson", 0.3, 3.0).numpy().tolist() == _slamkit_poisson(12, [4, 1], 0.3, 3.0)
 
 
 def test_random_policy_is_independent_coin():
     seed = tf.constant([2, 9], tf.int64)
     u = tf.random.stateless_uniform([12], seed, dtype=tf.float64).numpy()
-    assert il.random_policy(12, seed, 0.3).numpy().tolist() == (u < 0.3).tolist()
+    assert wi.word_speech_mask(12, seed, "random", 0.3).numpy().tolist() == (u < 0.3).tolist()
 
 
 def _runs(mask):
@@ -253,33 +280,34 @@ def _runs(mask):
 
 def test_policy_statistics_on_2000_words():
     seed = tf.constant([7, 7], tf.int64)
-    random_frac = il.random_policy(2000, seed, 0.3).numpy().mean()
+    random_frac = wi.word_speech_mask(2000, seed, "random", 0.3).numpy().mean()
     assert abs(random_frac - 0.3) < 0.035
-    poisson = il.poisson_policy(2000, seed, 0.3, 10.0).numpy()
+    poisson = wi.word_speech_mask(2000, seed, "poisson", 0.3, 10.0).numpy()
     assert 0.3 <= poisson.mean() < 0.32  # stops once ceil(0.3 n) words are speech
     assert abs(np.mean(_runs(poisson)) - 10.0) < 1.5
-    span = il.span_policy(2000, seed, 0.05, 5).numpy()  # fraction 1 - 0.95^5 = 0.226
+    span = wi.word_speech_mask(2000, seed, "span", 0.05, 5).numpy()  # fraction 1 - 0.95^5 = 0.226
     assert abs(span.mean() - (1 - 0.95**5)) < 0.05
 
 
 def test_policy_argument_errors(vocab):
     ds = _ds(_twelve_word_record())
     with pytest.raises(ValueError, match="policy must be one of"):
-        il.word_interleave(ds, vocab, policy="spans")
+        wi.word_interleave(ds, vocab, policy="spans")
     with pytest.raises(ValueError, match="speech_ratio"):
-        il.word_interleave(ds, vocab, speech_ratio=1.5)
+        wi.word_interleave(ds, vocab, speech_ratio=1.5)
     with pytest.raises(ValueError, match="whole mean_span_words"):
-        il.word_interleave(ds, vocab, policy="span", mean_span_words=2.5)
-    assert dict(il.SLAMKIT_DEFAULTS) == {"policy": "poisson", "speech_ratio": 0.3, "mean_span_words": 10.0}
+        wi.word_interleave(ds, vocab, policy="span", mean_span_words=2.5)
+    assert dict(wi.SLAMKIT_DEFAULTS) == {"policy": "poisson", "speech_ratio": 0.3, "mean_span_words": 10.0}
 
 
 # --- word_interleave end to end (seeded) -------------------------------------------------------
 # Modalities chosen for the 12-word record by each policy, pipeline seed 1234, three epochs
-# (each example gets its own seed from seqio.map_over_dataset). 1 = speech, 0 = text.
+# (one vectorised batch: one seed from seqio.map_over_dataset, row b draws its own
+# values). 1 = speech, 0 = text.
 PINNED_MASKS = {
-    "random": ["SSTSSSSSSTST", "TTTTSSTSTSST", "TSSSTTTSSSST"],  # speech_ratio 0.5
-    "span": ["TSSSSSSSSSTT", "TTTTTTTTTTTT", "TSSSTTTTSSST"],  # trigger 0.2, spans of 3
-    "poisson": ["SSTTTTSTTTSS", "TTTSSTSSTTST", "TSTSSSTTTTTT"],  # >= ceil(12 * 0.3) = 4 words, lambda 3
+    "random": ["SSTSSSSSSTST", "SSSTSTTSSSST", "TSTSTTTSTSTT"],  # speech_ratio 0.5
+    "span": ["TSSSSSSSSSTT", "TSSSSSSSSSSS", "TTTSSSTSSSTT"],  # trigger 0.2, spans of 3
+    "poisson": ["TTSSSTTSTTTT", "TTSSTTTTSSTT", "TTTTTTTSSSST"],  # >= ceil(12 * 0.3) = 4 words, lambda 3
 }
 
 
@@ -321,7 +349,7 @@ def test_word_interleave_pinned_modalities(vocab, policy):
         "poisson": {"speech_ratio": 0.3, "mean_span_words": 3.0},
     }[policy]
     ds = _ds(rec).repeat(3)
-    outs = _built(lambda: il.word_interleave(ds, v, policy=policy, **kwargs))
+    outs = _built(lambda: wi.word_interleave(ds, v, policy=policy, **kwargs))
     assert len(outs) == 3
     units = rec["units"].numpy().tolist()
     starts, ends = rec["word_start"].numpy(), rec["word_end"].numpy()
@@ -343,7 +371,7 @@ def test_markers_only_where_modality_changes(vocab):
     v = vocab
     markers = {v.text_marker_id, v.speech_marker_id}
     outs = _built(
-        lambda: il.word_interleave(
+        lambda: wi.word_interleave(
             _ds(_twelve_word_record()).repeat(25), v, policy="random", speech_ratio=0.5
         ),
         seed=99,
@@ -359,15 +387,83 @@ def test_markers_only_where_modality_changes(vocab):
 
 def test_word_interleave_record_without_words_is_eos(vocab):
     rec = _record([1, 2, 3], 10.0, [], [], [], "empty")
-    for policy in il.POLICIES:
-        (out,) = _built(lambda p=policy: il.word_interleave(_ds(rec), vocab, policy=p, mean_span_words=2))
+    for policy in wi.POLICIES:
+        (out,) = _built(lambda p=policy: wi.word_interleave(_ds(rec), vocab, policy=p, mean_span_words=2))
         assert out["targets"] == [vocab.eos_id] and out["id"] == b"empty"
 
 
 def test_word_interleave_bad_alignment_fails_naming_record(vocab):
     rec = _record([1, 2, 3], 10.0, ["a", "b"], [0.0, 0.1], [0.1], "broken")
     with pytest.raises(tf.errors.InvalidArgumentError, match="broken"):
-        _built(lambda: il.word_interleave(_ds(rec), vocab, policy="random"))
+        _built(lambda: wi.word_interleave(_ds(rec), vocab, policy="random"))
+
+
+def test_word_interleave_bad_record_in_a_batch_is_named(vocab):
+    good = _twelve_word_record()
+    reversed_word = _record([1, 2, 3], 10.0, ["a", "b"], [0.0, 0.2], [0.1, 0.1], "reversed")
+    ds = _ds(good, reversed_word, good)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="reversed.*ends before it starts"):
+        _built(lambda: wi.word_interleave(ds, vocab, policy="random"))
+    with pytest.raises(ValueError, match="batch_records must be an int >= 1"):
+        wi.word_interleave(ds, vocab, batch_records=0)
+
+
+def _with_tokens(rec, v, use=True):
+    words = [w.decode() for w in rec["word_text"].numpy()]
+    ids = [v.encode_text(w) for w in words] if use else []
+    return {
+        **rec,
+        "word_token_ids": tf.constant([i for w in ids for i in w], tf.int64),
+        "word_token_lengths": tf.constant([len(w) for w in ids], tf.int64),
+        "word_token_model": tf.constant(v.model_digest if use else ""),
+    }
+
+
+def test_interleave_rows_batch_equals_per_record_reference(vocab):
+    """Records of different lengths and rates (one without words), some with pre-tokenized
+    words and some without, in ONE vectorised batch: each row is its own record's rendering."""
+    v = vocab
+    recs = [
+        _twelve_word_record(),
+        _record([1, 1, 2, 3, 3, 4, 4, 5, 6, 6], 10.0, ["the", "cat", "sat", "on"], [0.0, 0.3, 0.5, 0.9],
+                [0.2, 0.5, 0.8, 1.0], "four"),
+        _record([7, 8], 10.0, [], [], [], "empty"),
+        _record([2] * 30 + [3] * 30, 20.0, ["far", "away"], [0.1, 1.6], [1.4, 2.9], "two"),
+    ]
+    recs = [_with_tokens(r, v, use=k % 2 == 0) for k, r in enumerate(recs)]
+    masks = [[(i * 7 + k) % 3 == 0 for i in range(len(r["word_text"].numpy()))] for k, r in enumerate(recs)]
+    ds = _ds(*recs).ragged_batch(len(recs))
+    batch = next(iter(ds))
+    batch = {k: (tf.RaggedTensor.from_tensor(x) if not isinstance(x, tf.RaggedTensor) and x.shape.rank == 2
+                 else x) for k, x in batch.items()}
+    word_tokens, use, _ = wi._pretokenized(batch, v)
+    assert use.numpy().tolist() == [True, False, True, False]
+    bodies = wi.interleave_rows(
+        batch["word_text"], batch["word_start"], batch["word_end"], tf.constant(sum(masks, [])),
+        batch["units"], batch["unit_rate_hz"], v, True, word_tokens, use,
+    ).to_list()
+    for rec, mask, body in zip(recs, masks, bodies):
+        words = [w.decode() for w in rec["word_text"].numpy()]
+        expected = reference_interleave(
+            v, words, rec["word_start"].numpy(), rec["word_end"].numpy(), rec["units"].numpy().tolist(),
+            float(rec["unit_rate_hz"]), mask,
+        )
+        assert body + [v.eos_id] == expected, rec["id"]
+
+
+def test_word_interleave_batch_size_changes_draws_not_format(vocab):
+    """Any batch_records gives well-formed per-record outputs, in input order, one per record."""
+    recs = [_record(list(range(10)) * 3, 10.0, WORDS[:k], [0.2 * i for i in range(k)],
+                    [0.2 * i + 0.15 for i in range(k)], f"r{k}") for k in range(6)]
+    for batch_records in (1, 4, 64):
+        outs = _built(lambda b=batch_records: wi.word_interleave(
+            _ds(*recs), vocab, policy="poisson", speech_ratio=0.5, mean_span_words=2.0, batch_records=b))
+        assert [o["id"] for o in outs] == [f"r{k}".encode() for k in range(6)]
+        for k, out in enumerate(outs):
+            t = out["targets"]
+            assert t[-1] == vocab.eos_id and (k > 0 or t == [vocab.eos_id])
+            assert out["modality"] == vocab.modality_ids(t).tolist()
+            assert sum(x == vocab.text_marker_id for x in t) + sum(x == vocab.speech_marker_id for x in t) >= (k > 0)
 
 
 # --- cross-lingual -----------------------------------------------------------------------------
@@ -580,7 +676,7 @@ def test_word_interleave_pipeline_checkpoint_restores_exact_next(vocab, tmp_path
     with seqio.map_seed_manager(5):
         ds = tf.data.TFRecordDataset(path).repeat()
         ds = ds.map(lambda x: tf.io.parse_single_example(x, corpus.TFRECORD_FEATURES))
-        ds = il.word_interleave(ds, vocab, policy="poisson", speech_ratio=0.4, mean_span_words=2.0)
+        ds = wi.word_interleave(ds, vocab, policy="poisson", speech_ratio=0.4, mean_span_words=2.0)
         ds = ds.map(lambda ex: {k: (v[:24] if v.shape.rank else v) for k, v in ex.items()})  # a Task trims
         ds = SLMFeatureConverter(pack=True)(ds, {"targets": 24}).batch(2)
 

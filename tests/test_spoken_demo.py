@@ -93,7 +93,7 @@ def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
     import seqio
     import tensorflow as tf
 
-    from slm_jax.data import corpus, interleave
+    from slm_jax.data import corpus, word_interleave
     from slm_jax.data.token_space import SpeechTextVocabulary
 
     vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
@@ -104,7 +104,7 @@ def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
     def targets(keys):
         desc = {k: corpus.TFRECORD_FEATURES[k] for k in keys}
         ds = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, desc))
-        fn = functools.partial(interleave.word_interleave, vocabulary=vocab, policy="random", speech_ratio=0.5)
+        fn = functools.partial(word_interleave.word_interleave, vocabulary=vocab, policy="random", speech_ratio=0.5)
         with seqio.utils.map_seed_manager(7):
             return [ex["targets"].tolist() for ex in fn(ds).as_numpy_iterator()]
 
@@ -116,7 +116,7 @@ def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
 def test_pretokenized_words_from_another_model_are_refused(small_corpus):
     import tensorflow as tf
 
-    from slm_jax.data import corpus, interleave
+    from slm_jax.data import corpus, word_interleave
     from slm_jax.data.token_space import SpeechTextVocabulary
 
     other = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
@@ -124,4 +124,4 @@ def test_pretokenized_words_from_another_model_are_refused(small_corpus):
     files = tf.io.gfile.glob(os.path.join(small_corpus, "speech", "train-en-*.tfrecord"))
     ds = tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, corpus.TFRECORD_FEATURES))
     with pytest.raises(tf.errors.InvalidArgumentError, match="word_token_ids .* SentencePiece model"):
-        next(interleave.word_interleave(ds, vocabulary=other).as_numpy_iterator())
+        next(word_interleave.word_interleave(ds, vocabulary=other).as_numpy_iterator())

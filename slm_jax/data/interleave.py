@@ -25,7 +25,7 @@ which fails on `tf.py_function` / `from_generator`. Randomness therefore comes f
 same output, and a restored iterator continues with the same seeds. Set the initial
 seed with `seqio.map_seed_manager(seed)` (seqio does this from `get_dataset(seed=...)`).
 
-Time -> frame convention (word_interleave and crosslingual_interleave): frame f of a
+Time -> frame convention (`word_interleave.word_interleave` and crosslingual_interleave): frame f of a
 stream at rate r covers [f/r, (f+1)/r) and belongs to a time range [start, end) when its
 START lies in it: f in [ceil(start*r), ceil(end*r)). Contiguous ranges thus share no
 frame and lose none. Alignment times are float32 seconds in the corpus, so a time within
@@ -35,7 +35,6 @@ frame and lose none. Alignment times are float32 seconds in the corpus, so a tim
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping, Sequence
 
 import seqio
@@ -44,17 +43,9 @@ import tensorflow as tf
 from slm_jax.data import corpus
 from slm_jax.data.preprocessors import run_length_dedup
 
-POLICIES = ("random", "span", "poisson")
 SIDES = ("a", "b")
 STARTS = ("random", "a", "b")
 
-# slamkit's shipped interleaving config (config/tokeniser/interleaved_hubert_25.yaml:
-# interleave_method=poisson, interleave_span=10, interleave_prob=0.3), as keyword
-# arguments of `word_interleave`: `word_interleave(ds, vocab, **SLAMKIT_DEFAULTS)`.
-SLAMKIT_DEFAULTS = types.MappingProxyType({"policy": "poisson", "speech_ratio": 0.3, "mean_span_words": 10.0})
-# slamkit's 'random' method ignores interleave_prob and makes each word speech with this
-# probability; pass it as `speech_ratio` to reproduce that policy exactly.
-SLAMKIT_RANDOM_SPEECH_PROB = 0.5
 
 FRAME_SNAP = 1e-2  # in frames; see the module docstring
 OUTPUT_KEYS = ("id", "targets", "modality", "loss_mask")
@@ -214,96 +205,7 @@ def text_only(
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# --- word-level modality policies (slamkit semantics) ----------------------------------------
-def random_policy(num_words, seed, speech_ratio: float) -> tf.Tensor:
-    """Each word independently speech with probability `speech_ratio` (slamkit 'random' uses 0.5)."""
-    u = tf.random.stateless_uniform([num_words], _seed(seed), dtype=tf.float64)
-    return u < speech_ratio
-
-
-def span_policy(num_words, seed, trigger_prob: float, span_words: int) -> tf.Tensor:
-    """slamkit 'span': every word triggers speech with prob `trigger_prob`; a trigger makes it
-    and the next `span_words - 1` words speech (a later trigger restarts the count).
-
-    So word i is speech iff some word in [i - span_words + 1, i] triggered; the speech
-    fraction is 1 - (1 - p)^span_words (about 0.97 for p=0.3, span 10), NOT p.
-    """
-    u = tf.random.stateless_uniform([num_words], _seed(seed), dtype=tf.float64)
-    triggers = tf.cast(u < trigger_prob, tf.int32)
-    count = tf.cumsum(triggers)
-    before_window = tf.concat([tf.zeros([span_words], tf.int32), count], 0)[: tf.size(count)]
-    return count - before_window > 0
-
-
-def poisson_policy(num_words, seed, speech_ratio: float, mean_span_words: float) -> tf.Tensor:
-    """slamkit 'poisson' (`select_spans_poisson`): place speech spans until at least
-    ceil(num_words * speech_ratio) words are speech.
-
-    Each step draws a start uniformly among the eligible words and a length ~
-    Poisson(mean_span_words) (truncated at the end of the record). A span that would
-    overlap selected words is rejected (the start stays eligible); an accepted span makes
-    its words and the word right after it ineligible, so a new span never starts
-    immediately after an existing one (a length-0 draw just retires its start). Ends when
-    enough words are selected or no start is eligible. The same algorithm as slamkit in a
-    `tf.while_loop` with stateless draws (fold_in(seed, step)), not the same random stream.
-    Guard: at most 64 * num_words + 64 steps (slamkit would keep rejecting; only reachable
-    with speech_ratio near 1).
-    """
-    n = tf.cast(num_words, tf.int32)
-    total = tf.cast(tf.math.ceil(tf.cast(n, tf.float64) * speech_ratio), tf.int32)
-    seed = _seed(seed)
-    idx = tf.range(n)
-    max_steps = 64 * n + 64
-
-    def cond(step, mask, eligible, count):
-        return tf.logical_and(tf.logical_and(count < total, tf.reduce_any(eligible)), step < max_steps)
-
-    def body(step, mask, eligible, count):
-        s_start, s_len = tf.unstack(
-            tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, step), 2)
-        )
-        candidates = tf.cast(tf.where(eligible)[:, 0], tf.int32)
-        k = tf.random.stateless_uniform([], s_start, 0, tf.size(candidates), dtype=tf.int32)
-        start = candidates[k]
-        length = tf.random.stateless_poisson([], s_len, mean_span_words, dtype=tf.int32)
-        end = tf.minimum(start + length, n)
-        span = tf.logical_and(idx >= start, idx < end)
-        accept = tf.logical_not(tf.reduce_any(tf.logical_and(span, mask)))
-        retire = tf.logical_and(tf.logical_or(span, tf.equal(idx, end)), accept)
-        mask = tf.logical_or(mask, tf.logical_and(span, accept))
-        eligible = tf.logical_and(eligible, tf.logical_not(retire))
-        count += tf.where(accept, end - start, 0)
-        return step + 1, mask, eligible, count
-
-    init = (tf.constant(0), tf.zeros([n], tf.bool), tf.ones([n], tf.bool), tf.constant(0))
-    return tf.while_loop(cond, body, init)[1]
-
-
-def _check_policy_args(policy: str, speech_ratio: float, mean_span_words: float, who: str):
-    _check_choice("policy", policy, POLICIES, who)
-    _check_fraction("speech_ratio", speech_ratio, who)
-    if policy == "span":
-        if float(mean_span_words) != int(mean_span_words) or int(mean_span_words) < 1:
-            raise ValueError(
-                f"{who}: policy='span' takes a whole mean_span_words >= 1, got {mean_span_words!r}"
-            )
-    elif policy == "poisson" and not float(mean_span_words) > 0:
-        raise ValueError(f"{who}: policy='poisson' needs mean_span_words > 0, got {mean_span_words!r}")
-
-
-def word_speech_mask(
-    num_words, seed, policy: str = "poisson", speech_ratio: float = 0.3, mean_span_words: float = 10.0
-) -> tf.Tensor:
-    """bool [num_words]: True where the word is rendered as speech, False for text."""
-    _check_policy_args(policy, speech_ratio, mean_span_words, "word_speech_mask")
-    if policy == "random":
-        return random_policy(num_words, seed, speech_ratio)
-    if policy == "span":
-        return span_policy(num_words, seed, speech_ratio, int(mean_span_words))
-    return poisson_policy(num_words, seed, speech_ratio, float(mean_span_words))
-
-
-# --- word-level interleaving -------------------------------------------------------------------
+# --- runs of equal values ------------------------------------------------------------------------
 def _segments(flags: tf.Tensor):
     """Maximal runs of equal flags: (segment id per element, first index, last index per segment)."""
     n = tf.size(flags)
@@ -312,178 +214,6 @@ def _segments(flags: tf.Tensor):
     first = tf.cast(tf.where(change)[:, 0], tf.int32)
     last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
     return seg, first, last
-
-
-def interleave_words(
-    words, word_start, word_end, is_speech, units, unit_rate_hz, vocabulary, dedup: bool = True,
-    word_tokens: tf.RaggedTensor | None = None, use_word_tokens=None,
-) -> tf.Tensor:
-    """The interleaved body (no EOS) for given per-word modalities.
-
-    Consecutive words of one modality form a span. A speech span emits the units of the
-    frames in [its first word's start, its last word's end) (deduplicated within the span
-    when `dedup`), so pauses between its words are kept and pauses next to text spans are
-    not (slamkit does the same). A text span emits the SentencePiece ids of its words
-    joined by single spaces. Each span is preceded by its marker, which is exactly "at the
-    start and where the modality changes" because spans alternate.
-
-    Difference from slamkit: slamkit deduplicates the whole utterance first and keeps
-    the deduplicated units whose END time lies in [start, end]; here frames are chosen by
-    START time (module docstring) and deduplicated within the span, so a span's units
-    never depend on frames outside it.
-
-    `word_tokens` ([words, ids] ragged): the corpus's pre-tokenized SentencePiece ids of
-    each word, used where `use_word_tokens` (a bool scalar) holds. SentencePiece segments
-    whitespace-separated words independently, so a span's ids are its words' ids
-    concatenated: the same output, without running the tokenizer at train time.
-    """
-    words = _dense(words)
-    is_speech = tf.cast(is_speech, tf.bool)
-    seg, first, last = _segments(is_speech)
-    num_seg = tf.size(first)
-    seg_speech = tf.gather(is_speech, first)
-
-    def tokenized_spans():
-        joined = tf.strings.reduce_join(
-            tf.RaggedTensor.from_value_rowids(words, seg, nrows=num_seg), axis=1, separator=" "
-        )
-        rows = tf.cast(vocabulary.encode_text_tf(tf.where(seg_speech, "", joined)), tf.int32)
-        return rows.flat_values, tf.cast(rows.row_lengths(), tf.int64)
-
-    def pretokenized_spans():
-        is_text = tf.logical_not(is_speech)
-        text_tokens = tf.ragged.boolean_mask(tf.cast(word_tokens, tf.int32), is_text)
-        rows = tf.RaggedTensor.from_value_rowids(
-            text_tokens, tf.cast(tf.boolean_mask(seg, is_text), tf.int64), nrows=tf.cast(num_seg, tf.int64)
-        ).merge_dims(1, 2)
-        return rows.flat_values, tf.cast(rows.row_lengths(), tf.int64)
-
-    if word_tokens is None:
-        values, lengths = tokenized_spans()
-    else:  # records without pre-tokenized words (empty fields) use the tokenizer
-        values, lengths = tf.cond(use_word_tokens, pretokenized_spans, tokenized_spans)
-    text_rows = tf.RaggedTensor.from_row_lengths(values, lengths)
-
-    units = _dense(units)
-    lo, hi = frame_bounds(
-        tf.gather(_dense(word_start), first), tf.gather(_dense(word_end), last), unit_rate_hz, tf.size(units)
-    )
-    frames = tf.ragged.range(lo, tf.where(seg_speech, hi, lo))
-    values = tf.gather(units, frames.flat_values)
-    rows = frames.value_rowids()
-    if dedup:
-        keep = dedup_rows(values, rows)
-        values, rows = tf.boolean_mask(values, keep), tf.boolean_mask(rows, keep)
-    unit_rows = tf.RaggedTensor.from_value_rowids(
-        tf.cast(vocabulary.units_to_ids_tf(values), tf.int32), rows, nrows=tf.cast(num_seg, tf.int64)
-    )
-
-    markers = tf.where(seg_speech, vocabulary.speech_marker_id, vocabulary.text_marker_id)
-    marker_rows = tf.RaggedTensor.from_tensor(tf.reshape(tf.cast(markers, tf.int32), [-1, 1]))
-    return tf.concat([marker_rows, unit_rows, text_rows], axis=1).flat_values
-
-
-def _check_alignment(ex, who: str):
-    """Asserts word_text/word_start/word_end agree in length and spans are not reversed."""
-    n = tf.size(ex["word_text"])
-    start, end = _dense(ex["word_start"]), _dense(ex["word_end"])
-    ok = tf.logical_and(tf.equal(tf.size(start), n), tf.equal(tf.size(end), n))
-    ok = tf.logical_and(ok, tf.reduce_all(start[: tf.size(end)] <= end[: tf.size(start)]))
-    return tf.debugging.Assert(
-        ok,
-        [
-            f"{who}: record",
-            _record_id(ex),
-            "has inconsistent word alignments (word_text/word_start/word_end lengths",
-            n,
-            tf.size(start),
-            tf.size(end),
-            "or a word ending before it starts)",
-        ],
-    )
-
-
-@seqio.map_over_dataset(num_seeds=1)
-def _word_interleave_map(ex, seed, vocabulary, policy, speech_ratio, mean_span_words, dedup, unit_rate_hz):
-    who = "word_interleave"
-    _require(ex, ["units", "word_text", "word_start", "word_end"], who)
-    rate = _rate(ex, unit_rate_hz, "unit_rate_hz", who)
-    with tf.control_dependencies([_check_alignment(ex, who)]):
-        num_words = tf.size(ex["word_text"])
-    speech = word_speech_mask(num_words, seed, policy, speech_ratio, mean_span_words)
-    word_tokens, use_word_tokens = _pretokenized_words(ex, vocabulary, num_words, who)
-    body = interleave_words(
-        ex["word_text"], ex["word_start"], ex["word_end"], speech, ex["units"], rate, vocabulary, dedup,
-        word_tokens=word_tokens, use_word_tokens=use_word_tokens,
-    )
-    return finish_example(ex, body, vocabulary)
-
-
-def _pretokenized_words(ex, vocabulary, num_words, who: str):
-    """(per-word SentencePiece ids, whether this record has them) or (None, None).
-
-    A record carries pre-tokenized words when its `word_token_model` is set; then it must
-    have one entry per word and the digest of THIS vocabulary's model, or the pipeline
-    stops naming the record (never silently different ids). Records without them (empty
-    fields) go through the tokenizer.
-    """
-    keys = ("word_token_ids", "word_token_lengths", "word_token_model")
-    if not all(k in ex for k in keys):
-        return None, None
-    digest = getattr(vocabulary, "model_digest", None)
-    lengths = tf.cast(_dense(ex["word_token_lengths"]), tf.int64)
-    has_tokens = tf.not_equal(ex["word_token_model"], "")
-    consistent = tf.logical_and(tf.equal(tf.size(lengths), num_words),
-                                tf.equal(ex["word_token_model"], tf.constant(digest or "", tf.string)))
-    check = tf.debugging.Assert(
-        tf.logical_or(tf.logical_not(has_tokens), consistent),
-        [f"{who}: record", _record_id(ex), "has word_token_ids for", tf.size(lengths), "words of", num_words,
-         "or from SentencePiece model", ex["word_token_model"], f"but the vocabulary's model is {digest}; "
-         "rebuild the corpus tokens or drop the word_token_* fields from the task"])
-    with tf.control_dependencies([check]):
-        return tf.RaggedTensor.from_row_lengths(_dense(ex["word_token_ids"]), lengths), tf.identity(has_tokens)
-
-
-def word_interleave(
-    dataset: tf.data.Dataset,
-    vocabulary=None,
-    policy: str = "poisson",
-    speech_ratio: float = 0.3,
-    mean_span_words: float = 10.0,
-    dedup: bool = True,
-    unit_rate_hz: float | None = None,
-    output_features=None,
-) -> tf.data.Dataset:
-    """SpiritLM word-level speech-text interleaving from word alignments, e.g.
-    `[Text] the cat [Speech] [Hu3] [Hu7] ... [Text] the mat EOS`.
-
-    Which words are speech (slamkit's `InterleavingTokeniser._assign_interleaved_modality`,
-    slp-rl/slamkit slamkit/tokeniser/interleaving_tokeniser.py):
-      - 'random': each word is speech with probability `speech_ratio` independently
-        (slamkit hard-codes 0.5: `SLAMKIT_RANDOM_SPEECH_PROB`).
-      - 'span': `speech_ratio` is the per-word probability that a speech span of exactly
-        `mean_span_words` words starts there (slamkit interleave_prob / interleave_span);
-        overlapping spans merge. See `span_policy`.
-      - 'poisson': Poisson(`mean_span_words`)-long speech spans placed without overlap until
-        at least ceil(num_words * speech_ratio) words are speech (slamkit
-        `select_spans_poisson`). See `poisson_policy`.
-    `SLAMKIT_DEFAULTS` holds slamkit's shipped setting (poisson, 0.3, 10).
-
-    How spans become tokens: `interleave_words`. Units come from the record's `units` at
-    `unit_rate_hz` (default: the record's `unit_rate_hz` feature). A record with no words
-    gives `[EOS]`. The per-example seed comes from `seqio.map_over_dataset(num_seeds=1)`.
-    """
-    who = "word_interleave"
-    _check_policy_args(policy, speech_ratio, mean_span_words, who)
-    return _word_interleave_map(
-        dataset,
-        vocabulary=_vocab(vocabulary, output_features, who),
-        policy=policy,
-        speech_ratio=float(speech_ratio),
-        mean_span_words=float(mean_span_words),
-        dedup=bool(dedup),
-        unit_rate_hz=unit_rate_hz,
-    )
 
 
 # --- cross-lingual sentence-level interleaving -------------------------------------------------
