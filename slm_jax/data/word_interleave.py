@@ -111,17 +111,18 @@ def poisson_policy_rows(row_splits, seed, speech_ratio: float, mean_span_words: 
     Guard: at most 64 * num_words + 64 steps per row (slamkit would keep rejecting; only
     reachable with speech_ratio near 1).
     """
-    rows, pos, num_rows = _row_layout(row_splits)
+    # The loop runs on a dense [B, max_words] layout: row reductions are plain axis-1 ops.
+    row_splits = tf.cast(row_splits, tf.int64)
     lengths = tf.cast(row_splits[1:] - row_splits[:-1], tf.int32)
+    num_rows = tf.size(lengths)
+    pos = tf.range(tf.reduce_max(tf.concat([lengths, [0]], 0)))[tf.newaxis, :]  # [1, W]
+    in_row = pos < lengths[:, tf.newaxis]
     total = tf.cast(tf.math.ceil(tf.cast(lengths, tf.float64) * speech_ratio), tf.int32)
     max_steps = 64 * lengths + 64
     seed = _seed(seed)
-    n = tf.size(rows)
 
     def active_rows(step, eligible, count):
-        return tf.logical_and(
-            tf.logical_and(count < total, _per_row_any(eligible, rows, num_rows)), step < max_steps
-        )
+        return (count < total) & tf.reduce_any(eligible, axis=1) & (step < max_steps)
 
     def cond(step, mask, eligible, count):
         return tf.reduce_any(active_rows(step, eligible, count))
@@ -131,30 +132,25 @@ def poisson_policy_rows(row_splits, seed, speech_ratio: float, mean_span_words: 
         s_start, s_len = tf.unstack(
             tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, step), 2)
         )
-        num_eligible = _per_row_sum(eligible, rows, num_rows)
+        elig = tf.cast(eligible, tf.int32)
+        num_eligible = tf.reduce_sum(elig, axis=1)
         u = tf.random.stateless_uniform([num_rows], s_start, dtype=tf.float64)
         k = tf.minimum(tf.cast(tf.floor(u * tf.cast(num_eligible, tf.float64)), tf.int32), num_eligible - 1)
-        # rank of each eligible word among its row's eligible words
-        elig = tf.cast(eligible, tf.int32)
-        rank = tf.cumsum(elig, exclusive=True)
-        rank -= tf.gather(tf.math.unsorted_segment_min(tf.where(eligible, rank, n), rows, num_rows), rows)
-        is_start = tf.logical_and(eligible, tf.equal(rank, tf.gather(k, rows)))
-        start = tf.math.unsorted_segment_max(tf.where(is_start, pos, -1), rows, num_rows)
+        is_start = eligible & tf.equal(tf.cumsum(elig, axis=1, exclusive=True), k[:, tf.newaxis])
+        start = tf.cast(tf.argmax(tf.cast(is_start, tf.int32), axis=1), tf.int32)
         length = tf.random.stateless_poisson([num_rows], s_len, mean_span_words, dtype=tf.int32)
         end = tf.minimum(start + length, lengths)
-        row_start, row_end, row_active = tf.gather(start, rows), tf.gather(end, rows), tf.gather(active, rows)
-        span = tf.logical_and(tf.logical_and(pos >= row_start, pos < row_end), row_active)
-        accept = tf.logical_and(active, tf.logical_not(_per_row_any(tf.logical_and(span, mask), rows, num_rows)))
-        row_accept = tf.gather(accept, rows)
-        retire = tf.logical_and(tf.logical_or(span, tf.logical_and(row_active, tf.equal(pos, row_end))), row_accept)
-        mask = tf.logical_or(mask, tf.logical_and(span, row_accept))
-        eligible = tf.logical_and(eligible, tf.logical_not(retire))
-        count += tf.where(accept, end - start, 0)
-        return step + 1, mask, eligible, count
+        span = (pos >= start[:, tf.newaxis]) & (pos < end[:, tf.newaxis]) & active[:, tf.newaxis]
+        accept = active & tf.logical_not(tf.reduce_any(span & mask, axis=1))
+        retire = (span | tf.equal(pos, end[:, tf.newaxis])) & accept[:, tf.newaxis]
+        return (step + 1, mask | (span & accept[:, tf.newaxis]), eligible & tf.logical_not(retire),
+                count + tf.where(accept, end - start, 0))
 
-    init = (tf.constant(0), tf.zeros([n], tf.bool), tf.ones([n], tf.bool), tf.zeros_like(lengths))
-    invariants = (tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([None]))
-    return tf.while_loop(cond, body, init, shape_invariants=invariants)[1]
+    init = (tf.constant(0), tf.zeros_like(in_row), in_row, tf.zeros_like(lengths))
+    invariants = (tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None, None]),
+                  tf.TensorShape([None]))
+    mask = tf.while_loop(cond, body, init, shape_invariants=invariants)[1]
+    return tf.boolean_mask(mask, in_row)
 
 
 def _check_policy_args(policy: str, speech_ratio: float, mean_span_words: float, who: str):
@@ -205,8 +201,10 @@ def interleave_rows(
     dedup: bool = True,
     word_tokens: tf.RaggedTensor | None = None,
     use_word_tokens: tf.Tensor | None = None,
+    eos: bool = False,
 ) -> tf.RaggedTensor:
-    """The interleaved bodies [B, (tokens)] (no EOS) of a batch, given per-word modalities.
+    """The interleaved bodies [B, (tokens)] of a batch (+ EOS each when `eos`), given per-word
+    modalities.
 
     `words`, `word_start`, `word_end`: [B, (words)]; `is_speech`: bool over their flat
     values; `units`: [B, (frames)]; `unit_rate_hz`: [B].
@@ -245,24 +243,32 @@ def interleave_rows(
     seg_speech = tf.gather(is_speech, first)
     seg64 = tf.cast(seg, tf.int64)
 
-    # text spans: the tokenizer over the joined words, or the corpus's per-word ids
+    # text spans: the tokenizer over the joined words (only when some span needs it), or
+    # the corpus's per-word ids; both come out in span order, with per-span counts
     pretokenized = (
         tf.zeros([num_rows], tf.bool) if word_tokens is None else tf.cast(use_word_tokens, tf.bool)
     )
     tokenize = tf.logical_not(tf.logical_or(seg_speech, tf.gather(pretokenized, seg_row)))
-    joined = tf.strings.reduce_join(
-        tf.RaggedTensor.from_value_rowids(words.flat_values, seg64, nrows=tf.cast(num_seg, tf.int64)),
-        axis=1,
-        separator=" ",
-    )
-    text_rows = tf.cast(vocabulary.encode_text_tf(tf.where(tokenize, joined, "")), tf.int32)
+
+    def tokenized():
+        joined = tf.strings.reduce_join(
+            tf.RaggedTensor.from_value_rowids(words.flat_values, seg64, nrows=tf.cast(num_seg, tf.int64),
+                                              validate=False),
+            axis=1,
+            separator=" ",
+        )
+        ids = vocabulary.encode_text_tf(tf.where(tokenize, joined, ""))
+        return tf.cast(ids.flat_values, tf.int32), tf.cast(ids.row_lengths(), tf.int32)
+
+    def none_tokenized():
+        return tf.zeros([0], tf.int32), tf.zeros([num_seg], tf.int32)
+
+    text_parts = [tf.cond(tf.reduce_any(tokenize), tokenized, none_tokenized)]
     if word_tokens is not None:
         take = tf.logical_and(tf.logical_not(is_speech), tf.gather(pretokenized, word_row))
-        ids = tf.ragged.boolean_mask(tf.cast(word_tokens, tf.int32), take)
-        from_corpus = tf.RaggedTensor.from_value_rowids(
-            ids, tf.boolean_mask(seg64, take), nrows=tf.cast(num_seg, tf.int64)
-        ).merge_dims(1, 2)
-        text_rows = tf.concat([text_rows, from_corpus], axis=1)  # one of the two is empty per span
+        counts = tf.where(take, tf.cast(word_tokens.row_lengths(), tf.int32), 0)
+        ids = tf.boolean_mask(tf.cast(word_tokens.flat_values, tf.int32), tf.repeat(take, word_tokens.row_lengths()))
+        text_parts.append((ids, tf.math.unsorted_segment_sum(counts, seg, num_seg)))
 
     # speech spans: frames of [first word start, last word end) in the record's unit stream
     frames_per_row = tf.cast(units.row_lengths(), tf.int32)
@@ -274,21 +280,36 @@ def interleave_rows(
     )
     offset = tf.gather(tf.cast(units.row_splits, tf.int32), seg_row)
     frames = tf.ragged.range(lo + offset, tf.where(seg_speech, hi, lo) + offset)
-    values = tf.gather(units.flat_values, frames.flat_values)
-    frame_seg = frames.value_rowids()
+    unit_values = tf.gather(units.flat_values, frames.flat_values)
+    frame_seg = tf.cast(frames.value_rowids(), tf.int32)
     if dedup:
-        keep = dedup_rows(values, frame_seg)
-        values, frame_seg = tf.boolean_mask(values, keep), tf.boolean_mask(frame_seg, keep)
-    unit_rows = tf.RaggedTensor.from_value_rowids(
-        tf.cast(vocabulary.units_to_ids_tf(values), tf.int32), frame_seg, nrows=tf.cast(num_seg, tf.int64)
-    )
+        keep = dedup_rows(unit_values, frame_seg)
+        unit_values, frame_seg = tf.boolean_mask(unit_values, keep), tf.boolean_mask(frame_seg, keep)
+    unit_parts = (tf.cast(vocabulary.units_to_ids_tf(unit_values), tf.int32),
+                  tf.math.unsorted_segment_sum(tf.ones_like(frame_seg), frame_seg, num_seg))
 
-    markers = tf.where(seg_speech, vocabulary.speech_marker_id, vocabulary.text_marker_id)
-    marker_rows = tf.RaggedTensor.from_tensor(tf.reshape(tf.cast(markers, tf.int32), [-1, 1]))
-    spans = tf.concat([marker_rows, unit_rows, text_rows], axis=1)
-    return tf.RaggedTensor.from_value_rowids(
-        spans, tf.cast(seg_row, tf.int64), nrows=tf.cast(num_rows, tf.int64)
-    ).merge_dims(1, 2)
+    # Output layout by index arithmetic (no ragged concatenation): record b's tokens are
+    # its spans in order, each [marker, units..., text...], then EOS when `eos`.
+    parts = [unit_parts, *text_parts]
+    span_sizes = 1 + tf.add_n([size for _, size in parts])
+    row_sizes = tf.math.unsorted_segment_sum(span_sizes, seg_row, num_rows) + int(eos)
+    out_splits = tf.concat([[0], tf.cumsum(row_sizes)], 0)
+    span_start = tf.cumsum(span_sizes, exclusive=True) + int(eos) * seg_row  # + EOS of earlier records
+    positions, values = [span_start], [tf.where(seg_speech, vocabulary.speech_marker_id, vocabulary.text_marker_id)]
+    before = tf.ones_like(span_sizes)  # tokens of the span already placed: the marker
+    for part_values, part_sizes in parts:
+        value_span = tf.repeat(tf.range(num_seg), part_sizes)
+        rank = tf.range(tf.size(value_span)) - tf.gather(tf.cumsum(part_sizes, exclusive=True), value_span)
+        positions.append(tf.gather(span_start + before, value_span) + rank)
+        values.append(part_values)
+        before += part_sizes
+    if eos:
+        positions.append(out_splits[1:] - 1)
+        values.append(tf.fill([num_rows], vocabulary.eos_id))
+    flat = tf.scatter_nd(
+        tf.expand_dims(tf.concat(positions, 0), 1), tf.cast(tf.concat(values, 0), tf.int32), out_splits[-1:]
+    )
+    return tf.RaggedTensor.from_row_splits(tf.reshape(flat, [-1]), tf.cast(out_splits, tf.int64), validate=False)
 
 
 def interleave_words(
@@ -388,12 +409,10 @@ def _interleave_batch(batch, seed, vocabulary, policy, speech_ratio, mean_span_w
     with tf.control_dependencies(checks + token_checks):
         row_splits = tf.identity(batch["word_text"].row_splits)
     speech = word_speech_mask_rows(row_splits, seed, policy, speech_ratio, mean_span_words)
-    body = interleave_rows(
+    targets = interleave_rows(
         batch["word_text"], batch["word_start"], batch["word_end"], speech, batch["units"], rate,
-        vocabulary, dedup, word_tokens, use_word_tokens,
+        vocabulary, dedup, word_tokens, use_word_tokens, eos=True,
     )
-    eos = tf.fill([num_rows, 1], tf.constant(vocabulary.eos_id, tf.int32))
-    targets = tf.concat([body, eos], axis=1)
     return {
         "id": batch["id"],
         "targets": targets,
