@@ -19,6 +19,7 @@ GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 # Modules whose configurables gin must know before parsing (unknown names are errors).
 CONFIGURABLE_MODULES = (
     "slm_jax.models.decoder",
+    "slm_jax.models.lst",
     "slm_jax.training.optimizer",
     "slm_jax.training.partitioning",
     "slm_jax.training.trainer",

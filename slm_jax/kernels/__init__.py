@@ -1,0 +1,1 @@
+"""Pallas kernels of slm_jax, each with its pure-JAX reference and custom VJP."""

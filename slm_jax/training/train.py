@@ -127,7 +127,7 @@ class TrainRun:
     """Everything one run needs; gin binds it as `train.*` (t5x style)."""
 
     model_dir: str = gin.REQUIRED
-    model: DecoderConfig = gin.REQUIRED
+    model: Any = gin.REQUIRED  # DecoderConfig or slm_jax.models.lst.LSTConfig
     train_dataset: Any = gin.REQUIRED  # slm_jax.data.pipeline.DatasetConfig
     train_steps: int = gin.REQUIRED
     eval_dataset: Any = None

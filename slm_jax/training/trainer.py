@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from slm_jax.models.decoder import Decoder, DecoderConfig
+from slm_jax.models.lst import LSTConfig, LSTModel
 from slm_jax.training import partitioning
 from slm_jax.training.losses import cross_entropy_sums, per_modality_sums
 from slm_jax.training.optimizer import OptimizerConfig, make_optimizer
@@ -28,6 +29,24 @@ from slm_jax.training.optimizer import OptimizerConfig, make_optimizer
 # batches without it (synthetic benchmarks) get zeros.
 BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_modality",
               "decoder_segment_ids", "decoder_positions")
+# Read by models that need them (LST with word-aligned patches); -1 ("no patch") if missing.
+PATCH_KEY = "decoder_patch_ids"
+NUM_SUMS = 8  # ce, z, weight, text ce, text weight, speech ce, speech weight, uncovered targets
+
+
+def build_model(model_cfg) -> nn.Module:
+    """The flax module for a model config: the dense `Decoder` or the latent-patching `LSTModel`."""
+    if isinstance(model_cfg, LSTConfig):
+        return LSTModel(model_cfg)
+    if isinstance(model_cfg, DecoderConfig):
+        return Decoder(model_cfg)
+    raise TypeError(f"train.model must be a DecoderConfig or LSTConfig, got {type(model_cfg).__name__}")
+
+
+def batch_keys(model_cfg) -> tuple[str, ...]:
+    if isinstance(model_cfg, LSTConfig) and model_cfg.patching == "aligned":
+        return (*BATCH_KEYS, PATCH_KEY)
+    return BATCH_KEYS
 
 
 @gin.configurable
@@ -45,14 +64,15 @@ class TrainConfig:
 class Trainer:
     """Owns the model, optimizer, mesh and the compiled steps of one run."""
 
-    def __init__(self, model_cfg: DecoderConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig, mesh: Mesh,
+    def __init__(self, model_cfg: DecoderConfig | LSTConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig, mesh: Mesh,
                  rules, total_steps: int, batch_size: int, sequence_length: int):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.mesh, self.rules = mesh, tuple(rules)
         self.batch_size, self.sequence_length = batch_size, sequence_length
         partitioning.validate_batch_and_length(mesh, self.rules, batch_size, sequence_length,
                                                train_cfg.gradient_accumulation_steps)
-        self.model = Decoder(model_cfg)
+        self.model = build_model(model_cfg)
+        self.batch_keys = batch_keys(model_cfg)
         self.tx, self.schedule = make_optimizer(opt_cfg, total_steps)
 
         abstract_key = jax.eval_shape(lambda: jax.random.key(0))
@@ -71,7 +91,7 @@ class Trainer:
         self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                            abstract, self.state_shardings)
         self.batch_sharding = partitioning.batch_sharding(mesh, self.rules)
-        self.batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
+        self.batch_shardings = {k: self.batch_sharding for k in self.batch_keys}
         replicated = partitioning.replicated(mesh)
 
         self._jit_init = jax.jit(self._init_state, out_shardings=self.state_shardings)
@@ -103,12 +123,20 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------------------
     def _loss_sums(self, params, batch):
-        logits = self.model.apply({"params": params}, batch["decoder_input_tokens"],
-                                  batch["decoder_segment_ids"], batch["decoder_positions"])
+        inputs = (batch["decoder_input_tokens"], batch["decoder_segment_ids"], batch["decoder_positions"])
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        uncovered = jnp.zeros((), jnp.float32)
+        if isinstance(self.model, LSTModel):
+            logits, covered = self.model.apply({"params": params}, *inputs, modality=batch["decoder_modality"],
+                                               patch_ids=batch.get(PATCH_KEY), return_coverage=True)
+            # targets past the row's global slots get no loss, and are counted (never silent)
+            uncovered = jnp.sum(jnp.where(covered, 0, weights)).astype(jnp.float32)
+            weights = jnp.where(covered, weights, 0)
+        else:
+            logits = self.model.apply({"params": params}, *inputs)
         total, ce, z, weight = cross_entropy_sums(logits, targets, weights, self.train_cfg.z_loss)
         by_modality = per_modality_sums(logits, targets, weights, batch["decoder_modality"])
-        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality])
+        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality, uncovered[None]])
 
     def _train_step(self, state, batch):
         params = state["params"]
@@ -127,7 +155,7 @@ class Trainer:
                 return (jax.tree.map(jnp.add, g_acc, g), s_acc + s), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(7, jnp.float32)), micro)
+            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(NUM_SUMS, jnp.float32)), micro)
         ce, z, weight = sums[0], sums[1], sums[2]
         denom = jnp.maximum(weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
@@ -139,6 +167,8 @@ class Trainer:
                    "param_norm": optax.tree.norm(new_params),
                    "loss_text": _ratio(sums[3], sums[4]), "loss_speech": _ratio(sums[5], sums[6]),
                    "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
+        if isinstance(self.model, LSTModel):
+            metrics["uncovered_tokens"] = sums[7]
         return new_state, metrics
 
     def _eval_step(self, params, batch):
@@ -156,18 +186,20 @@ class Trainer:
     # -- batches --------------------------------------------------------------------------
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows -> one global jax.Array per key (multi-host safe)."""
-        if "decoder_modality" not in local_batch:
-            local_batch = {**local_batch,
-                           "decoder_modality": np.zeros_like(np.asarray(local_batch["decoder_target_tokens"]))}
-        missing = [k for k in BATCH_KEYS if k not in local_batch]
+        fills = {"decoder_modality": 0, PATCH_KEY: -1}
+        for key, fill in fills.items():
+            if key in self.batch_keys and key not in local_batch:
+                local_batch = {**local_batch,
+                               key: np.full_like(np.asarray(local_batch["decoder_target_tokens"]), fill)}
+        missing = [k for k in self.batch_keys if k not in local_batch]
         if missing:
             raise KeyError(f"batch lacks features {missing}; a DecoderFeatureConverter batch has {BATCH_KEYS}")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[k], np.int32))
-                for k in BATCH_KEYS}
+                for k in self.batch_keys}
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         shape = (self.batch_size, self.sequence_length)
-        return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for k in BATCH_KEYS}
+        return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for k in self.batch_keys}
 
     def lower_train_step(self):
         """Lower the train step on abstract inputs (AOT compile; no arrays allocated)."""

@@ -1,0 +1,122 @@
+"""Speech units per second: LST (static patches) against the dense decoder of the same
+global size, both through slm_jax's real jitted train step, measured in one run.
+
+Synthetic speech batches (no tensorflow/seqio): each packed segment is `[Speech]`
+followed by units, so every unit is a speech token and LST pools `patch_size` of them
+per global position. The LST's global length is seq_len / patch_size plus one slot per
+segment for the BOS and the marker (rounded up to a multiple of 128).
+
+    python bench/lst_vs_dense.py --gin_file=gin/models/lst_1b.gin --seq_len=8192 --batch_size=2   # H100
+    python bench/lst_vs_dense.py --gin_file=gin/models/lst_tiny.gin --seq_len=256 --steps=3        # CPU smoke
+
+Prints one JSON line per model and the LST/dense ratio of units per second (target >= 2.5x).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SPEECH, MARKER = 2, 3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gin_file", default="gin/models/lst_tiny.gin", help="a gin/models/lst_*.gin size")
+    p.add_argument("--gin", action="append", default=[], help="extra binding, e.g. LSTConfig.patch_size=2")
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--seq_len", type=int, default=8192)
+    p.add_argument("--segments", type=int, default=2, help="packed utterances per row")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 fills)")
+    return p.parse_args(argv)
+
+
+def speech_batch(rng, batch, length, vocab, segments):
+    """Packed rows of `[Speech] u u u ...` utterances; modality per target token."""
+    tokens = rng.integers(4, vocab, (batch, length)).astype(np.int32)
+    seg = np.zeros((batch, length), np.int32)
+    pos = np.zeros((batch, length), np.int32)
+    modality = np.full((batch, length), SPEECH, np.int32)
+    bounds = np.linspace(0, length, segments + 1).astype(int)
+    for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+        seg[:, a:b], pos[:, a:b] = s, np.arange(b - a)
+        tokens[:, a], modality[:, a] = 1, MARKER  # the [Speech] marker opens each utterance
+    inputs = np.where(pos == 0, 0, np.roll(tokens, 1, axis=1))
+    return {"decoder_input_tokens": inputs, "decoder_target_tokens": tokens,
+            "decoder_loss_weights": np.ones((batch, length), np.int32), "decoder_modality": modality,
+            "decoder_segment_ids": seg, "decoder_positions": pos}
+
+
+def load_lst_config(gin_file, bindings):
+    import gin
+
+    from slm_jax.models.lst import LSTConfig
+    gin.clear_config()
+    path = pathlib.Path(gin_file)
+    gin.parse_config_files_and_bindings([str(path if path.is_file() else REPO / gin_file)], bindings,
+                                        finalize_config=False)
+    return LSTConfig()
+
+
+def time_steps(trainer, batch, steps, warmup):
+    import jax
+    state = trainer.init_state(0)
+    gbatch = trainer.global_batch(batch)
+    for _ in range(warmup):
+        state, metrics = trainer.train_step(state, gbatch)
+    jax.block_until_ready(metrics["loss"])
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = trainer.train_step(state, gbatch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import jax
+
+    from slm_jax.training.optimizer import OptimizerConfig
+    from slm_jax.training.partitioning import DEFAULT_RULES, MeshConfig, make_mesh
+    from slm_jax.training.trainer import TrainConfig, Trainer
+
+    lst_cfg = load_lst_config(args.gin_file, args.gin)
+    slots = args.seq_len // lst_cfg.patch_size + 2 * args.segments
+    lst_cfg = dataclasses.replace(lst_cfg, global_length=-(-slots // 128) * 128)
+    data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
+    mesh = make_mesh(MeshConfig(data, fsdp, tensor))
+    batch = speech_batch(np.random.default_rng(0), args.batch_size, args.seq_len, lst_cfg.vocab_size, args.segments)
+    units = int((batch["decoder_modality"] == SPEECH).sum())
+    rows = []
+    for name, cfg in (("dense", lst_cfg.global_model), ("lst", lst_cfg)):
+        trainer = Trainer(cfg, OptimizerConfig(warmup_steps=10), TrainConfig(), mesh, DEFAULT_RULES, 1000,
+                          args.batch_size, args.seq_len)
+        seconds, metrics = time_steps(trainer, batch, args.steps, args.warmup)
+        row = {"model": name, "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+               "num_params": cfg.num_params(), "batch": args.batch_size, "seq_len": args.seq_len,
+               "step_seconds": seconds, "units_per_second": units / seconds, "loss": float(metrics["loss"])}
+        if name == "lst":
+            row.update(patch_size=cfg.patch_size, global_length=cfg.global_length,
+                       uncovered_tokens=float(metrics["uncovered_tokens"]))
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    ratio = rows[1]["units_per_second"] / rows[0]["units_per_second"]
+    print(f"\nLST (static {lst_cfg.patch_size}) / dense speech units per second: {ratio:.2f}x "
+          f"({rows[1]['units_per_second']:,.0f} vs {rows[0]['units_per_second']:,.0f}; target >= 2.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Latent speech patching (LST, SEEDS.md section 3): a decoder whose global transformer runs
+over patches of speech units instead of single units.
+
+Pipeline for input tokens x [b, t] (packed rows, as for the dense `Decoder`):
+
+  1. slots: every input token belongs to one "slot" of the global sequence. Text tokens,
+     markers and each segment's BOS are slots of their own; runs of speech units are cut
+     into patches (static k units, or the data's word-aligned patch ids). Slot ids are
+     consecutive from 0 along the row, -1 on padding (`patch_slots`).
+  2. local encoder: a few small transformer layers over unit embeddings, attention
+     restricted to the token's own slot (the "windowed" attention of LST).
+  3. pooling: each slot's token states -> one latent (mean or learned attention pooling,
+     `slm_jax.kernels.patching`), projected to the global width.
+  4. global causal transformer over the slots (positions restart per packed segment).
+  5. local decoder: target y_t = x_{t+1} belongs to slot g(t) = slot(t) if x_{t+1} is in
+     the same slot, else slot(t) + 1. Position t is predicted from the global state of
+     slot g(t) - 1 (which has seen only tokens <= t) plus the tokens of slot g(t) before
+     the target (causal attention within the positions sharing g). So the units of a
+     patch are predicted one by one from the previous patch's latent (teacher-forced in
+     training, patch by patch at generation) and a text token, a slot of its own, is
+     predicted from the global state of the slot before it.
+
+With patch size 1 every token is its own slot and, with no local layers, identity
+projections and no token input to the local decoder, the model IS the dense decoder
+(tested). The loss is per target token, so it compares with the dense model's directly.
+
+`global_length` (static) is the number of global slots per row; a row whose data needs
+more leaves its tail uncovered: those tokens are reported (`uncovered_tokens`) and get
+no loss, never a silent wrong prediction.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from slm_jax.kernels import patching
+from slm_jax.models.attention import resolve_attention_impl
+from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock
+from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
+
+MODALITY_SPEECH = 2  # slm_jax.data.token_space.MODALITY_SPEECH (models do not import the data layer)
+PATCHINGS = ("static", "aligned")
+POOLINGS = ("mean", "attention")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class LSTConfig:
+    """An LST model: `global_model` is the global transformer (and the vocabulary); the local
+    encoder/decoder are small transformers of width `local_embed_dim`."""
+
+    global_model: DecoderConfig = DecoderConfig()
+    local_embed_dim: int = 64
+    local_mlp_dim: int = 172
+    local_num_heads: int = 4
+    local_encoder_layers: int = 1
+    local_decoder_layers: int = 1
+    patching: str = "static"  # "static": k units per patch; "aligned": the batch's decoder_patch_ids
+    patch_size: int = 4
+    pooling: str = "mean"
+    pooling_impl: str = "auto"  # slm_jax.kernels.patching impl
+    global_length: int | None = None  # slots per row; None: the sequence length
+    decoder_token_input: bool = True  # local decoder sees the token embeddings (off: pure context)
+
+    def __post_init__(self):
+        if self.patching not in PATCHINGS:
+            raise ValueError(f"LSTConfig.patching={self.patching!r}: expected one of {PATCHINGS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"LSTConfig.pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.patch_size < 1:
+            raise ValueError(f"LSTConfig.patch_size={self.patch_size} must be >= 1")
+        if self.local_embed_dim % self.local_num_heads:
+            raise ValueError(f"LSTConfig.local_embed_dim={self.local_embed_dim} must be a multiple of "
+                             f"LSTConfig.local_num_heads={self.local_num_heads}")
+        if self.global_length is not None and self.global_length < 1:
+            raise ValueError(f"LSTConfig.global_length={self.global_length} must be >= 1 (or None)")
+
+    # what train.py / metrics read from a model config
+    @property
+    def vocab_size(self) -> int:
+        return self.global_model.vocab_size
+
+    def local_config(self, num_layers: int) -> DecoderConfig:
+        g = self.global_model
+        return dataclasses.replace(
+            g, embed_dim=self.local_embed_dim, mlp_dim=self.local_mlp_dim, num_layers=num_layers,
+            num_heads=self.local_num_heads, num_kv_heads=self.local_num_heads, head_dim=None)
+
+    SHAPE_FIELDS = ("local_embed_dim", "local_mlp_dim", "local_num_heads", "local_encoder_layers",
+                    "local_decoder_layers", "pooling", "decoder_token_input")
+
+    def shape_dict(self) -> dict[str, Any]:
+        return {"global_model": self.global_model.shape_dict(), **{f: getattr(self, f) for f in self.SHAPE_FIELDS}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        g, d = self.global_model, self.local_embed_dim
+        total = g.num_params(include_embeddings=False) - g.embed_dim  # global layers (+ its final norm below)
+        for layers in (self.local_encoder_layers, self.local_decoder_layers):
+            total += self.local_config(layers).num_params(include_embeddings=False)
+        total += 2 * d * g.embed_dim + g.embed_dim  # up / down projections, global final norm
+        total += d if self.pooling == "attention" else 0
+        if include_embeddings:
+            total += g.vocab_size * d * (1 if g.tie_embeddings else 2)
+        return total
+
+    def flops_per_token(self, sequence_length: int, slots_per_token: float | None = None) -> float:
+        """Training FLOPs per token: local layers on every token, the global model on
+        `slots_per_token` of a slot per token (default: 1 / patch_size, all speech)."""
+        ratio = slots_per_token if slots_per_token is not None else 1.0 / self.patch_size
+        g = self.global_model
+        glob = g.flops_per_token(max(1, int(sequence_length * ratio))) - 6.0 * g.vocab_size * g.embed_dim
+        local = sum(self.local_config(n).flops_per_token(self.patch_size) - 6.0 * g.vocab_size * self.local_embed_dim
+                    for n in (self.local_encoder_layers, self.local_decoder_layers))
+        return ratio * glob + local + 6.0 * (g.vocab_size * self.local_embed_dim + 2 * self.local_embed_dim * g.embed_dim)
+
+
+# --- slot layout (plain functions on [b, t] int arrays) ---------------------------------------
+def _shift_right(x, fill):
+    return jnp.concatenate([jnp.full_like(x[:, :1], fill), x[:, :-1]], axis=1)
+
+
+def _index_within_runs(starts: jax.Array) -> jax.Array:
+    """t - (last t' <= t with starts[t']) along axis 1."""
+    t = jnp.broadcast_to(jnp.arange(starts.shape[1]), starts.shape)
+    return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+
+
+def input_modality(target_modality, segment_ids):
+    """Modality of each INPUT token: the previous target's, 0 for the BOS at a segment start."""
+    starts = segment_ids != _shift_right(segment_ids, 0)
+    return jnp.where(starts, 0, _shift_right(target_modality, 0))
+
+
+def patch_slots(segment_ids, target_modality, patching: str = "static", patch_size: int = 4,
+                target_patch_ids=None):
+    """int32 [b, t]: the global slot of each input token (consecutive from 0, -1 on padding).
+
+    A slot starts at every segment start and every non-speech token; inside a run of
+    speech units, every `patch_size` units (static) or wherever the data's patch id
+    changes (aligned: `target_patch_ids` = the batch's `decoder_patch_ids`, shifted here
+    to the inputs like the modality).
+    """
+    seg_start = segment_ids != _shift_right(segment_ids, 0)
+    speech = input_modality(target_modality, segment_ids) == MODALITY_SPEECH
+    run_start = speech & ~(_shift_right(speech, False) & ~seg_start)
+    if patching == "static":
+        new_patch = _index_within_runs(run_start) % patch_size == 0
+    elif patching == "aligned":
+        if target_patch_ids is None:
+            raise ValueError("patch_slots: patching='aligned' needs the batch's decoder_patch_ids")
+        pid = jnp.where(seg_start, -1, _shift_right(target_patch_ids, -1))
+        new_patch = pid != _shift_right(pid, -2)
+    else:
+        raise ValueError(f"patch_slots: patching={patching!r}, expected one of {PATCHINGS}")
+    boundary = (seg_start | ~speech | run_start | new_patch) & (segment_ids > 0)
+    slots = jnp.cumsum(boundary.astype(jnp.int32), axis=1) - 1
+    return jnp.where(segment_ids > 0, slots, -1)
+
+
+def context_slots(slots):
+    """Per position t, the slot whose global state predicts target t: slot(t) when x_{t+1}
+    starts a new slot (or t is last), else slot(t) - 1. -1 on padding."""
+    nxt = jnp.concatenate([slots[:, 1:], jnp.full_like(slots[:, :1], -1)], axis=1)
+    ctx = jnp.where(nxt != slots, slots, slots - 1)
+    return jnp.where(slots >= 0, ctx, -1)
+
+
+def slot_segments(slots, segment_ids, num_slots: int):
+    """(segment id, position within its segment) of each slot [b, P]; 0, 0 for unused slots."""
+    def one(s, seg):
+        return jax.ops.segment_max(seg, jnp.where(s >= 0, s, num_slots), num_segments=num_slots + 1)[:num_slots]
+    seg = jnp.maximum(jax.vmap(one)(slots, segment_ids), 0)
+    pos = _index_within_runs(seg != _shift_right(seg, 0))
+    return seg, jnp.where(seg > 0, pos, 0)
+
+
+def _positions_within(ids):
+    return _index_within_runs(ids != _shift_right(ids, -2))
+
+
+def per_batch_shard(fn, *args):
+    """Runs `fn` on each device's rows (`jax.shard_map` over the mesh axes of the logical
+    "batch" axis) when a mesh is active: a Pallas kernel is an opaque custom call the SPMD
+    partitioner would otherwise run on gathered, replicated inputs. Every arg and the
+    output have the batch as their leading axis."""
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes = nn.logical_to_mesh_axes(("batch",))[0] if not mesh.empty else None
+    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    shards = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if shards == 1 or args[0].shape[0] % shards:  # e.g. the 1-row batch of parameter init
+        return fn(*args)
+    spec = P(batch_axes)
+    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec for _ in args), out_specs=spec, check_vma=False)(*args)
+
+
+# --- the model -----------------------------------------------------------------------------------
+def _stack(cfg: DecoderConfig, name: str):
+    """cfg.num_layers DecoderBlocks (scanned / remat as the config says), called (x, seg, pos)."""
+    impl = resolve_attention_impl(cfg.attention_impl)
+    block_cls = _ScanBlock if cfg.scan_layers else DecoderBlock
+    if cfg.remat_policy != "none":
+        block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+    def apply(x, seg, pos):
+        if cfg.scan_layers:
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            return stack(cfg, impl, name=name)(x, seg, pos)[0]
+        for i in range(cfg.num_layers):
+            x = block_cls(cfg, impl, name=f"{name}_{i}")(x, seg, pos)
+        return x
+    return apply
+
+
+class LSTModel(nn.Module):
+    """tokens [b, t] (+ segment ids, positions, TARGET modality, optional patch ids) -> fp32
+    logits [b, t, vocab] for the targets, like `Decoder`. With `return_coverage`, also a
+    bool [b, t] that is False where the row ran out of global slots (see module docstring)."""
+
+    config: LSTConfig
+
+    @nn.compact
+    def __call__(self, tokens, segment_ids=None, positions=None, modality=None, patch_ids=None,
+                 return_coverage: bool = False):
+        cfg, g = self.config, self.config.global_model
+        dtype, pdtype = jnp.dtype(g.dtype), jnp.dtype(g.param_dtype)
+        b, t = tokens.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        if modality is None:
+            modality = jnp.zeros_like(tokens)
+        num_slots = cfg.global_length or t
+
+        slots = patch_slots(segment_ids, modality, cfg.patching, cfg.patch_size, patch_ids)
+        covered_slots = jnp.where(slots < num_slots, slots, -1)
+        slot_seg, slot_pos = slot_segments(covered_slots, segment_ids, num_slots)
+        ctx = context_slots(slots)
+        covered = (ctx >= 0) & (ctx < num_slots) & (slots < num_slots)
+
+        embed = Embed(g.vocab_size, cfg.local_embed_dim, g.init_std, dtype, pdtype, name="embed")
+        x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+
+        # local encoder: attention within the token's own slot
+        h = x
+        if cfg.local_encoder_layers:
+            h = _stack(cfg.local_config(cfg.local_encoder_layers), "local_encoder")(
+                h, covered_slots + 1, _positions_within(covered_slots))
+        if cfg.pooling == "attention":
+            scores = DenseGeneral((cfg.local_embed_dim,), (1,), ("embed", None), g.init_std, dtype=dtype,
+                                  param_dtype=pdtype, name="pool_scores")(h)[..., 0]
+            pooled = per_batch_shard(
+                lambda v, w, ids: patching.patch_attention_pool(v, w, ids, num_slots, impl=cfg.pooling_impl),
+                h, scores, covered_slots)
+        else:
+            pooled = per_batch_shard(
+                lambda v, ids: patching.patch_mean(v, ids, num_slots, impl=cfg.pooling_impl), h, covered_slots)
+
+        # global transformer over slots
+        z = DenseGeneral((cfg.local_embed_dim,), (g.embed_dim,), ("mlp", "embed"), g.init_std, dtype=dtype,
+                         param_dtype=pdtype, name="up")(pooled.astype(dtype))
+        z = nn.with_logical_constraint(z, ("batch", "length", "embed"))
+        z = _stack(g, "global_layers")(z, slot_seg, slot_pos)
+        z = RMSNorm(g.norm_eps, dtype, pdtype, name="global_norm")(z)
+
+        # local decoder: the context slot's state (+ the token) -> next-token logits
+        context = jnp.take_along_axis(z, jnp.clip(ctx, 0, num_slots - 1)[..., None], axis=1)
+        context = jnp.where(covered[..., None], context, 0)
+        d = DenseGeneral((g.embed_dim,), (cfg.local_embed_dim,), ("embed", "mlp"), g.init_std, dtype=dtype,
+                         param_dtype=pdtype, name="down")(context)
+        if cfg.decoder_token_input:
+            d = d + x
+        group = jnp.where(covered, ctx + 1, 0)
+        if cfg.local_decoder_layers:
+            d = _stack(cfg.local_config(cfg.local_decoder_layers), "local_decoder")(
+                d, group, _positions_within(group))
+        d = RMSNorm(g.norm_eps, dtype, pdtype, name="final_norm")(d)
+        if g.tie_embeddings:
+            logits = embed.attend(d)
+        else:
+            logits = DenseGeneral((cfg.local_embed_dim,), (g.vocab_size,), ("embed", "vocab"), g.init_std,
+                                  dtype=dtype, param_dtype=pdtype, name="lm_head")(d)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        return (logits, covered) if return_coverage else logits
