@@ -47,6 +47,9 @@ class DecoderConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "xla"
+    # mSLAM auxiliary CTC head over the final hidden states (0: none); the size of the
+    # run's slm_jax.models.ctc.CharVocabulary (padded to the tensor-parallel size)
+    ctc_num_classes: int = 0
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -65,7 +68,7 @@ class DecoderConfig:
 
     # Fields that decide parameter shapes: a checkpoint is only compatible if these match.
     SHAPE_FIELDS = ("vocab_size", "embed_dim", "mlp_dim", "num_layers", "num_heads", "num_kv_heads",
-                    "head_dim", "tie_embeddings", "use_qkv_bias", "scan_layers", "param_dtype")
+                    "head_dim", "tie_embeddings", "use_qkv_bias", "scan_layers", "param_dtype", "ctc_num_classes")
 
     def shape_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.SHAPE_FIELDS}
@@ -84,6 +87,7 @@ class DecoderConfig:
         bias = hd * (self.num_heads + 2 * self.num_kv_heads) if self.use_qkv_bias else 0
         norms = 2 * self.embed_dim
         total = self.num_layers * (self._layer_matmul_params() + bias + norms) + self.embed_dim
+        total += (self.embed_dim + 1) * self.ctc_num_classes
         if include_embeddings:
             total += self.vocab_size * self.embed_dim * (1 if self.tie_embeddings else 2)
         return total
@@ -133,7 +137,9 @@ class Decoder(nn.Module):
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, return_hidden: bool = False):
+    def __call__(self, tokens, segment_ids=None, positions=None, return_hidden: bool = False,
+                 return_ctc_logits: bool = False):
+        """`return_ctc_logits`: also the CTC head's logits (needs `ctc_num_classes`)."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         if segment_ids is None:
@@ -167,5 +173,17 @@ class Decoder(nn.Module):
         else:
             logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), cfg.init_std,
                                   dtype=dtype, param_dtype=pdtype, name="lm_head")(x)
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        return logits.astype(jnp.float32)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        # built whenever configured, so init creates its params (unused outputs are compiled away)
+        ctc = ctc_logits(cfg, x, dtype, pdtype) if cfg.ctc_num_classes or return_ctc_logits else None
+        return (logits, ctc) if return_ctc_logits else logits
+
+
+def ctc_logits(cfg: DecoderConfig, hidden, dtype, pdtype):
+    """The mSLAM CTC head on `hidden` [b, t, d] (params under `ctc_head`)."""
+    from slm_jax.models.ctc import CTCHead
+    if cfg.ctc_num_classes < 1:
+        raise ValueError("CTC logits requested but DecoderConfig.ctc_num_classes is 0; set it to the size of the "
+                         "run's CharVocabulary")
+    return CTCHead(cfg.ctc_num_classes, hidden.shape[-1], cfg.init_std, dtype=dtype, param_dtype=pdtype,
+                   name="ctc_head")(hidden)

@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from slm_jax.kernels import patching
 from slm_jax.models.attention import resolve_attention_impl
-from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock
+from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock, ctc_logits
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
 
 MODALITY_SPEECH = 2  # slm_jax.data.token_space.MODALITY_SPEECH (models do not import the data layer)
@@ -109,6 +109,7 @@ class LSTConfig:
             total += self.local_config(layers).num_params(include_embeddings=False)
         total += 2 * d * g.embed_dim + g.embed_dim  # up / down projections, global final norm
         total += d if self.pooling == "attention" else 0
+        total += (d + 1) * g.ctc_num_classes - (g.embed_dim + 1) * g.ctc_num_classes  # head on local width
         if include_embeddings:
             total += g.vocab_size * d * (1 if g.tie_embeddings else 2)
         return total
@@ -226,13 +227,14 @@ def _stack(cfg: DecoderConfig, name: str):
 class LSTModel(nn.Module):
     """tokens [b, t] (+ segment ids, positions, TARGET modality, optional patch ids) -> fp32
     logits [b, t, vocab] for the targets, like `Decoder`. With `return_coverage`, also a
-    bool [b, t] that is False where the row ran out of global slots (see module docstring)."""
+    bool [b, t] that is False where the row ran out of global slots (see module docstring);
+    with `return_ctc_logits`, also the CTC head's logits (global_model.ctc_num_classes)."""
 
     config: LSTConfig
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, modality=None, patch_ids=None,
-                 return_coverage: bool = False):
+                 return_coverage: bool = False, return_ctc_logits: bool = False):
         cfg, g = self.config, self.config.global_model
         dtype, pdtype = jnp.dtype(g.dtype), jnp.dtype(g.param_dtype)
         b, t = tokens.shape
@@ -291,4 +293,8 @@ class LSTModel(nn.Module):
             logits = DenseGeneral((cfg.local_embed_dim,), (g.vocab_size,), ("embed", "vocab"), g.init_std,
                                   dtype=dtype, param_dtype=pdtype, name="lm_head")(d)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
-        return (logits, covered) if return_coverage else logits
+        out = (logits,) + ((covered,) if return_coverage else ())
+        if g.ctc_num_classes or return_ctc_logits:  # mSLAM CTC on the local decoder's per-token states
+            ctc = ctc_logits(g, d, dtype, pdtype)
+            out += (ctc,) if return_ctc_logits else ()
+        return out if len(out) > 1 else logits

@@ -31,7 +31,8 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
               "decoder_segment_ids", "decoder_positions")
 # Read by models that need them (LST with word-aligned patches); -1 ("no patch") if missing.
 PATCH_KEY = "decoder_patch_ids"
-NUM_SUMS = 8  # ce, z, weight, text ce, text weight, speech ce, speech weight, uncovered targets
+CTC_KEYS = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
+NUM_SUMS = 10  # ce, z, weight, text ce, text weight, speech ce, speech weight, uncovered targets, ctc, ctc segs
 
 
 def build_model(model_cfg) -> nn.Module:
@@ -43,10 +44,17 @@ def build_model(model_cfg) -> nn.Module:
     raise TypeError(f"train.model must be a DecoderConfig or LSTConfig, got {type(model_cfg).__name__}")
 
 
-def batch_keys(model_cfg) -> tuple[str, ...]:
+def _global_cfg(model_cfg) -> DecoderConfig:
+    return model_cfg.global_model if isinstance(model_cfg, LSTConfig) else model_cfg
+
+
+def batch_keys(model_cfg, train_cfg=None) -> tuple[str, ...]:
+    keys = BATCH_KEYS
     if isinstance(model_cfg, LSTConfig) and model_cfg.patching == "aligned":
-        return (*BATCH_KEYS, PATCH_KEY)
-    return BATCH_KEYS
+        keys = (*keys, PATCH_KEY)
+    if train_cfg is not None and train_cfg.ctc_weight > 0:
+        keys = (*keys, *CTC_KEYS)
+    return keys
 
 
 @gin.configurable
@@ -54,11 +62,19 @@ def batch_keys(model_cfg) -> tuple[str, ...]:
 class TrainConfig:
     gradient_accumulation_steps: int = 1
     z_loss: float = 1e-4
+    # mSLAM auxiliary CTC on speech positions against each packed segment's transcript
+    # characters (batches need the decoder_ctc_* features, model ctc_num_classes > 0):
+    # loss = LM loss per token + ctc_weight * CTC loss per segment.
+    ctc_weight: float = 0.0
+    ctc_max_segments: int = 16  # packed segments per row that can carry a transcript
+    ctc_max_chars: int = 256  # characters per transcript (longer ones fail in the data pipeline)
 
     def __post_init__(self):
         if self.gradient_accumulation_steps < 1:
             raise ValueError(f"TrainConfig.gradient_accumulation_steps={self.gradient_accumulation_steps} "
                              "must be >= 1")
+        if self.ctc_weight < 0:
+            raise ValueError(f"TrainConfig.ctc_weight={self.ctc_weight} must be >= 0")
 
 
 class Trainer:
@@ -72,7 +88,10 @@ class Trainer:
         partitioning.validate_batch_and_length(mesh, self.rules, batch_size, sequence_length,
                                                train_cfg.gradient_accumulation_steps)
         self.model = build_model(model_cfg)
-        self.batch_keys = batch_keys(model_cfg)
+        self.batch_keys = batch_keys(model_cfg, train_cfg)
+        if train_cfg.ctc_weight > 0 and _global_cfg(model_cfg).ctc_num_classes < 1:
+            raise ValueError(f"TrainConfig.ctc_weight={train_cfg.ctc_weight} needs a CTC head: set "
+                             "DecoderConfig.ctc_num_classes to the size of the run's CharVocabulary")
         self.tx, self.schedule = make_optimizer(opt_cfg, total_steps)
 
         abstract_key = jax.eval_shape(lambda: jax.random.key(0))
@@ -125,18 +144,39 @@ class Trainer:
     def _loss_sums(self, params, batch):
         inputs = (batch["decoder_input_tokens"], batch["decoder_segment_ids"], batch["decoder_positions"])
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+        use_ctc = self.train_cfg.ctc_weight > 0
         uncovered = jnp.zeros((), jnp.float32)
         if isinstance(self.model, LSTModel):
-            logits, covered = self.model.apply({"params": params}, *inputs, modality=batch["decoder_modality"],
-                                               patch_ids=batch.get(PATCH_KEY), return_coverage=True)
+            out = self.model.apply({"params": params}, *inputs, modality=batch["decoder_modality"],
+                                   patch_ids=batch.get(PATCH_KEY), return_coverage=True, return_ctc_logits=use_ctc)
+            logits, covered = out[0], out[1]
             # targets past the row's global slots get no loss, and are counted (never silent)
             uncovered = jnp.sum(jnp.where(covered, 0, weights)).astype(jnp.float32)
             weights = jnp.where(covered, weights, 0)
         else:
-            logits = self.model.apply({"params": params}, *inputs)
+            out = self.model.apply({"params": params}, *inputs, return_ctc_logits=use_ctc)
+            logits = out[0] if use_ctc else out
         total, ce, z, weight = cross_entropy_sums(logits, targets, weights, self.train_cfg.z_loss)
         by_modality = per_modality_sums(logits, targets, weights, batch["decoder_modality"])
-        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality, uncovered[None]])
+        ctc_sum = ctc_segments = jnp.zeros((), jnp.float32)
+        if use_ctc:
+            ctc_sum, ctc_segments = self._ctc_sums(out[-1], batch)
+            # The step divides the summed loss by the token count, so the per-segment CTC mean
+            # enters scaled by it: total / tokens = LM mean + ctc_weight * CTC mean.
+            scale = jax.lax.stop_gradient(weight) / jnp.maximum(ctc_segments, 1.0)
+            total = total + self.train_cfg.ctc_weight * ctc_sum * scale
+        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality, uncovered[None],
+                                       jnp.stack([ctc_sum, ctc_segments])])
+
+    def _ctc_sums(self, ctc_logits, batch):
+        from slm_jax.models import ctc
+        cfg = self.train_cfg
+        ctc_targets, lengths = ctc.ctc_targets_from_packed(
+            batch["decoder_ctc_targets"], batch["decoder_ctc_segment_ids"], batch["decoder_ctc_positions"],
+            cfg.ctc_max_segments, cfg.ctc_max_chars, leading_sentinel=True)
+        loss_sum, num = ctc.ctc_loss_from_batch(
+            ctc_logits, {**batch, "ctc_targets": ctc_targets, "ctc_target_lengths": lengths})
+        return loss_sum.astype(jnp.float32), num.astype(jnp.float32)
 
     def _train_step(self, state, batch):
         params = state["params"]
@@ -169,6 +209,9 @@ class Trainer:
                    "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
         if isinstance(self.model, LSTModel):
             metrics["uncovered_tokens"] = sums[7]
+        if self.train_cfg.ctc_weight > 0:
+            metrics["ctc_loss"] = _ratio(sums[8], sums[9])
+            metrics["ctc_segments"] = sums[9]
         return new_state, metrics
 
     def _eval_step(self, params, batch):
@@ -187,6 +230,9 @@ class Trainer:
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows -> one global jax.Array per key (multi-host safe)."""
         fills = {"decoder_modality": 0, PATCH_KEY: -1}
+        if "decoder_ctc_targets" in self.batch_keys and "decoder_ctc_targets" not in local_batch:
+            raise KeyError("TrainConfig.ctc_weight > 0 but the batch has no decoder_ctc_* features: use a task "
+                           "with ctc_targets (slm_jax.data.ctc_targets) and DatasetConfig.ctc_length")
         for key, fill in fills.items():
             if key in self.batch_keys and key not in local_batch:
                 local_batch = {**local_batch,
@@ -199,7 +245,10 @@ class Trainer:
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
         shape = (self.batch_size, self.sequence_length)
-        return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for k in self.batch_keys}
+        # the packed CTC stream holds up to ctc_max_segments transcripts, each after a sentinel
+        ctc_shape = (self.batch_size, self.train_cfg.ctc_max_segments * (self.train_cfg.ctc_max_chars + 1))
+        return {k: jax.ShapeDtypeStruct(ctc_shape if k in CTC_KEYS else shape, jnp.int32,
+                                        sharding=self.batch_sharding) for k in self.batch_keys}
 
     def lower_train_step(self):
         """Lower the train step on abstract inputs (AOT compile; no arrays allocated)."""
