@@ -46,7 +46,7 @@ from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, 
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
 
 MODALITY_SPEECH = 2  # slm_jax.data.token_space.MODALITY_SPEECH (models do not import the data layer)
-PATCHINGS = ("static", "aligned")
+PATCHINGS = ("static", "aligned", "mixed", "curriculum")
 POOLINGS = ("mean", "attention")
 
 
@@ -62,8 +62,17 @@ class LSTConfig:
     local_num_heads: int = 4
     local_encoder_layers: int = 1
     local_decoder_layers: int = 1
-    patching: str = "static"  # "static": k units per patch; "aligned": the batch's decoder_patch_ids
+    # "static": k units per patch; "aligned": the batch's decoder_patch_ids (word patches);
+    # "mixed": each row aligned with probability aligned_prob, else static; "curriculum": that
+    # probability goes linearly from curriculum_start_prob to curriculum_end_prob over
+    # curriculum_steps (LST: start word-aligned, end static, which inference uses)
+    patching: str = "static"
     patch_size: int = 4
+    aligned_prob: float = 0.5
+    curriculum_start_prob: float = 1.0
+    curriculum_end_prob: float = 0.0
+    curriculum_steps: int = 10000
+    patching_seed: int = 0
     pooling: str = "mean"
     pooling_impl: str = "auto"  # slm_jax.kernels.patching impl
     global_length: int | None = None  # slots per row; None: the sequence length
@@ -79,6 +88,11 @@ class LSTConfig:
         if self.local_embed_dim % self.local_num_heads:
             raise ValueError(f"LSTConfig.local_embed_dim={self.local_embed_dim} must be a multiple of "
                              f"LSTConfig.local_num_heads={self.local_num_heads}")
+        for name in ("aligned_prob", "curriculum_start_prob", "curriculum_end_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"LSTConfig.{name}={getattr(self, name)} must be in [0, 1]")
+        if self.curriculum_steps < 1:
+            raise ValueError(f"LSTConfig.curriculum_steps={self.curriculum_steps} must be >= 1")
         if self.global_length is not None and self.global_length < 1:
             raise ValueError(f"LSTConfig.global_length={self.global_length} must be >= 1 (or None)")
 
@@ -86,6 +100,21 @@ class LSTConfig:
     @property
     def vocab_size(self) -> int:
         return self.global_model.vocab_size
+
+    @property
+    def needs_patch_ids(self) -> bool:
+        return self.patching != "static"
+
+    def aligned_probability(self, step):
+        """Probability that a row uses word-aligned patches at train step `step`."""
+        if self.patching == "aligned":
+            return 1.0
+        if self.patching == "mixed":
+            return self.aligned_prob
+        if self.patching == "curriculum":
+            frac = jnp.clip(jnp.asarray(step, jnp.float32) / self.curriculum_steps, 0.0, 1.0)
+            return self.curriculum_start_prob + frac * (self.curriculum_end_prob - self.curriculum_start_prob)
+        return 0.0
 
     def local_config(self, num_layers: int) -> DecoderConfig:
         g = self.global_model
@@ -143,26 +172,35 @@ def input_modality(target_modality, segment_ids):
 
 
 def patch_slots(segment_ids, target_modality, patching: str = "static", patch_size: int = 4,
-                target_patch_ids=None):
+                target_patch_ids=None, use_aligned=None):
     """int32 [b, t]: the global slot of each input token (consecutive from 0, -1 on padding).
 
     A slot starts at every segment start and every non-speech token; inside a run of
     speech units, every `patch_size` units (static) or wherever the data's patch id
     changes (aligned: `target_patch_ids` = the batch's `decoder_patch_ids`, shifted here
-    to the inputs like the modality).
+    to the inputs like the modality). Units without a data patch id (-1: a record with no
+    word alignment) fall back to static patches, so they are never pooled whole.
+    `patching="mixed"` takes `use_aligned` (bool [b]) to choose per row.
     """
     seg_start = segment_ids != _shift_right(segment_ids, 0)
     speech = input_modality(target_modality, segment_ids) == MODALITY_SPEECH
     run_start = speech & ~(_shift_right(speech, False) & ~seg_start)
+    static = _index_within_runs(run_start) % patch_size == 0
     if patching == "static":
-        new_patch = _index_within_runs(run_start) % patch_size == 0
-    elif patching == "aligned":
+        new_patch = static
+    elif patching in ("aligned", "mixed"):
         if target_patch_ids is None:
-            raise ValueError("patch_slots: patching='aligned' needs the batch's decoder_patch_ids")
+            raise ValueError(f"patch_slots: patching={patching!r} needs the batch's decoder_patch_ids")
         pid = jnp.where(seg_start, -1, _shift_right(target_patch_ids, -1))
-        new_patch = pid != _shift_right(pid, -2)
+        aligned = jnp.where(pid >= 0, pid != _shift_right(pid, -2), static)
+        if patching == "aligned":
+            new_patch = aligned
+        else:
+            if use_aligned is None:
+                raise ValueError("patch_slots: patching='mixed' needs use_aligned (bool per row)")
+            new_patch = jnp.where(use_aligned[:, None], aligned, static)
     else:
-        raise ValueError(f"patch_slots: patching={patching!r}, expected one of {PATCHINGS}")
+        raise ValueError(f"patch_slots: patching={patching!r}, expected static, aligned or mixed")
     boundary = (seg_start | ~speech | run_start | new_patch) & (segment_ids > 0)
     slots = jnp.cumsum(boundary.astype(jnp.int32), axis=1) - 1
     return jnp.where(segment_ids > 0, slots, -1)
@@ -232,9 +270,22 @@ class LSTModel(nn.Module):
 
     config: LSTConfig
 
+    def _slots(self, segment_ids, modality, patch_ids, step):
+        """Slots under the configured patching; `step` None (evaluation, generation): static
+        unless the config is purely aligned. Mixed/curriculum draw one coin per row from
+        (patching_seed, step), so a resumed run repeats its choices."""
+        cfg = self.config
+        if cfg.patching == "static" or (step is None and cfg.patching != "aligned"):
+            return patch_slots(segment_ids, modality, "static", cfg.patch_size)
+        if cfg.patching == "aligned":
+            return patch_slots(segment_ids, modality, "aligned", cfg.patch_size, patch_ids)
+        key = jax.random.fold_in(jax.random.key(cfg.patching_seed), jnp.asarray(step, jnp.uint32))
+        use_aligned = jax.random.bernoulli(key, cfg.aligned_probability(step), (segment_ids.shape[0],))
+        return patch_slots(segment_ids, modality, "mixed", cfg.patch_size, patch_ids, use_aligned)
+
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, modality=None, patch_ids=None,
-                 return_coverage: bool = False, return_ctc_logits: bool = False):
+                 return_coverage: bool = False, return_ctc_logits: bool = False, step=None):
         cfg, g = self.config, self.config.global_model
         dtype, pdtype = jnp.dtype(g.dtype), jnp.dtype(g.param_dtype)
         b, t = tokens.shape
@@ -244,7 +295,7 @@ class LSTModel(nn.Module):
             modality = jnp.zeros_like(tokens)
         num_slots = cfg.global_length or t
 
-        slots = patch_slots(segment_ids, modality, cfg.patching, cfg.patch_size, patch_ids)
+        slots = self._slots(segment_ids, modality, patch_ids, step)
         covered_slots = jnp.where(slots < num_slots, slots, -1)
         slot_seg, slot_pos = slot_segments(covered_slots, segment_ids, num_slots)
         ctx = context_slots(slots)

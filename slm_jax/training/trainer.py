@@ -50,7 +50,7 @@ def _global_cfg(model_cfg) -> DecoderConfig:
 
 def batch_keys(model_cfg, train_cfg=None) -> tuple[str, ...]:
     keys = BATCH_KEYS
-    if isinstance(model_cfg, LSTConfig) and model_cfg.patching == "aligned":
+    if isinstance(model_cfg, LSTConfig) and model_cfg.needs_patch_ids:
         keys = (*keys, PATCH_KEY)
     if train_cfg is not None and train_cfg.ctc_weight > 0:
         keys = (*keys, *CTC_KEYS)
@@ -141,14 +141,15 @@ class Trainer:
             return self._jit_init(jax.random.key(seed))
 
     # -- steps ----------------------------------------------------------------------------
-    def _loss_sums(self, params, batch):
+    def _loss_sums(self, params, batch, step=None):
         inputs = (batch["decoder_input_tokens"], batch["decoder_segment_ids"], batch["decoder_positions"])
         targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
         use_ctc = self.train_cfg.ctc_weight > 0
         uncovered = jnp.zeros((), jnp.float32)
         if isinstance(self.model, LSTModel):
             out = self.model.apply({"params": params}, *inputs, modality=batch["decoder_modality"],
-                                   patch_ids=batch.get(PATCH_KEY), return_coverage=True, return_ctc_logits=use_ctc)
+                                   patch_ids=batch.get(PATCH_KEY), return_coverage=True, return_ctc_logits=use_ctc,
+                                   step=step)
             logits, covered = out[0], out[1]
             # targets past the row's global slots get no loss, and are counted (never silent)
             uncovered = jnp.sum(jnp.where(covered, 0, weights)).astype(jnp.float32)
@@ -180,7 +181,7 @@ class Trainer:
 
     def _train_step(self, state, batch):
         params = state["params"]
-        grad_fn = jax.value_and_grad(self._loss_sums, has_aux=True)
+        grad_fn = jax.value_and_grad(lambda p, b: self._loss_sums(p, b, state["step"]), has_aux=True)
         accum = self.train_cfg.gradient_accumulation_steps
         if accum == 1:
             (_, sums), grads = grad_fn(params, batch)
