@@ -63,6 +63,7 @@ def load_lst_config(gin_file, bindings):
 
     from slm_jax.models.lst import LSTConfig
     gin.clear_config()
+    gin.add_config_file_search_path(str(REPO / "gin"))  # for the `include 'models/...'` lines
     path = pathlib.Path(gin_file)
     gin.parse_config_files_and_bindings([str(path if path.is_file() else REPO / gin_file)], bindings,
                                         finalize_config=False)

@@ -6,6 +6,9 @@ they mix:
   spoken_demo_mixed               EN + FR monolingual utterances (the "mixed" baseline)
   spoken_demo_crosslingual        sentence-level EN<->FR interleaving (Moumen et al.)
   spoken_demo_xl_mix              cross-lingual interleaved + monolingual EN and FR
+  spoken_demo_speech_ctc_en       EN speech-only + `ctc_targets`: character ids (`CTC_CHARS`)
+                                  of the transcript, for mSLAM's auxiliary CTC; needs
+                                  `DatasetConfig.ctc_length` (see "CTC task" below)
 
 Speech + text token space (adds the corpus's SentencePiece model, built lazily):
   spoken_demo_interleaved_en / _fr   word-level speech-text interleaving (SpiritLM, poisson spans)
@@ -13,12 +16,39 @@ Speech + text token space (adds the corpus's SentencePiece model, built lazily):
   spoken_demo_speech_text            interleaved + speech-only + text-only, 1/3 each (SpiritLM mix)
 
 Importing does no I/O; the corpus is built on the first dataset request.
+
+CTC task. `CTC_CHARS` is a fixed lowercase-only `CharVocabulary` over `CTC_ALPHABET`
+(English and French letters incl. the accents and ligatures French uses, digits, space,
+punctuation): every character `slm_jax.data.stories` writes, lowercased, and some margin.
+Fixed, so ids never depend on a corpus build; it is built on first access (importing
+this module does not import JAX/flax). `spoken_demo_speech_ctc_en` gives the same targets
+as `spoken_demo_speech_en` plus `ctc_targets` = [sentinel] + char ids of the record's
+`text` (`add_ctc_targets(packing_sentinel=True, max_chars=CTC_MAX_CHARS)`), so a packed
+batch is decoded with `ctc_targets_from_packed(..., leading_sentinel=True)`. A CTC example
+is never split (its transcript would be copied onto every chunk): a record longer than
+the sequence length fails the pipeline, naming it. Demo EN records have <= ~600 tokens
+(deduplicated units + 2) and <= ~350 characters, so e.g. sequence_length=1024 with
+ctc_length=1024 packs a few utterances per row. It is not an output feature: a SeqIO
+Mixture keeps it only through `passthrough_features`, which `slm_jax.data.pipeline` sets
+when `ctc_length` is given.
 """
 import functools
 import os
 
+import seqio
+import tensorflow as tf
+
 from slm_jax.data import corpus, interleave, task_formats, word_interleave
-from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
+from slm_jax.data.ctc_targets import add_ctc_targets
+from slm_jax.data.preprocessors import run_length_dedup
+from slm_jax.data.registration import (
+    LazyRootTFExampleDataSource,
+    LazyVocabulary,
+    drop_token_modality,
+    register_corpus_task,
+    register_mixture,
+    slm_output_features,
+)
 from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
 from slm_jax.data.token_space import SpeechTextVocabulary
 
@@ -46,6 +76,82 @@ TEXT_FIELDS = ("id", "text")
 WORD_FIELDS = ("id", "units", "unit_rate_hz", "word_text", "word_start", "word_end", "word_token_ids",
                "word_token_lengths", "word_token_model")
 ASR_FIELDS = ("id", "units", "text")
+
+# --- character CTC targets (mSLAM) ---------------------------------------------------------
+CTC_ALPHABET = (" '-.,!?;:\"" "0123456789" "abcdefghijklmnopqrstuvwxyz" "àâäæçèéêëîïôöùûüÿœ")
+CTC_MAX_CHARS = 400  # demo transcripts: <= ~380 characters (EN <= ~350), checked, never cut
+_ctc_chars = None
+
+
+def ctc_chars():
+    """`CharVocabulary(CTC_ALPHABET)`, built (and `slm_jax.models.ctc` imported) on first use."""
+    global _ctc_chars
+    if _ctc_chars is None:
+        from slm_jax.models.ctc import CharVocabulary
+        _ctc_chars = CharVocabulary(CTC_ALPHABET)
+    return _ctc_chars
+
+
+def __getattr__(name):  # `CTC_CHARS` is lazy (PEP 562), like TEXT_VOCAB
+    if name == "CTC_CHARS":
+        return ctc_chars()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def speech_only_with_ctc(dataset, vocabulary, max_chars=CTC_MAX_CHARS, dedup=True, units_key="units",
+                         text_key="text"):
+    """`interleave.speech_only`'s `[Speech] u1 u2 ... EOS` (same ids, modality, loss mask)
+    plus `ctc_targets`: the sentinel then the `CTC_CHARS` ids of `ex[text_key]`.
+
+    speech_only keeps only its own outputs, so its body is written out here; a test checks
+    it equals speech_only."""
+    dataset = add_ctc_targets(dataset, ctc_chars(), text_key=text_key, max_chars=max_chars,
+                              packing_sentinel=True)
+
+    def fn(ex):
+        units = tf.convert_to_tensor(ex[units_key])
+        units = run_length_dedup(units) if dedup else units
+        body = tf.concat([tf.reshape(tf.cast(vocabulary.speech_marker_id, tf.int32), [1]),
+                          tf.cast(vocabulary.units_to_ids_tf(units), tf.int32)], 0)
+        return {**interleave.finish_example(ex, body, vocabulary), "ctc_targets": ex["ctc_targets"]}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def require_unsplit(dataset, sequence_length=None):
+    """Fails on an example longer than the targets' length (instead of `split_to_length`):
+    a CTC transcript belongs to the whole utterance and cannot be cut with it."""
+    length = (sequence_length or {}).get("targets")
+    if length is None:
+        return dataset
+
+    def fn(ex):
+        size = tf.size(ex["targets"])
+        check = tf.debugging.Assert(
+            size <= length,
+            ["spoken demo CTC task: record", ex["id"], "has", size, "tokens > sequence length", length,
+             "(an example with a transcript cannot be split; raise DatasetConfig.sequence_length)"])
+        with tf.control_dependencies([check]):
+            return {k: tf.identity(v) for k, v in ex.items()}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _register_ctc_task(name, split_to_filepattern, preprocessors, vocabulary, features, root_fn,
+                       shuffle_buffer_size=1000):
+    """`register_corpus_task` with `require_unsplit` in place of its `split_to_length`."""
+    desc = {k: corpus.TFRECORD_FEATURES[k] for k in features}
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=LazyRootTFExampleDataSource(split_to_filepattern, desc, root_fn=root_fn),
+        preprocessors=[*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(), require_unsplit],
+        output_features=slm_output_features(vocabulary),
+        metric_fns=[],
+        shuffle_buffer_size=shuffle_buffer_size,
+    )
+
 
 for _lang in LANGS:
     register_corpus_task(
@@ -77,6 +183,11 @@ register_corpus_task(
     "spoken_demo_tts_en", _speech_files("en"),
     [functools.partial(task_formats.format_tts, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=ASR_FIELDS,
     root_fn=_ROOT)
+
+_register_ctc_task(
+    "spoken_demo_speech_ctc_en", _speech_files("en"),
+    [functools.partial(speech_only_with_ctc, vocabulary=SPEECH_VOCAB, dedup=True)], SPEECH_VOCAB,
+    features=ASR_FIELDS, root_fn=_ROOT)
 
 register_mixture("spoken_demo_mixed", ["spoken_demo_speech_en", "spoken_demo_speech_fr"])
 register_mixture("spoken_demo_xl_mix", [("spoken_demo_crosslingual", 2.0), ("spoken_demo_speech_en", 1.0),

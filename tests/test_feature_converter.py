@@ -5,7 +5,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.feature_converter import SLMFeatureConverter
+from slm_jax.data.feature_converter import CTC_MODEL_FEATURES, SLMFeatureConverter
 
 SHARED = (
     "decoder_target_tokens",
@@ -124,3 +124,21 @@ def test_long_optional_features_trimmed_with_targets():
     (row,) = _rows(SLMFeatureConverter(pack=True)(_ds(examples=long), {"targets": 3}))
     assert row["decoder_modality"] == [3, 2, 3] and row["decoder_patch_ids"] == [0, 0, 0]
     np.testing.assert_array_equal(row["decoder_loss_weights"], [1, 1, 1])
+
+
+def test_ctc_targets_own_length_and_no_state_between_calls():
+    """`ctc_targets` is the one task feature with its own length; the three decoder_ctc_*
+    model features appear only for datasets that have it (tests/test_ctc_pipeline.py has more)."""
+    conv = SLMFeatureConverter(pack=True)
+    per_token = {k: 8 for k in SHARED + ("decoder_modality", "decoder_patch_ids")}
+    assert conv.get_model_feature_lengths({"targets": 8, "ctc_targets": 5}) == {
+        **per_token, **{k: 5 for k in CTC_MODEL_FEATURES}}
+    with_ctc = _ds().map(lambda ex: {**ex, "ctc_targets": ex["targets"][:2] + 20})
+    (row,) = _rows(conv(with_ctc, {"targets": 10, "ctc_targets": 7}))
+    assert row["decoder_ctc_targets"] == [25, 26, 28, 29, 24, 21, 0]
+    assert row["decoder_ctc_segment_ids"] == [1, 1, 2, 2, 3, 3, 0]
+    assert row["decoder_ctc_positions"] == [0, 1, 0, 1, 0, 1, 0]
+    (plain,) = _rows(conv(_ds(), {"targets": 10}))  # same instance, dataset without ctc_targets
+    assert set(plain) == set(SHARED) | {"decoder_modality", "decoder_patch_ids"}
+    with pytest.raises(ValueError, match="differs from"):
+        conv(with_ctc, {"targets": 10, "modality": 4, "ctc_targets": 7})

@@ -26,6 +26,33 @@ seqio; `slm_jax.data.pipeline` adds segment ids and positions to unpacked rows).
 that wants the modality/patch of the INPUT token shifts these right within segments
 (`seqio.utils.make_autoregressive_inputs(x, sequence_id=decoder_segment_ids)`).
 
+CTC targets (mSLAM's auxiliary CTC, `slm_jax.data.ctc_targets` / `slm_jax.models.ctc`).
+A task may add one more feature that is NOT aligned with `targets`:
+
+    ctc_targets  optional; int32 character ids (all > 0) of the example's transcript,
+                 any length; usually `add_ctc_targets(..., packing_sentinel=True)`, i.e.
+                 a leading sentinel id then the characters.
+
+When the task's dataset has it, `task_feature_lengths["ctc_targets"]` (required then,
+and only then) is the length of the ctc stream, packed on its own next to `targets`:
+the packer closes a row when EITHER stream is full, so example k of a row is segment k
+of both streams. Three model features are added, int32 [length_ctc]:
+
+    decoder_ctc_targets      ctc_targets of the row's examples, concatenated, 0-padded
+    decoder_ctc_segment_ids  1, 2, ... per example (the same numbering as
+                             decoder_segment_ids), 0 on padding; unpacked: 1 on tokens
+    decoder_ctc_positions    0.. within each example, 0 on padding
+
+`slm_jax.models.ctc.ctc_targets_from_packed(decoder_ctc_targets, decoder_ctc_segment_ids,
+decoder_ctc_positions, S, leading_sentinel=True)` turns them into [B, S, L] targets whose
+row s-1 belongs to segment s of `decoder_segment_ids`. Nothing is trimmed: an example
+whose ctc_targets is longer than the ctc length fails the pipeline naming the example
+(its `id` and its index in the converter's input), before seqio's packer (which would
+trim silently). Values must be > 0 (the packer measures a feature by its non-zero
+values), and while packing every example needs >= 1 ctc token (an empty one would shift
+the ctc segment numbering against `decoder_segment_ids`; that is what the sentinel is
+for). The sentinels are kept in `decoder_ctc_targets`.
+
 Why values are offset while packing: seqio's TF packer (`utils.trim_and_pack_dataset`)
 measures each feature's length as its count of NON-ZERO values, so a 0 inside
 `loss_mask`, `modality` or `patch_ids` would truncate that feature and misalign it. The
@@ -51,6 +78,11 @@ OPTIONAL_FEATURES = {
     "loss_mask": (1, 1, 0),
     "patch_ids": (-1, 2, -1),
 }
+
+
+CTC_KEY = "ctc_targets"
+# Model features of the ctc stream, each [task_feature_lengths["ctc_targets"]] int32.
+CTC_MODEL_FEATURES = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
 
 
 def _check_aligned(key: str, value: tf.Tensor, targets: tf.Tensor, length: int) -> tf.Operation:
@@ -130,6 +162,48 @@ def _unoffset(value: tf.Tensor, key: str) -> tf.Tensor:
     return tf.where(tf.equal(value, 0), pad, value - offset)
 
 
+def _example_name(ex: Mapping[str, tf.Tensor], index: tf.Tensor) -> tf.Tensor:
+    """'#<index> (id <id>)': the example's index in the converter's input and its `id`."""
+    rid = ex.get("id")
+    if rid is None:
+        rid = tf.constant("<no id>")
+    elif rid.dtype != tf.string:
+        rid = tf.strings.as_string(rid)
+    rid = tf.strings.reduce_join(tf.reshape(rid, [-1]), separator=",")
+    return tf.strings.join(["#", tf.strings.as_string(index), " (id ", rid, ")"])
+
+
+def _checked_ctc(ex: Mapping[str, tf.Tensor], index: tf.Tensor, ctc_length: int, pack: bool) -> tf.Tensor:
+    """`ex["ctc_targets"]` as int32, asserted packable without loss (see the module docstring)."""
+    ctc = tf.reshape(tf.cast(ex[CTC_KEY], tf.int32), [-1])
+    size = tf.size(ctc)
+    name = _example_name(ex, index)
+    who = "SLMFeatureConverter: example"
+    checks = [
+        tf.debugging.Assert(
+            size <= ctc_length,
+            [who, name, "has", size, f"ctc_targets, more than task_feature_lengths['{CTC_KEY}'] =",
+             ctc_length, ("(no truncation is done; raise the ctc length, e.g. DatasetConfig.ctc_length,"
+                          " or bound the transcripts with add_ctc_targets(max_chars=...)); ctc_targets:"), ctc],
+            summarize=32,
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(ctc > 0),
+            [who, name, "has ctc_targets values <= 0 (ids must be > 0: 0 is padding); ctc_targets:", ctc],
+            summarize=32,
+        ),
+    ]
+    if pack:
+        checks.append(tf.debugging.Assert(
+            size > 0,
+            [who, name, ("has an empty ctc_targets: packing it would shift the ctc segments against "
+                         "decoder_segment_ids; write the targets with add_ctc_targets(..., packing_sentinel=True) "
+                         "/ add_empty_ctc_targets(..., packing_sentinel=True)")],
+        ))
+    with tf.control_dependencies(checks):
+        return tf.identity(ctc)
+
+
 class SLMFeatureConverter(seqio.FeatureConverter):
     """Decoder-only feature converter for slm_jax tasks (see the module docstring).
 
@@ -144,6 +218,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         "modality": FeatureSpec(dtype=tf.int32),
         "loss_mask": FeatureSpec(dtype=tf.int32),
         "patch_ids": FeatureSpec(dtype=tf.int32),
+        CTC_KEY: FeatureSpec(dtype=tf.int32),
     }
     MODEL_FEATURES: ClassVar[dict] = {
         "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
@@ -176,8 +251,9 @@ class SLMFeatureConverter(seqio.FeatureConverter):
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         """Fills the optional task features, then runs seqio's validated conversion.
 
-        `task_feature_lengths` needs `targets`; the optional features may be listed too,
-        with the same length (they always share the targets' length).
+        `task_feature_lengths` needs `targets`; the optional aligned features may be listed
+        too, with the same length (they always share the targets' length). `ctc_targets`
+        has its own length, required exactly when the dataset has a `ctc_targets` feature.
         """
         if "targets" not in task_feature_lengths:
             raise ValueError(
@@ -190,11 +266,29 @@ class SLMFeatureConverter(seqio.FeatureConverter):
                     f"SLMFeatureConverter: unknown task feature {key!r} in task_feature_lengths; "
                     f"expected a subset of {sorted(type(self).TASK_FEATURES)}"
                 )
-            if value != length:
+            if key != CTC_KEY and value != length:
                 raise ValueError(
                     f"SLMFeatureConverter: task_feature_lengths[{key!r}]={value} differs from "
                     f"targets' {length}; every task feature is aligned with targets"
                 )
+        has_ctc = CTC_KEY in ds.element_spec
+        ctc_length = task_feature_lengths.get(CTC_KEY)
+        if has_ctc and ctc_length is None:
+            raise ValueError(
+                f"SLMFeatureConverter: the task's dataset has a {CTC_KEY!r} feature but "
+                f"task_feature_lengths has no {CTC_KEY!r} (the length of the packed ctc stream, "
+                f"e.g. DatasetConfig.ctc_length); got {dict(task_feature_lengths)}"
+            )
+        if ctc_length is not None and not has_ctc:
+            raise ValueError(
+                f"SLMFeatureConverter: task_feature_lengths[{CTC_KEY!r}]={ctc_length} but the task's "
+                f"dataset has no {CTC_KEY!r} feature (features: {sorted(ds.element_spec)})"
+            )
+        if has_ctc and (isinstance(ctc_length, bool) or not isinstance(ctc_length, int) or ctc_length <= 0):
+            raise ValueError(
+                f"SLMFeatureConverter: task_feature_lengths[{CTC_KEY!r}] must be a positive int, "
+                f"got {ctc_length!r}"
+            )
         keys = _packed_optional_keys(ds.element_spec, self._vocabulary)
 
         def prepare(ex):
@@ -203,11 +297,25 @@ class SLMFeatureConverter(seqio.FeatureConverter):
                 out["loss_mask"] = ex["loss_mask"]
             return _fold_loss_mask(out, length)
 
-        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        if has_ctc:
+            # Checked BEFORE seqio's packer/padder, which would trim an over-long example.
+            def prepare_ctc(index, ex):
+                return {**prepare(ex), CTC_KEY: _checked_ctc(ex, index, ctc_length, self.pack)}
+
+            ds = ds.enumerate().map(prepare_ctc, num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         # seqio validates task_feature_lengths against TASK_FEATURES exactly: narrow it to
-        # the features this dataset packs.
-        self.TASK_FEATURES = {k: type(self).TASK_FEATURES[k] for k in ("targets", *keys)}
-        return super().__call__(ds, {key: length for key in self.TASK_FEATURES})
+        # the features this dataset packs (and the model features to those it produces).
+        packed = ("targets", *keys, *((CTC_KEY,) if has_ctc else ()))
+        self.TASK_FEATURES = {k: type(self).TASK_FEATURES[k] for k in packed}
+        self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES)
+        if has_ctc:
+            self.MODEL_FEATURES.update({k: FeatureSpec(dtype=tf.int32) for k in CTC_MODEL_FEATURES})
+        lengths = {key: length for key in self.TASK_FEATURES}
+        if has_ctc:
+            lengths[CTC_KEY] = ctc_length
+        return super().__call__(ds, lengths)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         """One padded/packed row of offset task features -> model features."""
@@ -229,6 +337,16 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         if self.pack:
             out["decoder_segment_ids"] = segment_ids
             out["decoder_positions"] = features["targets_positions"]
+        if CTC_KEY in features:
+            ctc = features[CTC_KEY]
+            if self.pack:
+                ctc_segments, ctc_positions = features[CTC_KEY + "_segment_ids"], features[CTC_KEY + "_positions"]
+            else:  # one example per row: segment 1 on its (non-zero) ids, positions 0..n-1
+                ctc_segments = tf.cast(tf.not_equal(ctc, 0), tf.int32)
+                ctc_positions = tf.range(tf.size(ctc), dtype=tf.int32) * ctc_segments
+            out["decoder_ctc_targets"] = ctc
+            out["decoder_ctc_segment_ids"] = ctc_segments
+            out["decoder_ctc_positions"] = ctc_positions
         return out
 
     def _modality(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -250,5 +368,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         length = task_feature_lengths["targets"]
-        keys = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
-        return {key: length for key in keys}
+        keys = list(type(self).MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
+        lengths = {key: length for key in keys}
+        if CTC_KEY in task_feature_lengths:
+            lengths.update({key: task_feature_lengths[CTC_KEY] for key in CTC_MODEL_FEATURES})
+        return lengths

@@ -9,7 +9,12 @@ uninterrupted one.
 
 Batches are dicts of int32 arrays `[batch_size // num_shards, sequence_length]`:
 `decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
-decoder_segment_ids, decoder_positions` (always all five, packed or not).
+decoder_segment_ids, decoder_positions` (always all five, packed or not), plus
+`EXTRA_KEYS` (`decoder_modality, decoder_patch_ids`, same shape). A task with a
+`ctc_targets` feature (mSLAM CTC, `slm_jax.data.ctc_targets`) and `DatasetConfig.ctc_length`
+set also gets `CTC_KEYS` (`decoder_ctc_targets, decoder_ctc_segment_ids,
+decoder_ctc_positions`, int32 `[batch_size // num_shards, ctc_length]`; see
+`slm_jax.data.feature_converter`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.feature_converter import SLMFeatureConverter
+from slm_jax.data.feature_converter import CTC_KEY, CTC_MODEL_FEATURES, SLMFeatureConverter
 
 # The input pipeline runs on host CPUs; TF must never take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -40,6 +45,11 @@ BATCH_KEYS = (
     "decoder_positions",
 )
 
+# The packed character-CTC stream (its own length, `DatasetConfig.ctc_length`); present only
+# for tasks that write `ctc_targets`. `slm_jax.models.ctc.ctc_targets_from_packed` turns it
+# into [B, S, L] targets aligned with decoder_segment_ids.
+CTC_KEYS = CTC_MODEL_FEATURES
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,9 @@ class DatasetConfig:
     pack: bool = True
     use_cached: bool = False
     num_epochs: Optional[int] = None  # None repeats forever.
+    # Packed length of the `ctc_targets` stream (tasks with transcripts for mSLAM's CTC);
+    # passed to the converter as task_feature_lengths["ctc_targets"]. None: no CTC stream.
+    ctc_length: Optional[int] = None
 
 
 def _registered_names() -> list[str]:
@@ -67,6 +80,10 @@ def _validate(cfg: DatasetConfig, shard_info: seqio.ShardInfo):
         raise ValueError(f"DatasetConfig.batch_size must be a positive int, got {cfg.batch_size!r}")
     if not isinstance(cfg.sequence_length, int) or cfg.sequence_length <= 0:
         raise ValueError(f"DatasetConfig.sequence_length must be a positive int, got {cfg.sequence_length!r}")
+    if cfg.ctc_length is not None and (
+        isinstance(cfg.ctc_length, bool) or not isinstance(cfg.ctc_length, int) or cfg.ctc_length <= 0
+    ):
+        raise ValueError(f"DatasetConfig.ctc_length must be None or a positive int, got {cfg.ctc_length!r}")
     if not 0 <= shard_info.index < shard_info.num_shards:
         raise ValueError(
             f"ShardInfo index {shard_info.index} is not in [0, num_shards={shard_info.num_shards})"
@@ -123,24 +140,42 @@ def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None
     an incomplete last batch is dropped (only reachable with finite `num_epochs`).
     """
     shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
-    _validate(cfg, shard_info)
-    ds = seqio.get_dataset(
-        cfg.mixture_or_task_name,
-        task_feature_lengths={"targets": cfg.sequence_length},
-        feature_converter=SLMFeatureConverter(pack=cfg.pack, vocabulary=_targets_vocabulary(cfg)),
-        dataset_split=cfg.split,
-        use_cached=cfg.use_cached,
-        shuffle=cfg.shuffle,
-        num_epochs=cfg.num_epochs,
-        shard_info=shard_info,
-        seed=cfg.seed,
-        verbose=False,
-    )
+    provider = _validate(cfg, shard_info)
+    converter = SLMFeatureConverter(pack=cfg.pack, vocabulary=_targets_vocabulary(cfg))
+    if cfg.ctc_length is None:
+        ds = seqio.get_dataset(
+            cfg.mixture_or_task_name,
+            task_feature_lengths={"targets": cfg.sequence_length},
+            feature_converter=converter,
+            dataset_split=cfg.split,
+            use_cached=cfg.use_cached,
+            shuffle=cfg.shuffle,
+            num_epochs=cfg.num_epochs,
+            shard_info=shard_info,
+            seed=cfg.seed,
+            verbose=False,
+        )
+    else:
+        # What seqio.get_dataset does, except that the task only sees the targets' length:
+        # seqio would trim a `ctc_targets` OUTPUT feature to sequence_length["ctc_targets"]
+        # silently, while the converter fails on an over-long one. Mixtures keep only output
+        # features, so `ctc_targets` is passed through explicitly.
+        extra = {"passthrough_features": [CTC_KEY]} if isinstance(provider, seqio.Mixture) else {}
+        ds = provider.get_dataset(
+            {"targets": cfg.sequence_length},
+            split=cfg.split,
+            use_cached=cfg.use_cached,
+            shuffle=cfg.shuffle,
+            seed=cfg.seed,
+            shard_info=shard_info,
+            num_epochs=cfg.num_epochs,
+            **extra,
+        )
+        ds = converter(ds, {"targets": cfg.sequence_length, CTC_KEY: cfg.ctc_length})
     if not cfg.pack:
         ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(
-        lambda ex: {k: tf.cast(ex[k], tf.int32) for k in BATCH_KEYS + EXTRA_KEYS}, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    keys = BATCH_KEYS + EXTRA_KEYS + tuple(k for k in CTC_KEYS if k in ds.element_spec)
+    ds = ds.map(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(cfg.batch_size // shard_info.num_shards, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
