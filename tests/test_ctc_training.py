@@ -78,3 +78,14 @@ def test_ctc_weight_needs_a_head_and_ctc_batches():
     batch = _paired_batch(np.random.default_rng(1))
     with pytest.raises(KeyError, match="decoder_ctc"):
         trainer.global_batch({k: v for k, v in batch.items() if "ctc" not in k})
+
+
+def test_transcripts_that_do_not_fit_are_counted():
+    trainer = _trainer(DENSE)
+    batch = _paired_batch(np.random.default_rng(2), chars=3)
+    small = Trainer(DENSE, OptimizerConfig(), TrainConfig(ctc_weight=1.0, ctc_max_segments=2, ctc_max_chars=2),
+                    trainer.mesh, partitioning.DEFAULT_RULES, total_steps=10, batch_size=4, sequence_length=48)
+    _, metrics = small.train_step(small.init_state(0), small.global_batch(batch))
+    assert float(metrics["ctc_dropped_chars"]) == 4 * 2 * 1  # one char too many per transcript
+    _, metrics = trainer.train_step(trainer.init_state(0), trainer.global_batch(batch))
+    assert float(metrics["ctc_dropped_chars"]) == 0

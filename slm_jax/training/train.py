@@ -218,6 +218,11 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
             if step % run.log_period == 0 or step == run.train_steps:
                 check_finite()
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if values.get("ctc_dropped_chars", 0) > 0:
+                    raise ModelDataMismatchError(
+                        f"step {step}: {values['ctc_dropped_chars']:.0f} transcript characters did not fit the CTC "
+                        f"target buffer; raise TrainConfig.ctc_max_chars (longest transcript) or "
+                        f"TrainConfig.ctc_max_segments (packed examples per row)")
                 elapsed = time.perf_counter() - window_start
                 tps = tokens_per_step * window_steps / max(elapsed, 1e-9)
                 values["tokens_per_second"] = tps

@@ -32,7 +32,7 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
 # Read by models that need them (LST with word-aligned patches); -1 ("no patch") if missing.
 PATCH_KEY = "decoder_patch_ids"
 CTC_KEYS = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
-NUM_SUMS = 10  # ce, z, weight, text ce, text weight, speech ce, speech weight, uncovered targets, ctc, ctc segs
+NUM_SUMS = 11  # ce, z, weight, text/speech ce + weight, uncovered targets, ctc sum, ctc segments, ctc dropped
 
 
 def build_model(model_cfg) -> nn.Module:
@@ -159,15 +159,15 @@ class Trainer:
             logits = out[0] if use_ctc else out
         total, ce, z, weight = cross_entropy_sums(logits, targets, weights, self.train_cfg.z_loss)
         by_modality = per_modality_sums(logits, targets, weights, batch["decoder_modality"])
-        ctc_sum = ctc_segments = jnp.zeros((), jnp.float32)
+        ctc_sum = ctc_segments = ctc_dropped = jnp.zeros((), jnp.float32)
         if use_ctc:
-            ctc_sum, ctc_segments = self._ctc_sums(out[-1], batch)
+            ctc_sum, ctc_segments, ctc_dropped = self._ctc_sums(out[-1], batch)
             # The step divides the summed loss by the token count, so the per-segment CTC mean
             # enters scaled by it: total / tokens = LM mean + ctc_weight * CTC mean.
             scale = jax.lax.stop_gradient(weight) / jnp.maximum(ctc_segments, 1.0)
             total = total + self.train_cfg.ctc_weight * ctc_sum * scale
         return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality, uncovered[None],
-                                       jnp.stack([ctc_sum, ctc_segments])])
+                                       jnp.stack([ctc_sum, ctc_segments, ctc_dropped])])
 
     def _ctc_sums(self, ctc_logits, batch):
         from slm_jax.models import ctc
@@ -177,7 +177,11 @@ class Trainer:
             cfg.ctc_max_segments, cfg.ctc_max_chars, leading_sentinel=True)
         loss_sum, num = ctc.ctc_loss_from_batch(
             ctc_logits, {**batch, "ctc_targets": ctc_targets, "ctc_target_lengths": lengths})
-        return loss_sum.astype(jnp.float32), num.astype(jnp.float32)
+        # transcript characters that do not fit [ctc_max_segments, ctc_max_chars] (never silent:
+        # train.py stops on them)
+        chars = (batch["decoder_ctc_segment_ids"] > 0) & (batch["decoder_ctc_positions"] > 0)
+        dropped = jnp.sum(chars) - jnp.sum(lengths)
+        return loss_sum.astype(jnp.float32), num.astype(jnp.float32), dropped.astype(jnp.float32)
 
     def _train_step(self, state, batch):
         params = state["params"]
@@ -213,6 +217,7 @@ class Trainer:
         if self.train_cfg.ctc_weight > 0:
             metrics["ctc_loss"] = _ratio(sums[8], sums[9])
             metrics["ctc_segments"] = sums[9]
+            metrics["ctc_dropped_chars"] = sums[10]
         return new_state, metrics
 
     def _eval_step(self, params, batch):
