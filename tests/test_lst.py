@@ -334,3 +334,23 @@ def test_curriculum_trains_and_batches_without_patch_ids_get_static_fallback():
     for _ in range(3):
         state, metrics = trainer.train_step(state, trainer.global_batch(batch))  # patch ids filled with -1
         assert np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("size", ["lst_tiny", "lst_125m", "lst_360m", "lst_1b", "lst_7b"])
+def test_lst_model_configs_parse(size):
+    import pathlib
+
+    import gin
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    gin.clear_config()
+    gin.add_config_file_search_path(str(repo / "gin"))
+    try:
+        gin.parse_config_files_and_bindings([str(repo / "gin" / "models" / f"{size}.gin")], [],
+                                            finalize_config=False)
+        cfg = lst.LSTConfig()
+    finally:
+        gin.clear_config()
+    assert cfg.patch_size == 4 and cfg.global_model.num_layers >= 2
+    assert cfg.num_params() > cfg.global_model.num_params(include_embeddings=False)
+    # the global model sees 1 / patch_size of the positions: far fewer FLOPs per unit than dense
+    assert cfg.flops_per_token(2048) < cfg.global_model.flops_per_token(2048)
