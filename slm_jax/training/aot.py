@@ -24,7 +24,12 @@ def _hbm_for(topology: str) -> int | None:
 
 def topology_devices(topology: str, num_slices: int = 1):
     """Devices of a TPU topology such as 'v5e:2x2' or 'v5p:2x2x2' (no TPU needed)."""
+    import os
+
     from jax.experimental import topologies
+    # AOT compilation touches no TPU, so another process holding libtpu (a second compile, a
+    # test worker) is no reason to refuse: skip libtpu's single-process lockfile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if ":" not in topology:
         raise ValueError(f"--topology={topology}: expected NAME:SHAPE such as v5e:2x2 or v5p:2x2x2")
     try:
