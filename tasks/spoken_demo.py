@@ -35,20 +35,9 @@ when `ctc_length` is given.
 import functools
 import os
 
-import seqio
-import tensorflow as tf
-
 from slm_jax.data import corpus, interleave, task_formats, word_interleave
 from slm_jax.data.ctc_targets import add_ctc_targets
-from slm_jax.data.preprocessors import run_length_dedup
-from slm_jax.data.registration import (
-    LazyRootTFExampleDataSource,
-    LazyVocabulary,
-    drop_token_modality,
-    register_corpus_task,
-    register_mixture,
-    slm_output_features,
-)
+from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
 from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
 from slm_jax.data.token_space import SpeechTextVocabulary
 
@@ -100,57 +89,11 @@ def __getattr__(name):  # `CTC_CHARS` is lazy (PEP 562), like TEXT_VOCAB
 
 def speech_only_with_ctc(dataset, vocabulary, max_chars=CTC_MAX_CHARS, dedup=True, units_key="units",
                          text_key="text"):
-    """`interleave.speech_only`'s `[Speech] u1 u2 ... EOS` (same ids, modality, loss mask)
-    plus `ctc_targets`: the sentinel then the `CTC_CHARS` ids of `ex[text_key]`.
-
-    speech_only keeps only its own outputs, so its body is written out here; a test checks
-    it equals speech_only."""
-    dataset = add_ctc_targets(dataset, ctc_chars(), text_key=text_key, max_chars=max_chars,
-                              packing_sentinel=True)
-
-    def fn(ex):
-        units = tf.convert_to_tensor(ex[units_key])
-        units = run_length_dedup(units) if dedup else units
-        body = tf.concat([tf.reshape(tf.cast(vocabulary.speech_marker_id, tf.int32), [1]),
-                          tf.cast(vocabulary.units_to_ids_tf(units), tf.int32)], 0)
-        return {**interleave.finish_example(ex, body, vocabulary), "ctc_targets": ex["ctc_targets"]}
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def require_unsplit(dataset, sequence_length=None):
-    """Fails on an example longer than the targets' length (instead of `split_to_length`):
-    a CTC transcript belongs to the whole utterance and cannot be cut with it."""
-    length = (sequence_length or {}).get("targets")
-    if length is None:
-        return dataset
-
-    def fn(ex):
-        size = tf.size(ex["targets"])
-        check = tf.debugging.Assert(
-            size <= length,
-            ["spoken demo CTC task: record", ex["id"], "has", size, "tokens > sequence length", length,
-             "(an example with a transcript cannot be split; raise DatasetConfig.sequence_length)"])
-        with tf.control_dependencies([check]):
-            return {k: tf.identity(v) for k, v in ex.items()}
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _register_ctc_task(name, split_to_filepattern, preprocessors, vocabulary, features, root_fn,
-                       shuffle_buffer_size=1000):
-    """`register_corpus_task` with `require_unsplit` in place of its `split_to_length`."""
-    desc = {k: corpus.TFRECORD_FEATURES[k] for k in features}
-    if name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(
-        name,
-        source=LazyRootTFExampleDataSource(split_to_filepattern, desc, root_fn=root_fn),
-        preprocessors=[*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(), require_unsplit],
-        output_features=slm_output_features(vocabulary),
-        metric_fns=[],
-        shuffle_buffer_size=shuffle_buffer_size,
-    )
+    """`interleave.speech_only`'s `[Speech] u1 u2 ... EOS` plus `ctc_targets`: the sentinel then
+    the `CTC_CHARS` ids of `ex[text_key]`."""
+    dataset = add_ctc_targets(dataset, ctc_chars(), text_key=text_key, max_chars=max_chars, packing_sentinel=True)
+    return interleave.speech_only(dataset, vocabulary, dedup=dedup, units_key=units_key,
+                                  passthrough=("ctc_targets",))
 
 
 for _lang in LANGS:
@@ -184,10 +127,10 @@ register_corpus_task(
     [functools.partial(task_formats.format_tts, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=ASR_FIELDS,
     root_fn=_ROOT)
 
-_register_ctc_task(
+register_corpus_task(
     "spoken_demo_speech_ctc_en", _speech_files("en"),
     [functools.partial(speech_only_with_ctc, vocabulary=SPEECH_VOCAB, dedup=True)], SPEECH_VOCAB,
-    features=ASR_FIELDS, root_fn=_ROOT)
+    features=ASR_FIELDS, root_fn=_ROOT, split_long_examples=False)  # a transcript belongs to the whole utterance
 
 register_mixture("spoken_demo_mixed", ["spoken_demo_speech_en", "spoken_demo_speech_fr"])
 register_mixture("spoken_demo_xl_mix", [("spoken_demo_crosslingual", 2.0), ("spoken_demo_speech_en", 1.0),

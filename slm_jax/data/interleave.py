@@ -94,14 +94,18 @@ def _one(x) -> tf.Tensor:
     return tf.reshape(tf.cast(x, tf.int32), [1])
 
 
-def finish_example(ex: Mapping[str, tf.Tensor], body: tf.Tensor, vocabulary) -> dict:
-    """The preprocessor output: `body` + EOS as `targets`, its modality ids, ones as loss_mask."""
+def finish_example(
+    ex: Mapping[str, tf.Tensor], body: tf.Tensor, vocabulary, passthrough: Sequence[str] = ()
+) -> dict:
+    """The preprocessor output: `body` + EOS as `targets`, its modality ids, ones as loss_mask,
+    plus the record features named in `passthrough` unchanged (e.g. `ctc_targets`)."""
     targets = tf.concat([tf.cast(body, tf.int32), _one(vocabulary.eos_id)], 0)
     return {
         "id": _record_id(ex),
         "targets": targets,
         "modality": tf.cast(vocabulary.modality_ids_tf(targets), tf.int32),
         "loss_mask": tf.ones_like(targets),
+        **{k: ex[k] for k in passthrough},
     }
 
 
@@ -175,16 +179,18 @@ def speech_only(
     dedup: bool = True,
     units_key: str = "units",
     output_features=None,
+    passthrough: Sequence[str] = (),
 ) -> tf.data.Dataset:
     """`[Speech] u1 u2 ... EOS` from a record's frame-level units (run-length deduplicated by
-    default, as SpiritLM and slamkit train on deduplicated HuBERT units)."""
+    default, as SpiritLM and slamkit train on deduplicated HuBERT units). `passthrough`:
+    record features kept unchanged in the output (e.g. `ctc_targets`)."""
 
     vocabulary = _vocab(vocabulary, output_features, "speech_only")
 
     def fn(ex):
-        _require(ex, [units_key], "speech_only")
+        _require(ex, [units_key, *passthrough], "speech_only")
         body = tf.concat([_one(vocabulary.speech_marker_id), _unit_ids(ex[units_key], vocabulary, dedup)], 0)
-        return finish_example(ex, body, vocabulary)
+        return finish_example(ex, body, vocabulary, passthrough)
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -302,8 +308,11 @@ def _crosslingual_map(
     who = "crosslingual_interleave"
     _require(ex, PAIRED_KEYS, who)
     rate = _rate(ex, unit_rate_hz, "unit_rate_hz", who)
+    # every op below reads the record through the check, so a mismatched record fails with
+    # the check's message, never first with a shape error from a concurrently run op
     with tf.control_dependencies([_check_pair(ex, who)]):
-        num_sentences = tf.size(ex["a_sentence_start"])
+        ex = {k: tf.identity(v) for k, v in ex.items()}
+    num_sentences = tf.size(ex["a_sentence_start"])
     sides = sentence_sides(num_sentences, seed, switch_prob, start)
     body = crosslingual_units(ex, sides, rate, vocabulary, dedup, lang_tags)
     return finish_example(ex, tf.concat([_speech_marker(vocabulary, speech_marker), body], 0), vocabulary)

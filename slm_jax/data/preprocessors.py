@@ -78,14 +78,6 @@ def units_to_targets(
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _chunk_row_lengths(n: tf.Tensor, length: int) -> tf.Tensor:
-    """Row lengths [L, L, ..., r] covering n tokens exactly (r = n % L, if non-zero)."""
-    n = tf.cast(n, tf.int64)
-    full = tf.fill([n // length], tf.constant(length, tf.int64))
-    rem = n % length
-    return tf.concat([full, tf.reshape(rem, [1])[: tf.cast(rem > 0, tf.int32)]], 0)
-
-
 # Per-token features that travel with `targets` and must be cut at the same places.
 ALIGNED_FEATURES = ("targets", "modality", "loss_mask", "patch_ids")
 
@@ -163,3 +155,24 @@ def split_to_length(
         return out
 
     return vectorized(dataset, lambda batches: batches.map(to_chunks), batch_records)
+
+
+def require_unsplit(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None,
+                    feature_key: str = "targets") -> tf.data.Dataset:
+    """`split_to_length`'s alternative for examples that must stay whole (e.g. one carrying a
+    CTC transcript of the whole utterance): fails naming the record when `feature_key` is
+    longer than its sequence length, instead of cutting it."""
+    length = (sequence_length or {}).get(feature_key)
+    if length is None:
+        return dataset
+
+    def fn(ex):
+        size = tf.size(ex[feature_key])
+        check = tf.debugging.Assert(
+            size <= length,
+            ["record", ex.get("id", ""), "has", size, f"tokens > sequence length {length} in {feature_key!r}; an "
+             "example that cannot be split must fit (raise DatasetConfig.sequence_length)"])
+        with tf.control_dependencies([check]):
+            return {k: tf.identity(v) for k, v in ex.items()}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)

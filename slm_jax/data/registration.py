@@ -254,13 +254,16 @@ def register_corpus_task(
     features: Optional[Sequence[str]] = None,
     root_fn: Optional[Callable[[], str]] = None,
     shuffle_buffer_size: Optional[int] = 1000,
+    split_long_examples: bool = True,
 ) -> seqio.Task:
     """A task over corpus TFRecords (slm_jax.data.corpus layout) with SLM preprocessors.
 
     `preprocessors` turn parsed records into `targets` (+ `modality`, `loss_mask`,
     `patch_ids`); examples longer than the sequence length are then SPLIT (never
-    truncated) with all per-token features cut at the same places. `features` limits
-    parsing to the record fields the preprocessors read.
+    truncated) with all per-token features cut at the same places; with
+    `split_long_examples=False` an over-long example fails instead (`prep.require_unsplit`,
+    for examples that carry whole-utterance features such as `ctc_targets`). `features`
+    limits parsing to the record fields the preprocessors read.
     """
     from slm_jax.data import corpus
 
@@ -280,7 +283,8 @@ def register_corpus_task(
     return seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=[*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(), prep.split_to_length],
+        preprocessors=[*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(),
+                       prep.split_to_length if split_long_examples else prep.require_unsplit],
         output_features=slm_output_features(vocabulary),
         metric_fns=[],
         shuffle_buffer_size=shuffle_buffer_size,

@@ -398,7 +398,6 @@ def _pretokenized(batch, vocabulary):
 
 @seqio.map_over_dataset(num_seeds=1)
 def _interleave_batch(batch, seed, vocabulary, policy, speech_ratio, mean_span_words, dedup, unit_rate_hz):
-    _require(batch, list(WORD_KEYS), "word_interleave")
     batch = {k: as_ragged(v) for k, v in batch.items()}
     num_rows = tf.size(batch["word_text"].row_lengths())
     if "id" not in batch:
@@ -406,8 +405,11 @@ def _interleave_batch(batch, seed, vocabulary, policy, speech_ratio, mean_span_w
     rate, checks = _rates(batch, unit_rate_hz, num_rows)
     checks.append(_alignment_check(batch))
     word_tokens, use_word_tokens, token_checks = _pretokenized(batch, vocabulary)
+    # everything below reads the batch through the checks: a bad record fails with their
+    # message naming it, never first with a shape error from a concurrently run op
     with tf.control_dependencies(checks + token_checks):
-        row_splits = tf.identity(batch["word_text"].row_splits)
+        batch = {k: tf.identity(v) for k, v in batch.items()}
+    row_splits = batch["word_text"].row_splits
     speech = word_speech_mask_rows(row_splits, seed, policy, speech_ratio, mean_span_words)
     targets = interleave_rows(
         batch["word_text"], batch["word_start"], batch["word_end"], speech, batch["units"], rate,
