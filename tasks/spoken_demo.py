@@ -103,8 +103,8 @@ for _lang in LANGS:
         SPEECH_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT)
     register_corpus_task(
         f"spoken_demo_interleaved_{_lang}", _speech_files(_lang),
-        [functools.partial(word_interleave.word_interleave, vocabulary=TEXT_VOCAB, policy="poisson")],
-        TEXT_VOCAB, features=WORD_FIELDS, root_fn=_ROOT)
+        [functools.partial(word_interleave.word_interleave_batches, vocabulary=TEXT_VOCAB, policy="poisson")],
+        TEXT_VOCAB, features=WORD_FIELDS, root_fn=_ROOT, batched=True)
     register_corpus_task(
         f"spoken_demo_text_{_lang}", _speech_files(_lang),
         [functools.partial(interleave.text_only, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=TEXT_FIELDS,

@@ -192,10 +192,10 @@ TINY = [("s0", [3, 3, 7, 7, 7, 9, 1], "Le chat dort."), ("s1", [4, 5, 5, 6], "An
 
 @pytest.fixture
 def tiny_corpus(tmp_path, monkeypatch):
-    from slm_jax.data.registration import LazyRootTFExampleDataSource
+    from slm_jax.data.registration import LazyRootFiles
     utts = [corpus.Utterance(id=i, lang="en", units=u, unit_rate_hz=25.0, text=t) for i, u, t in TINY]
     corpus.write_tfrecord_shards(str(tmp_path / "speech"), "train-en", utts, num_shards=1)
-    monkeypatch.setattr(LazyRootTFExampleDataSource, "_resolved",
+    monkeypatch.setattr(LazyRootFiles, "_resolved",
                         lambda self, split: os.path.join(str(tmp_path), self._split_to_filepattern[split]))
     return tmp_path
 

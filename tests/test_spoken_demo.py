@@ -68,10 +68,10 @@ def test_build_is_deterministic(small_corpus, tmp_path):
 def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):
     import tasks.spoken_demo as spoken_tasks
     from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
-    from slm_jax.data.registration import LazyRootTFExampleDataSource
+    from slm_jax.data.registration import LazyRootFiles
 
     # Point the registered tasks at the small corpus (their vocab has NUM_UNITS units).
-    monkeypatch.setattr(LazyRootTFExampleDataSource, "_resolved",
+    monkeypatch.setattr(LazyRootFiles, "_resolved",
                         lambda self, split: os.path.join(small_corpus, self._split_to_filepattern[split]))
     if SMALL["num_units"] > spoken_tasks.NUM_UNITS:
         pytest.skip("small corpus has more units than the registered vocabulary")
@@ -133,14 +133,14 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
 
     import tasks.spoken_demo as spoken_tasks
     from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
-    from slm_jax.data.registration import LazyRootTFExampleDataSource
+    from slm_jax.data.registration import LazyRootFiles
     from slm_jax.models.decoder import DecoderConfig
     from slm_jax.models.lst import LSTConfig
     from slm_jax.training import partitioning
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.trainer import TrainConfig, Trainer
 
-    monkeypatch.setattr(LazyRootTFExampleDataSource, "_resolved",
+    monkeypatch.setattr(LazyRootFiles, "_resolved",
                         lambda self, split: os.path.join(small_corpus, self._split_to_filepattern[split]))
     data = DataIterator(get_dataset(DatasetConfig("spoken_demo_xl_mix", sequence_length=128, batch_size=8, seed=0)))
     cfg = LSTConfig(global_model=DecoderConfig(vocab_size=spoken_tasks.SPEECH_VOCAB.vocab_size, embed_dim=64,
@@ -155,3 +155,34 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
     assert float(metrics["uncovered_tokens"]) == 0.0
+
+
+def test_batched_task_gives_the_per_record_chains_examples(small_corpus):
+    """`register_corpus_task(batched=True)` (batched parse -> interleave -> split, one unbatch)
+    yields exactly the examples of the per-record chain, for the same seed."""
+    import functools
+
+    import tasks.spoken_demo as spoken_tasks
+    from slm_jax.data import word_interleave
+    from slm_jax.data.registration import register_corpus_task
+    from slm_jax.data.token_space import SpeechTextVocabulary
+
+    vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"],
+                                 langs=("en", "fr"))
+    files = {"train": os.path.join(small_corpus, "speech", "train-*.tfrecord")}
+    per_record = register_corpus_task(
+        "test_interleave_per_record", files,
+        [functools.partial(word_interleave.word_interleave, vocabulary=vocab, batch_records=4)], vocab,
+        features=spoken_tasks.WORD_FIELDS)
+    batched = register_corpus_task(
+        "test_interleave_batched", files, [functools.partial(word_interleave.word_interleave_batches,
+                                                             vocabulary=vocab)],
+        vocab, features=spoken_tasks.WORD_FIELDS, batched=True, batch_records=4)
+
+    def examples(task):
+        ds = task.get_dataset({"targets": 40}, split="train", shuffle=False, seed=7)
+        return [{k: np.asarray(v).tolist() for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
+
+    expected = examples(per_record)
+    assert len(expected) > 2 * SMALL["num_stories"]  # records were split at 40 tokens
+    assert examples(batched) == expected

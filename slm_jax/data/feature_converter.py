@@ -67,8 +67,9 @@ from typing import ClassVar
 
 import seqio
 import tensorflow as tf
-from seqio import feature_converters as seqio_fc
-from seqio import utils as seqio_utils
+
+from slm_jax.data import packing
+from slm_jax.data.preprocessors import as_ragged
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
@@ -173,6 +174,14 @@ def _example_name(ex: Mapping[str, tf.Tensor], index: tf.Tensor) -> tf.Tensor:
     return tf.strings.join(["#", tf.strings.as_string(index), " (id ", rid, ")"])
 
 
+_CTC_TOO_LONG = ("(no truncation is done; raise the ctc length, e.g. DatasetConfig.ctc_length, or bound the "
+                 "transcripts with add_ctc_targets(max_chars=...)); ctc_targets:")
+_CTC_NOT_POSITIVE = "has ctc_targets values <= 0 (ids must be > 0: 0 is padding); ctc_targets:"
+_CTC_EMPTY = ("has an empty ctc_targets: packing it would shift the ctc segments against decoder_segment_ids; write "
+              "the targets with add_ctc_targets(..., packing_sentinel=True) / add_empty_ctc_targets(..., "
+              "packing_sentinel=True)")
+
+
 def _checked_ctc(ex: Mapping[str, tf.Tensor], index: tf.Tensor, ctc_length: int, pack: bool) -> tf.Tensor:
     """`ex["ctc_targets"]` as int32, asserted packable without loss (see the module docstring)."""
     ctc = tf.reshape(tf.cast(ex[CTC_KEY], tf.int32), [-1])
@@ -183,23 +192,67 @@ def _checked_ctc(ex: Mapping[str, tf.Tensor], index: tf.Tensor, ctc_length: int,
         tf.debugging.Assert(
             size <= ctc_length,
             [who, name, "has", size, f"ctc_targets, more than task_feature_lengths['{CTC_KEY}'] =",
-             ctc_length, ("(no truncation is done; raise the ctc length, e.g. DatasetConfig.ctc_length,"
-                          " or bound the transcripts with add_ctc_targets(max_chars=...)); ctc_targets:"), ctc],
+             ctc_length, _CTC_TOO_LONG, ctc],
             summarize=32,
         ),
         tf.debugging.Assert(
             tf.reduce_all(ctc > 0),
-            [who, name, "has ctc_targets values <= 0 (ids must be > 0: 0 is padding); ctc_targets:", ctc],
+            [who, name, _CTC_NOT_POSITIVE, ctc],
             summarize=32,
         ),
     ]
     if pack:
         checks.append(tf.debugging.Assert(
             size > 0,
-            [who, name, ("has an empty ctc_targets: packing it would shift the ctc segments against "
-                         "decoder_segment_ids; write the targets with add_ctc_targets(..., packing_sentinel=True) "
-                         "/ add_empty_ctc_targets(..., packing_sentinel=True)")],
+            [who, name, _CTC_EMPTY],
         ))
+    with tf.control_dependencies(checks):
+        return tf.identity(ctc)
+
+
+def _autoregressive_inputs(targets: tf.Tensor, segment_ids: tf.Tensor | None, bos_id: int) -> tf.Tensor:
+    """`seqio.utils.make_autoregressive_inputs` on the last axis of rows of any rank: targets
+    shifted right, `bos_id` at every segment start."""
+    shifted = tf.concat([tf.fill(tf.shape(targets[..., :1]), tf.constant(bos_id, targets.dtype)), targets[..., :-1]], -1)
+    if segment_ids is None:
+        return shifted
+    previous = tf.concat([tf.zeros_like(segment_ids[..., :1]), segment_ids[..., :-1]], -1)
+    return tf.where(tf.equal(segment_ids, previous), shifted, tf.constant(bos_id, targets.dtype))
+
+
+def _check_aligned_batch(key: str, value: tf.RaggedTensor, targets: tf.RaggedTensor) -> tf.Operation:
+    """`_check_aligned` for a ragged group (both already trimmed to the length)."""
+    offset = OPTIONAL_FEATURES[key][1]
+    bad = tf.logical_or(tf.not_equal(value.row_lengths(), targets.row_lengths()),
+                        tf.reduce_any(value + offset <= 0, axis=1))
+    first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
+    return tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        [f"SLMFeatureConverter: feature {key!r} must have the length of 'targets' and values > {-offset};",
+         "lengths:", value.row_lengths()[first], targets.row_lengths()[first], "values:", value[first]],
+        summarize=16,
+    )
+
+
+def _checked_ctc_batch(batch: Mapping[str, tf.Tensor], first_index: tf.Tensor, ctc_length: int) -> tf.RaggedTensor:
+    """`_checked_ctc` (packing) for a ragged group: each rule names its first offending example."""
+    ctc = tf.cast(batch[CTC_KEY], tf.int32)
+    sizes = ctc.row_lengths()
+    who = "SLMFeatureConverter: example"
+
+    def fails_on(bad, *message):
+        first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
+        name = _example_name({"id": batch["id"][first]} if "id" in batch else {}, first_index + first)
+        message = [m(first) if callable(m) else m for m in message]
+        return tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [who, name, *message], summarize=32)
+
+    checks = [
+        fails_on(sizes > ctc_length, "has", lambda i: sizes[i],
+                 f"ctc_targets, more than task_feature_lengths['{CTC_KEY}'] =", ctc_length, _CTC_TOO_LONG,
+                 lambda i: ctc[i]),
+        fails_on(tf.reduce_any(ctc <= 0, axis=1), _CTC_NOT_POSITIVE, lambda i: ctc[i]),
+        fails_on(tf.equal(sizes, 0), _CTC_EMPTY),
+    ]
     with tf.control_dependencies(checks):
         return tf.identity(ctc)
 
@@ -290,6 +343,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
                 f"got {ctc_length!r}"
             )
         keys = _packed_optional_keys(ds.element_spec, self._vocabulary)
+        if self.pack:
+            return self._pack_vectorised(ds, length, keys, ctc_length if has_ctc else None)
 
         def prepare(ex):
             out = _fill_optional(ex, length, keys)
@@ -298,7 +353,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             return _fold_loss_mask(out, length)
 
         if has_ctc:
-            # Checked BEFORE seqio's packer/padder, which would trim an over-long example.
+            # Checked BEFORE seqio's padder, which would trim an over-long example.
             def prepare_ctc(index, ex):
                 return {**prepare(ex), CTC_KEY: _checked_ctc(ex, index, ctc_length, self.pack)}
 
@@ -317,6 +372,55 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             lengths[CTC_KEY] = ctc_length
         return super().__call__(ds, lengths)
 
+    def _pack_vectorised(self, ds: tf.data.Dataset, length: int, keys: tuple[str, ...],
+                         ctc_length: int | None) -> tf.data.Dataset:
+        """Packed rows equal to seqio's packer + `_convert_example`, computed per group of
+        examples (`slm_jax.data.packing`): every check, the loss-mask fold and the offsets
+        run on ragged batches, so the only per-example work left is batching.
+
+        Why not seqio's packer: it appends examples one by one in a `tf.while_loop`, which
+        cost more than all of a task's preprocessing (bench/data_pipeline.py).
+        """
+        spec = ds.element_spec
+        for key in ("targets", *keys, *(("loss_mask",) if "loss_mask" in spec else ()),
+                    *((CTC_KEY,) if ctc_length else ())):
+            if key not in spec or spec[key].shape.rank != 1 or not spec[key].dtype.is_integer:
+                got = spec[key] if key in spec else "missing"
+                raise ValueError(f"SLMFeatureConverter: task feature {key!r} must be a 1-D integer feature; got {got}")
+        lengths = {"targets": length, **{k: length for k in keys}, **({CTC_KEY: ctc_length} if ctc_length else {})}
+        max_group = packing.group_size(lengths)
+
+        def pack(first_index, batch):
+            batch = {k: as_ragged(v) for k, v in batch.items()}
+            checks = []
+            task = {"targets": tf.cast(batch["targets"][:, :length], tf.int32)}
+            checks += packing.check_nonzero(task, ("targets",))
+            for key in (*keys, *(("loss_mask",) if "loss_mask" in batch else ())):
+                value = tf.cast(batch[key][:, :length], tf.int32)
+                checks.append(_check_aligned_batch(key, value, task["targets"]))
+                task[key] = value
+            if ctc_length:
+                task[CTC_KEY] = _checked_ctc_batch(batch, first_index, ctc_length)
+            with tf.control_dependencies(checks):
+                mask = task.pop("loss_mask", None)
+                if mask is not None:  # the loss mask travels in the sign of the ids (see _fold_loss_mask)
+                    task["targets"] = task["targets"].with_flat_values(
+                        tf.where(mask.flat_values > 0, task["targets"].flat_values, -task["targets"].flat_values))
+                for key in keys:
+                    task[key] = task[key] + OPTIONAL_FEATURES[key][1]
+                rows = packing.pack_group(task, lengths, max_group)
+            return self._convert_example(rows)
+
+        def set_shape(row):
+            for key, value in row.items():
+                value.set_shape([ctc_length if key in CTC_MODEL_FEATURES else length])
+            return row
+
+        # The example index (for error messages) comes from `enumerate`, before batching.
+        groups = ds.enumerate().ragged_batch(max_group)
+        groups = groups.map(lambda index, batch: pack(index[0], batch), num_parallel_calls=tf.data.AUTOTUNE)
+        return groups.unbatch().map(set_shape)
+
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict:
         """One padded/packed row of offset task features -> model features."""
         signed = features["targets"]
@@ -326,9 +430,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         features = {**features, "targets": targets}
         out = {
             "decoder_target_tokens": targets,
-            "decoder_input_tokens": seqio_utils.make_autoregressive_inputs(
-                targets, sequence_id=segment_ids, bos_id=self.bos_id
-            ),
+            "decoder_input_tokens": _autoregressive_inputs(targets, segment_ids, self.bos_id),
             "decoder_loss_weights": weights,
             "decoder_modality": self._modality(features),
             "decoder_patch_ids": (_unoffset(features["patch_ids"], "patch_ids") if "patch_ids" in features

@@ -108,12 +108,13 @@ def vectorized(
     """
     if not isinstance(batch_records, int) or isinstance(batch_records, bool) or batch_records < 1:
         raise ValueError(f"batch_records must be an int >= 1, got {batch_records!r}")
-    return apply(dataset.ragged_batch(batch_records)).unbatch().map(_plain_tensors)
+    return unbatch_records(apply(dataset.ragged_batch(batch_records)))
 
 
-# Records per vectorised step: amortises the op overhead ~50x while a batch of demo-sized
-# records stays a few hundred KiB.
-DEFAULT_BATCH_RECORDS = 64
+# Records per vectorised step: a step's cost is mostly its fixed per-op overhead (bench/
+# data_pipeline.py: 64 -> 256 records per step gave word interleaving ~2-3x per record),
+# while a batch of demo-sized records stays about a MiB.
+DEFAULT_BATCH_RECORDS = 256
 
 
 def split_to_length(
@@ -131,9 +132,24 @@ def split_to_length(
     copied onto every chunk. With no length configured (None), the dataset passes
     through unchanged. Runs `vectorized` over `batch_records` records at a time.
     """
+    if (sequence_length or {}).get(feature_key) is None:
+        return dataset
+    return vectorized(
+        dataset, lambda batches: split_batches_to_length(batches, sequence_length, feature_key, aligned_keys),
+        batch_records)
+
+
+def split_batches_to_length(
+    batches: tf.data.Dataset,
+    sequence_length: Mapping[str, int] | None = None,
+    feature_key: str = "targets",
+    aligned_keys: Sequence[str] = ALIGNED_FEATURES,
+) -> tf.data.Dataset:
+    """`split_to_length` on a dataset of ragged record batches: each batch becomes the batch of
+    its records' chunks, in order."""
     length = (sequence_length or {}).get(feature_key)
     if length is None:
-        return dataset
+        return batches
     length = int(length)
     if length <= 0:
         raise ValueError(f"split_to_length: sequence_length[{feature_key!r}] must be > 0, got {length}")
@@ -154,7 +170,12 @@ def split_to_length(
                 out[k] = tf.gather(v, chunk_row)
         return out
 
-    return vectorized(dataset, lambda batches: batches.map(to_chunks), batch_records)
+    return batches.map(to_chunks, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def unbatch_records(batches: tf.data.Dataset) -> tf.data.Dataset:
+    """Ragged record batches -> one record per element (plain tensors), in order."""
+    return batches.unbatch().map(_plain_tensors)
 
 
 def require_unsplit(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None,

@@ -452,22 +452,39 @@ def word_interleave(
     How spans become tokens: `interleave_rows`. Units come from the record's `units` at
     `unit_rate_hz` (default: the record's `unit_rate_hz` feature). A record with no words
     gives `[EOS]`. Records are processed `batch_records` at a time (module docstring); the
-    output is one example per record, in input order.
+    output is one example per record, in input order. `word_interleave_batches` is the
+    same step for a dataset that is already batched (`register_corpus_task(batched=True)`).
     """
+    return vectorized(
+        dataset,
+        lambda batches: word_interleave_batches(batches, vocabulary, policy, speech_ratio, mean_span_words, dedup,
+                                                unit_rate_hz, output_features),
+        batch_records,
+    )
+
+
+def word_interleave_batches(
+    batches: tf.data.Dataset,
+    vocabulary=None,
+    policy: str = "poisson",
+    speech_ratio: float = 0.3,
+    mean_span_words: float = 10.0,
+    dedup: bool = True,
+    unit_rate_hz: float | None = None,
+    output_features=None,
+) -> tf.data.Dataset:
+    """`word_interleave` on a dataset of ragged record batches (features [B, ...]): each batch
+    becomes the batch of its records' interleaved examples. Same arguments and output."""
     who = "word_interleave"
     _check_policy_args(policy, speech_ratio, mean_span_words, who)
     vocabulary = _vocab(vocabulary, output_features, who)
-    _require(dataset.element_spec, list(WORD_KEYS), who)  # at build time, before any record is read
-    return vectorized(
-        dataset,
-        lambda batches: _interleave_batch(
-            batches,
-            vocabulary=vocabulary,
-            policy=policy,
-            speech_ratio=float(speech_ratio),
-            mean_span_words=float(mean_span_words),
-            dedup=bool(dedup),
-            unit_rate_hz=unit_rate_hz,
-        ),
-        batch_records,
+    _require(batches.element_spec, list(WORD_KEYS), who)  # at build time, before any record is read
+    return _interleave_batch(
+        batches,
+        vocabulary=vocabulary,
+        policy=policy,
+        speech_ratio=float(speech_ratio),
+        mean_span_words=float(mean_span_words),
+        dedup=bool(dedup),
+        unit_rate_hz=unit_rate_hz,
     )
