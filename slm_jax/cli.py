@@ -6,6 +6,8 @@
     slm-jax units fit|encode ...            audio -> features -> k-means units
     slm-jax prepare demo-corpus|spm|import  build or import corpora, train SentencePiece
     slm-jax data show|stats TASK_OR_MIXTURE [--module_import=my_tasks]
+    slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2 -> step 0
+    slm-jax export-hf MODEL_DIR --out PATH [--step N]                        checkpoint -> HF safetensors
 """
 from __future__ import annotations
 
@@ -131,8 +133,18 @@ def cmd_data(argv) -> int:
     return data_main(rest)
 
 
+def cmd_import_hf(argv) -> int:
+    from slm_jax.interop.hf_import import cmd_import_hf as import_hf_main
+    return import_hf_main(argv)
+
+
+def cmd_export_hf(argv) -> int:
+    from slm_jax.interop.hf_export import cmd_export_hf as export_hf_main
+    return export_hf_main(argv)
+
+
 COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile, "units": cmd_units,
-            "prepare": cmd_prepare, "data": cmd_data}
+            "prepare": cmd_prepare, "data": cmd_data, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf}
 
 
 def main(argv=None) -> int:
