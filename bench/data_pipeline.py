@@ -55,10 +55,11 @@ def measure(ds, batches: int, warmup: int, key: str) -> dict:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
 
 
-def plain_dataset(root: str, sequence_length: int, batch_size: int, options):
+def plain_dataset(root: str, sequence_length: int, batch_size: int, options, converter=None):
     """The reference: a plain SeqIO task, nothing from slm_jax. TFExampleDataSource (one
     `parse_single_example` per record) -> run-length dedup and unit ids in one map -> seqio
-    trims to length -> seqio.DecoderFeatureConverter packs."""
+    trims to length -> seqio.DecoderFeatureConverter packs (or `converter`, for the
+    informational row that packs with slm_jax's converter)."""
     import seqio
     import tensorflow as tf
 
@@ -86,7 +87,8 @@ def plain_dataset(root: str, sequence_length: int, batch_size: int, options):
         metric_fns=[],
     )
     ds = seqio.get_dataset(name, {"targets": sequence_length}, dataset_split="train", shuffle=True,
-                           num_epochs=None, seed=0, feature_converter=seqio.DecoderFeatureConverter(pack=True))
+                           num_epochs=None, seed=0,
+                           feature_converter=converter or seqio.DecoderFeatureConverter(pack=True))
     return ds.batch(batch_size).with_options(options)
 
 
@@ -124,6 +126,14 @@ def main(argv=None) -> None:
                          args.warmup, "decoder_target_tokens")
         print(json.dumps({"pipeline": name, **result}), flush=True)
         rows.append((name, result))
+    # Informational: the same plain task packed by slm_jax's vectorised converter, which
+    # tells the packer's share of the gain apart from the tasks'.
+    from slm_jax.data.feature_converter import SLMFeatureConverter
+    plain_slm = measure(plain_dataset(root, args.sequence_length, args.batch_size, options,
+                                      SLMFeatureConverter(pack=True)), args.batches, args.warmup,
+                        "decoder_target_tokens")
+    print(json.dumps({"pipeline": "plain task, slm_jax packing", **plain_slm}), flush=True)
+    rows.append(("(plain task, slm_jax packing)", plain_slm))
     last = run_plain()
     print(json.dumps({"pipeline": "plain_seqio_dedup_pack (last)", **last}), flush=True)
     plain = {"tokens_per_second": (first["tokens_per_second"] + last["tokens_per_second"]) / 2}
