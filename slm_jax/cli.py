@@ -31,10 +31,16 @@ def _gin_setup(argv):
 def cmd_train(argv) -> int:
     _gin_setup(argv)
     import gin
+    import jax
     from slm_jax.training.train import TrainRun, run_training
     run = TrainRun()
     last = run_training(run, config_str=gin.config_str())
-    if last:
+    if jax.process_index() != 0:  # one summary per job, like the logs
+        return 0
+    if last and "preempted_at_step" in last:
+        print(f"preempted: checkpoint at step {last['preempted_at_step']} in {run.model_dir}; "
+              "run the same command again to resume")
+    elif last:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
         print(f"done: step {last['step']}: {shown}")
     print(f"MODEL_DIR: {run.model_dir}")

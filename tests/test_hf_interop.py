@@ -373,3 +373,21 @@ def test_bad_checkpoints_fail_early(hf_model_dir, tmp_path, breakage):
 def test_export_refuses_a_model_dir_without_a_checkpoint(tmp_path, capsys):
     assert hf_export.cmd_export_hf([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "model_config.json: no such file" in capsys.readouterr().err
+
+
+def test_slm_jax_train_continues_from_the_import(demo_data_dir, tmp_path):
+    """`slm-jax train`'s loop restores the imported step 0 (which has no data position) and trains on."""
+    from slm_jax import gin_utils
+    from slm_jax.training.train import TrainRun, run_training
+
+    model_dir = str(tmp_path / "model")
+    import_hf(save_hf_model(tmp_path / "hf", "llama", tie=False), model_dir)
+    gin.clear_config()
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin", os.path.join(model_dir, "model.gin")],
+                        [f"MODEL_DIR = '{model_dir}'", "TRAIN_STEPS = 2", "CHECKPOINT_PERIOD = 2",
+                         "SEQUENCE_LENGTH = 32", "train.log_period = 1", "train.eval_period = 0"])
+    try:
+        assert run_training(TrainRun())["step"] == 2
+    finally:
+        gin.clear_config()
+    assert checkpoints.list_complete_steps(os.path.join(model_dir, "checkpoints")) == [0, 2]

@@ -341,6 +341,10 @@ class CheckpointManager:
         # incomplete directory for this step is replaced by orbax's save.
         return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
 
+    def has_data_state(self, step: int) -> bool:
+        """Whether step `step` saved a data iterator position (an `import-hf` step 0 has none)."""
+        return (_step_dir(self.directory, step) / DATA_ITEM).exists()
+
     def restore(self, abstract_state, step: int | None = None,
                 data_iterator: DataIterator | None = None):
         """Restores step `step` (default: latest complete) and returns the state.

@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from slm_jax.models.decoder import DecoderConfig
-from slm_jax.training import partitioning
+from slm_jax.training import distributed, partitioning
+from slm_jax.training.distributed import DistributedConfig
 from slm_jax.training.metrics import MetricsWriter, mfu
 from slm_jax.training.optimizer import OptimizerConfig
 from slm_jax.training.partitioning import MeshConfig
@@ -99,14 +100,24 @@ def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
     return None
 
 
+def _next_batch_on_every_process(iterator):
+    """The next batch, or None once any process's iterator is exhausted: the eval step is a
+    collective, so a process that went on alone would wait forever for the others."""
+    batch = next(iterator, None)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        if not multihost_utils.process_allgather(np.asarray(batch is not None)).all():
+            return None
+    return batch
+
+
 def evaluate(trainer: Trainer, params, eval_iterator_factory, eval_steps: int) -> dict[str, float]:
     """Mean per-token loss over `eval_steps` batches of a FRESH eval iterator (same batches each time)."""
     iterator = eval_iterator_factory()
     loss_sum, tokens = 0.0, 0.0
     for _ in range(eval_steps):
-        try:
-            batch = next(iterator)
-        except StopIteration:
+        batch = _next_batch_on_every_process(iterator)
+        if batch is None:
             break
         out = jax.device_get(trainer.eval_step(params, trainer.global_batch(batch)))
         loss_sum += float(out["loss_sum"])
@@ -141,6 +152,8 @@ class TrainRun:
     eval_steps: int = 10
     seed: int = 0
     async_checkpoints: bool = True
+    # Called at run time, so `DistributedConfig.*` gin bindings apply without a `train.` binding.
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         for key, value in (("TRAIN_STEPS (train.train_steps)", self.train_steps),
@@ -160,12 +173,18 @@ def build_trainer(run: TrainRun, devices=None) -> Trainer:
 def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     """Train until `run.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
-    Returns the last logged metrics (used by tests and the demo report).
+    Returns the last logged metrics (used by tests and the demo report); after a
+    preemption notice (SIGTERM) it saves the step every process reached, returns early
+    with `preempted_at_step` set, and the next launch resumes from that step.
     """
     import seqio
 
     from slm_jax.data.pipeline import DataIterator, get_dataset
     from slm_jax.training.checkpoints import CheckpointManager
+    from slm_jax.training.preemption import PreemptionWatcher
+
+    # 0. Join the multi-process job (TPU pod, SLURM) before anything touches a device.
+    distributed.initialize(run.distributed)
 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
@@ -185,7 +204,9 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     start = ckpt.latest_step()
     if start is not None:
         log.info("Restoring step %d from %s", start, model_dir)
-        state = ckpt.restore(trainer.abstract_state, step=start, data_iterator=data_iter)
+        # `slm-jax import-hf` writes step 0 without an input position: the data starts at its beginning
+        imported = start == 0 and not ckpt.has_data_state(0)
+        state = ckpt.restore(trainer.abstract_state, step=start, data_iterator=None if imported else data_iter)
     else:
         start = 0
         state = trainer.init_state(run.seed)
@@ -194,6 +215,7 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     tokens_per_step = run.train_dataset.batch_size * run.train_dataset.sequence_length
     flops_per_token = run.model.flops_per_token(run.train_dataset.sequence_length)
     bar = _progress(run.train_steps, start)
+    preemption = PreemptionWatcher()
     pending: list[tuple[int, Any]] = []
     last: dict[str, Any] = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -240,8 +262,17 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
             if ckpt.should_save(step) or step == run.train_steps:
                 check_finite()
                 ckpt.save(step, state, data_iter, force=True)
+            if step < run.train_steps and preemption.should_stop(step):
+                check_finite()
+                ckpt.save(step, state, data_iter, force=True)
+                ckpt.wait_until_finished()
+                log.warning("Preemption notice (SIGTERM): saved step %d in %s; relaunch the same command to resume",
+                            step, model_dir)
+                last = {**last, "step": last.get("step", step), "preempted_at_step": step}
+                break
         ckpt.wait_until_finished()
     finally:
+        preemption.close()
         ckpt.close()
         writer.close()
         if bar is not None:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from slm_jax.models.decoder import Decoder, DecoderConfig
 from slm_jax.models.lst import LSTConfig, LSTModel
