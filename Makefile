@@ -1,4 +1,4 @@
-# make demo: set up .venv, build the tiny demo corpus, train gin/runs/demo_cpu.gin, report.
+# make demo: set up .venv, build the spoken demo corpus, train gin/runs/demo_cpu.gin, report, evaluate (sSC/sTC table).
 # make test: set up .venv and run the test suite (CPU, 8 fake devices).
 PYTHON ?= python3
 VENV := .venv
@@ -30,6 +30,7 @@ demo: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax data stats spoken_demo_xl_mix --module_import=tasks.spoken_demo
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax inspect $(DEMO_DIR)
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --benchmarks=demo --all_checkpoints
 
 # Tests synthesize a small spoken corpus too, so espeak-ng must be present.
 test: $(STAMP) espeak

@@ -6,6 +6,8 @@
     slm-jax units fit|encode ...            audio -> features -> k-means units
     slm-jax prepare demo-corpus|spm|import  build or import corpora, train SentencePiece
     slm-jax data show|stats TASK_OR_MIXTURE [--module_import=my_tasks]
+    slm-jax eval --gin_file=RUN.gin --gin.MODEL_DIR=... --benchmarks=ssc_en,stc_en|demo [--all_checkpoints]
+    slm-jax generate --gin_file=RUN.gin --prompts_from=ssc_en [--fewshot=asr|tts]
     slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2 -> step 0
     slm-jax export-hf MODEL_DIR --out PATH [--step N]                        checkpoint -> HF safetensors
 """
@@ -139,6 +141,16 @@ def cmd_data(argv) -> int:
     return data_main(rest)
 
 
+def cmd_eval(argv) -> int:
+    from slm_jax.evaluation.eval_cli import cmd_eval as eval_main
+    return eval_main(argv)
+
+
+def cmd_generate(argv) -> int:
+    from slm_jax.evaluation.eval_cli import cmd_generate as generate_main
+    return generate_main(argv)
+
+
 def cmd_import_hf(argv) -> int:
     from slm_jax.interop.hf_import import cmd_import_hf as import_hf_main
     return import_hf_main(argv)
@@ -150,7 +162,8 @@ def cmd_export_hf(argv) -> int:
 
 
 COMMANDS = {"train": cmd_train, "inspect": cmd_inspect, "compile": cmd_compile, "units": cmd_units,
-            "prepare": cmd_prepare, "data": cmd_data, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf}
+            "prepare": cmd_prepare, "data": cmd_data, "eval": cmd_eval,
+            "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf}
 
 
 def main(argv=None) -> int:

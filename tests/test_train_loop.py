@@ -176,3 +176,32 @@ def test_model_vocabulary_must_cover_the_task(tmp_path):
                    "--gin.DecoderConfig.vocab_size=64", check=False)
     assert proc.returncode == 2
     assert "DecoderConfig.vocab_size=64 is smaller than the vocabulary of 'demo_units_mix' (103 ids)" in proc.stderr
+
+
+def test_in_training_benchmarks_are_logged_with_the_loss(demo_data_dir, tmp_path):
+    """`train.benchmarks` / `train.benchmark_period`: cloze accuracy logged as bench/<name> every period."""
+    import numpy as np
+
+    from slm_jax.training.train import TrainRun, run_training
+
+    pairs = tmp_path / "pairs.jsonl"
+    rng = np.random.default_rng(0)
+    with open(pairs, "w") as f:
+        for i in range(4):
+            f.write(json.dumps({"id": f"p{i}", "correct": rng.integers(0, 10, 12).tolist(),
+                                "wrong": rng.integers(0, 10, 9).tolist()}) + "\n")
+    model_dir = str(tmp_path / "bench")
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], [
+        "TRAIN_STEPS = 4", "CHECKPOINT_PERIOD = 4", "SEQUENCE_LENGTH = 64", "train.eval_period = 0",
+        "train.log_period = 2", f"MODEL_DIR = '{model_dir}'", f"train.benchmarks = '{pairs}'",
+        "train.benchmark_period = 2"])
+    last = run_training(TrainRun())
+    logged = [k for k in last if k.startswith("bench/")]
+    assert logged == [f"bench/{pairs}"] and 0.0 <= last[logged[0]] <= 1.0, sorted(last)
+    rows = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if any(k.startswith("bench/") for k in r)] == [2, 4]
+
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], [f"MODEL_DIR = '{model_dir}2'", "train.log_period = 2",
+                                                    "train.benchmarks = 'ssc_en'", "train.benchmark_period = 3"])
+    with pytest.raises(ValueError, match="benchmark_period=3 must be a multiple of train.log_period=2"):
+        TrainRun()

@@ -1,0 +1,12 @@
+"""Evaluation of trained SLMs (SEEDS.md: how SLM benchmarks are scored).
+
+    sequences.py    evaluation inputs as token ids, exactly as the training tasks write them
+    runner.py       ModelRunner: model + params (+ the Trainer's mesh, rules and shardings)
+    likelihood.py   batched, bucketed, sharded per-sequence log-likelihoods
+    cloze.py        pair benchmarks (sSC / sTC / sWUGGY / sBLIMP-style): JSONL, audio folders, scores
+    alignment.py    cross-lingual hidden-state alignment of parallel utterances
+    generate.py     KV-cache generation, modality forcing, few-shot ASR / TTS
+    metrics_text.py WER / CER / unit error rate (jiwer)
+    benchmarks.py   benchmark names, BenchmarkSuite, run_benchmarks (in-training eval), tables
+    eval_cli.py     `slm-jax eval` / `slm-jax generate`
+"""

@@ -8,12 +8,20 @@ so packed examples never leak into each other. Two implementations:
   passed explicitly (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere). `auto` picks
   it on GPU only after a one-off probe shows the cuDNN kernel honours the segment mask,
   and falls back to `xla` otherwise.
+
+Decode mode (`kv_cache=...`, for generation): the new tokens' keys/values are written
+into a per-layer cache at buffer slots [index, index + n) and the queries attend over the
+whole buffer. A slot is visible when it is not later than the query's slot and holds the
+query's segment (0 = empty or padding, never visible). Slots are shared by all rows while
+RoPE positions are per row, so prompts of different lengths (left- or right-padded) decode
+in one batch: padding slots are simply never visible. Decode always uses the XLA einsums.
 """
 from __future__ import annotations
 
 import functools
 import logging
 
+import flax
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -32,18 +40,32 @@ def packed_causal_mask(segment_ids: jax.Array) -> jax.Array:
     return (causal[None] & same_segment)[:, None]
 
 
-def xla_attention(q, k, v, segment_ids):
-    """q: [b, t, h, d]; k, v: [b, s, kv, d] with h a multiple of kv."""
+def cached_mask(index, query_segment_ids: jax.Array, cache_segment_ids: jax.Array) -> jax.Array:
+    """[batch, 1, n, slots] bool for n queries at buffer slots index..index+n-1 (decode mode)."""
+    n, slots = query_segment_ids.shape[-1], cache_segment_ids.shape[-1]
+    query_slot = index + jnp.arange(n)
+    causal = jnp.arange(slots)[None, :] <= query_slot[:, None]
+    same_segment = cache_segment_ids[:, None, :] == query_segment_ids[:, :, None]
+    filled = (cache_segment_ids != 0)[:, None, :]
+    return (causal[None] & same_segment & filled)[:, None]
+
+
+def masked_attention(q, k, v, mask):
+    """q: [b, t, h, d]; k, v: [b, s, kv, d] with h a multiple of kv; mask: [b, 1, t, s] bool."""
     b, t, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, t, kv, h // kv, d)
     logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     logits = logits * (1.0 / np.sqrt(d))
-    mask = packed_causal_mask(segment_ids)[:, :, None]  # [b, 1, 1, t, s]
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def xla_attention(q, k, v, segment_ids):
+    """q: [b, t, h, d]; k, v: [b, s, kv, d] with h a multiple of kv."""
+    return masked_attention(q, k, v, packed_causal_mask(segment_ids))
 
 
 def jax_dot_product_attention(q, k, v, segment_ids, implementation=None):
@@ -107,7 +129,9 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, segment_ids, positions):
+    def __call__(self, x, segment_ids, positions, kv_cache=None, decode=None):
+        """Packed self-attention; with `kv_cache` ({'key', 'value'}: [b, slots, kv, d]) and
+        `decode` (a `DecodeState`) also the updated cache: returns (out, new kv_cache)."""
         def proj(name, heads, axes_heads):
             return DenseGeneral((self.embed_dim,), (heads, self.head_dim), ("embed", axes_heads, "head_dim"),
                                 self.init_std, use_bias=self.use_qkv_bias, dtype=self.dtype,
@@ -116,10 +140,33 @@ class Attention(nn.Module):
         q = proj("query", self.num_heads, "heads")
         k = proj("key", self.num_kv_heads, "kv_heads")
         v = proj("value", self.num_kv_heads, "kv_heads")
-        q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_theta), ("batch", "length", "heads", "head_dim"))
-        k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_theta), ("batch", "length", "kv_heads", "head_dim"))
-        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
-        out = attend(q, k, v, segment_ids, self.impl)
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        return DenseGeneral((self.num_heads, self.head_dim), (self.embed_dim,), ("heads", "head_dim", "embed"),
-                            self.init_std, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        q_axes, kv_axes = ("batch", "length", "heads", "head_dim"), ("batch", "length", "kv_heads", "head_dim")
+        q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_theta), q_axes)
+        k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_theta), kv_axes)
+        v = nn.with_logical_constraint(v, kv_axes)
+        new_cache = None
+        if kv_cache is None:
+            out = attend(q, k, v, segment_ids, self.impl)
+        else:
+            k, v = (_write_slots(kv_cache[name], new, decode.index) for name, new in (("key", k), ("value", v)))
+            new_cache = {"key": k, "value": v}
+            out = masked_attention(q, k, v, cached_mask(decode.index, segment_ids, decode.cache_segment_ids))
+        out = nn.with_logical_constraint(out, q_axes)
+        out = DenseGeneral((self.num_heads, self.head_dim), (self.embed_dim,), ("heads", "head_dim", "embed"),
+                           self.init_std, dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return out if kv_cache is None else (out, new_cache)
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """What every layer needs in decode mode: the first buffer slot of the new tokens and the
+    segment ids of every slot after they are written (0 = empty / padding)."""
+
+    index: jax.Array
+    cache_segment_ids: jax.Array
+
+
+def _write_slots(cache: jax.Array, new: jax.Array, index) -> jax.Array:
+    """cache [b, slots, kv, d] with `new` [b, n, kv, d] written at slots [index, index + n)."""
+    cache = jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, index, 0, 0))
+    return nn.with_logical_constraint(cache, ("batch", "length", "kv_heads", "head_dim"))

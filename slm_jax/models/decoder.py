@@ -14,7 +14,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from slm_jax.models.attention import Attention, resolve_attention_impl
+from slm_jax.models.attention import Attention, DecodeState, resolve_attention_impl
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
 
 REMAT_POLICIES = {
@@ -109,36 +109,60 @@ class DecoderBlock(nn.Module):
     attention_impl: str
 
     @nn.compact
-    def __call__(self, x, segment_ids, positions):
+    def __call__(self, x, segment_ids, positions, kv_cache=None, decode=None):
+        """x -> x; in decode mode (`kv_cache`, `decode`: see `Attention`) -> (x, new kv_cache)."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attention_norm")(x)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.embed_dim, cfg.rope_theta,
                       cfg.init_std, impl=self.attention_impl, use_qkv_bias=cfg.use_qkv_bias, dtype=dtype,
-                      param_dtype=pdtype, name="attention")(h, segment_ids, positions)
+                      param_dtype=pdtype, name="attention")(h, segment_ids, positions, kv_cache, decode)
+        h, new_cache = h if kv_cache is not None else (h, None)
         x = x + h
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="mlp_norm")(x)
         h = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.init_std, dtype, pdtype, name="mlp")(h)
         x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
-        return x
+        return x if kv_cache is None else (x, new_cache)
 
 
 class _ScanBlock(DecoderBlock):
-    """DecoderBlock with the (carry, per-step output) signature nn.scan needs."""
+    """DecoderBlock with the (carry, per-step output) signature nn.scan needs; the per-step
+    output is (new kv cache or None, the block's output if `collect_hidden` else None)."""
 
-    def __call__(self, x, segment_ids, positions):  # type: ignore[override]
-        return super().__call__(x, segment_ids, positions), None
+    collect_hidden: bool = False
+
+    def __call__(self, x, segment_ids, positions, kv_cache=None, decode=None):  # type: ignore[override]
+        out = super().__call__(x, segment_ids, positions, kv_cache, decode)
+        x, new_cache = out if kv_cache is not None else (out, None)
+        return x, (new_cache, x if self.collect_hidden else None)
+
+
+def init_cache(cfg: DecoderConfig, batch: int, slots: int) -> dict:
+    """An empty KV cache for `Decoder(cfg)(..., cache=...)`: `batch` rows of `slots` buffer slots.
+
+    {'key', 'value': [layers, batch, slots, kv_heads, head_dim] in cfg.dtype,
+     'segment_ids': int32 [batch, slots] (0 = empty), 'index': int32 scalar (next free slot)}.
+    """
+    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.resolved_head_dim)
+    return {"key": jnp.zeros(shape, cfg.dtype), "value": jnp.zeros(shape, cfg.dtype),
+            "segment_ids": jnp.zeros((batch, slots), jnp.int32), "index": jnp.zeros((), jnp.int32)}
 
 
 class Decoder(nn.Module):
-    """tokens [b, t] (+ packed segment ids and positions) -> fp32 logits [b, t, vocab]."""
+    """tokens [b, t] (+ packed segment ids and positions) -> fp32 logits [b, t, vocab].
+
+    Other outputs: `return_hidden` (final normed states [b, t, d]), `return_layer_hidden`
+    (the embeddings and every block's output, [layers + 1, b, t, d], for probing),
+    `return_ctc_logits`, and decode mode: with `cache` (from `init_cache`) the tokens are
+    written at the cache's next free slots and (logits, new cache) is returned.
+    """
 
     config: DecoderConfig
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, return_hidden: bool = False,
-                 return_ctc_logits: bool = False):
+                 return_ctc_logits: bool = False, return_layer_hidden: bool = False, cache=None):
         """`return_ctc_logits`: also the CTC head's logits (needs `ctc_num_classes`)."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -146,24 +170,19 @@ class Decoder(nn.Module):
             segment_ids = jnp.ones_like(tokens)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
-        impl = resolve_attention_impl(cfg.attention_impl)
 
         embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.init_std, dtype, pdtype, name="embed")
         x = embed(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
-        policy = REMAT_POLICIES[cfg.remat_policy]
-        block_cls = _ScanBlock if cfg.scan_layers else DecoderBlock
-        if cfg.remat_policy != "none":
-            block_cls = nn.remat(block_cls, policy=policy, prevent_cse=not cfg.scan_layers)
-        if cfg.scan_layers:
-            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(cfg, impl, name="layers")(x, segment_ids, positions)
-        else:
-            for i in range(cfg.num_layers):
-                x = block_cls(cfg, impl, name=f"layers_{i}")(x, segment_ids, positions)
+        decode = None
+        if cache is not None:
+            decode = DecodeState(cache["index"], jax.lax.dynamic_update_slice(
+                cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache["index"])))
+        embedded = x
+        x, new_kv, layer_outputs = self._blocks(x, segment_ids, positions, cache, decode, return_layer_hidden)
+        if return_layer_hidden:
+            return jnp.concatenate([embedded[None], layer_outputs], axis=0)
 
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
         if return_hidden:
@@ -174,9 +193,42 @@ class Decoder(nn.Module):
             logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), cfg.init_std,
                                   dtype=dtype, param_dtype=pdtype, name="lm_head")(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        if cache is not None:
+            return logits, {**new_kv, "segment_ids": decode.cache_segment_ids,
+                            "index": cache["index"] + tokens.shape[-1]}
         # built whenever configured, so init creates its params (unused outputs are compiled away)
         ctc = ctc_logits(cfg, x, dtype, pdtype) if cfg.ctc_num_classes or return_ctc_logits else None
         return (logits, ctc) if return_ctc_logits else logits
+
+    def _blocks(self, x, segment_ids, positions, cache, decode, collect_hidden: bool):
+        """The layer stack -> (x, new {'key','value'} or None, stacked block outputs or None)."""
+        cfg = self.config
+        impl = resolve_attention_impl(cfg.attention_impl)
+        layer_kv = None if cache is None else {"key": cache["key"], "value": cache["value"]}
+        block_cls = _ScanBlock if cfg.scan_layers else DecoderBlock
+        if cfg.remat_policy != "none" and cache is None:  # decoding keeps no activations to save
+            block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            extra_kwargs = {"collect_hidden": True} if collect_hidden else {}
+            args, in_axes = (segment_ids, positions), (nn.broadcast, nn.broadcast)
+            if cache is not None:  # each layer gets its slice of the cache; the decode state is shared
+                args, in_axes = (*args, layer_kv, decode), (*in_axes, 0, nn.broadcast)
+            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=in_axes, length=cfg.num_layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, (new_kv, hidden) = stack(cfg, impl, name="layers", **extra_kwargs)(x, *args)
+            return x, new_kv, hidden
+        new_kvs, hidden = [], []
+        for i in range(cfg.num_layers):
+            block = block_cls(cfg, impl, name=f"layers_{i}")
+            if cache is None:
+                x = block(x, segment_ids, positions)
+            else:
+                x, kv = block(x, segment_ids, positions, jax.tree.map(lambda a, i=i: a[i], layer_kv), decode)
+                new_kvs.append(kv)
+            hidden.append(x)
+        new_kv = jax.tree.map(lambda *a: jnp.stack(a), *new_kvs) if new_kvs else None
+        return x, new_kv, (jnp.stack(hidden) if collect_hidden else None)
 
 
 def ctc_logits(cfg: DecoderConfig, hidden, dtype, pdtype):

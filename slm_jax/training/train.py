@@ -150,6 +150,10 @@ class TrainRun:
     log_period: int = 10
     eval_period: int = 0
     eval_steps: int = 10
+    # In-training benchmarks (slm_jax.evaluation.benchmarks names, e.g. 'ssc_en,stc_en'), run every
+    # `benchmark_period` steps (a multiple of log_period) and logged as `bench/<name>` next to the loss.
+    benchmarks: str = ""
+    benchmark_period: int = 0
     seed: int = 0
     async_checkpoints: bool = True
     # Called at run time, so `DistributedConfig.*` gin bindings apply without a `train.` binding.
@@ -161,6 +165,10 @@ class TrainRun:
                            ("train.log_period", self.log_period)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key}={value!r} must be an int >= 1")
+        if self.benchmarks and self.benchmark_period:
+            if not isinstance(self.benchmark_period, int) or self.benchmark_period % self.log_period:
+                raise ValueError(f"train.benchmark_period={self.benchmark_period!r} must be a multiple of "
+                                 f"train.log_period={self.log_period} (benchmarks are logged with the loss)")
 
 
 def build_trainer(run: TrainRun, devices=None) -> Trainer:
@@ -196,6 +204,11 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     eval_factory = None
     if run.eval_dataset is not None and run.eval_period:
         eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
+    bench_vocabulary = None
+    if run.benchmarks and run.benchmark_period:
+        from slm_jax.evaluation import benchmarks as bench
+        bench.parse_benchmarks(run.benchmarks)  # an unknown name fails before compiling
+        bench_vocabulary = bench.task_vocabulary(run.train_dataset.mixture_or_task_name)
     write_run_files(model_dir, run.model, config_str)
 
     # 2. Restore or initialise.
@@ -251,6 +264,9 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
                 values["mfu"] = mfu(tps, flops_per_token, jax.device_count())
                 if eval_factory is not None and step % run.eval_period == 0:
                     values.update(evaluate(trainer, state["params"], eval_factory, run.eval_steps))
+                if bench_vocabulary is not None and step % run.benchmark_period == 0:
+                    values.update({f"bench/{k}": v for k, v in bench.run_benchmarks(
+                        trainer, state["params"], run.benchmarks, bench_vocabulary).items()})
                 writer.write(step, values)
                 last = {"step": step, **values}
                 if bar is not None:

@@ -1,0 +1,147 @@
+"""Batched, sharded per-sequence log-likelihoods (the engine of the pair benchmarks).
+
+`LikelihoodScorer(runner)(sequences)` returns, per `ScoredSequence`, four sums in float64:
+
+    SUM_ALL / COUNT_ALL          log p of every target token / how many
+    SUM_ENDING / COUNT_ENDING    the same over the ending's targets (ids[ending_start:])
+
+Sequences are sorted by length into length buckets (`runner.bucket_length`: two shapes
+per octave) and cut into batches of `batch_size` rows (a multiple of the data-parallel
+size; a bucket's last batch is padded only to the next power of two), so a benchmark
+compiles a handful of shapes and every device gets whole rows. One row is one
+sequence: positions start at 0 and attention never crosses rows, exactly like a packed
+training segment. The dense `Decoder`, the `LSTModel` (given each target's modality,
+which lays out its patches) and any module returning per-target logits from
+`(tokens, segment_ids, positions)` work.
+
+Renormalisation (`ScoredSequence.renormalize_to` = a modality code): an ending token of
+that modality is scored by a log-softmax over that modality's ids only (markers and EOS
+keep the full softmax), the "within the ending's modality" variant of cross-modal scoring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slm_jax.evaluation.runner import ModelRunner, bucket_length, is_lst, replicated
+from slm_jax.evaluation.sequences import MODALITY_SPEECH, MODALITY_TEXT, model_inputs
+
+SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING = range(4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredSequence:
+    ids: np.ndarray  # int32 targets
+    ending_start: int
+    renormalize_to: int = 0  # MODALITY_TEXT / MODALITY_SPEECH: renormalised ending tokens; 0: none
+
+
+class UncoveredTokensError(ValueError):
+    """An LST model ran out of global slots (LSTConfig.global_length) for a scored sequence."""
+
+
+class LikelihoodScorer:
+    """Scores lists of sequences with `runner`'s model (see the module docstring)."""
+
+    def __init__(self, runner: ModelRunner, modality_of_id: np.ndarray | None = None, batch_size: int = 16,
+                 bos_id: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.runner = runner
+        self.batch_size = runner.padded_rows(batch_size)
+        self.bos_id = bos_id
+        vocab_size = runner.config.vocab_size
+        if modality_of_id is not None and len(modality_of_id) != vocab_size:
+            raise ValueError(f"modality_of_id has {len(modality_of_id)} entries but the model has "
+                             f"{vocab_size} ids (use sequences.modality_of_ids(vocabulary, vocab_size))")
+        if modality_of_id is None and is_lst(runner.model):
+            raise ValueError("an LST model needs modality_of_id (it lays out patches by modality)")
+        self.modality_of_id = np.zeros(vocab_size, np.int32) if modality_of_id is None else \
+            np.asarray(modality_of_id, np.int32)
+        self.has_modalities = modality_of_id is not None
+
+    def __call__(self, sequences: list[ScoredSequence]) -> np.ndarray:
+        """float64 [len(sequences), 4] (SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING)."""
+        out = np.zeros((len(sequences), 4), np.float64)
+        renormalize = any(s.renormalize_to for s in sequences)
+        if renormalize and not self.has_modalities:
+            raise ValueError("renormalised scoring needs modality_of_id")
+        runner, pending = self.runner, []
+        for rows, batch in self._batches(sequences):  # dispatched asynchronously: the host packs the next
+            with runner.context():                     # batch while the devices score this one
+                pending.append((rows, sequence_sums(runner.model, renormalize, runner.on_mesh, runner.params,
+                                                    self.modality_of_id, *(runner.put_rows(a) for a in batch))))
+        for rows, sums in pending:
+            sums = np.asarray(sums, np.float64)
+            if sums[:, 4].any():
+                raise UncoveredTokensError(
+                    f"{int(sums[:, 4].sum())} scored tokens fell beyond the LST model's global slots; raise "
+                    f"LSTConfig.global_length (or set it to None) to score sequences this long")
+            out[rows] = sums[: len(rows), :4]
+        return out
+
+    def _batches(self, sequences):
+        """(indices of the sequences, host arrays) per batch: rows sorted by length, bucketed."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
+        by_bucket: dict[int, list[int]] = {}
+        for i in order:
+            by_bucket.setdefault(bucket_length(len(sequences[i].ids)), []).append(i)
+        for length, members in by_bucket.items():
+            for start in range(0, len(members), self.batch_size):
+                rows = members[start:start + self.batch_size]
+                yield rows, self._pack([sequences[i] for i in rows], self.runner.rows_for(len(rows), self.batch_size),
+                                       length)
+
+    def _pack(self, seqs: list[ScoredSequence], rows: int, length: int):
+        inputs = np.zeros((rows, length), np.int32)
+        targets = np.zeros((rows, length), np.int32)
+        valid = np.zeros((rows, length), bool)
+        ending = np.zeros((rows, length), bool)
+        restrict = np.zeros((rows, length), np.int32)
+        for r, seq in enumerate(seqs):
+            n = len(seq.ids)
+            inputs[r, :n] = model_inputs(seq.ids, self.bos_id)
+            targets[r, :n] = seq.ids
+            valid[r, :n] = True
+            ending[r, seq.ending_start:n] = True
+            if seq.renormalize_to:
+                same = self.modality_of_id[seq.ids] == seq.renormalize_to
+                restrict[r, :n] = np.where(ending[r, :n] & same, seq.renormalize_to, 0)
+        return inputs, targets, valid, ending, restrict
+
+
+def model_logits(model, params, inputs, targets, valid, modality_of_id):
+    """(fp32 logits [b, t, vocab], covered bool [b, t]) of one padded batch, one sequence per row."""
+    segment_ids = valid.astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    if not is_lst(model):
+        return model.apply({"params": params}, inputs, segment_ids, positions), valid
+    modality = jnp.where(valid, jnp.take(modality_of_id, targets), 0)
+    patch_ids = jnp.full_like(inputs, -1) if model.config.needs_patch_ids else None  # no alignments: static
+    logits, covered = model.apply({"params": params}, inputs, segment_ids, positions, modality=modality,
+                                  patch_ids=patch_ids, return_coverage=True)
+    return logits, covered
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def sequence_sums(model, renormalize: bool, on_mesh: bool, params, modality_of_id, inputs, targets, valid, ending,
+                  restrict):
+    """[b, 5] per row: the four sums (module docstring) and the count of uncovered (LST) targets."""
+    logits, covered = model_logits(model, params, inputs, targets, valid, modality_of_id)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = target_logit - jax.nn.logsumexp(logits, axis=-1)
+    if renormalize:
+        kinds = modality_of_id
+        for code in (MODALITY_TEXT, MODALITY_SPEECH):
+            within = target_logit - jax.nn.logsumexp(jnp.where(kinds == code, logits, -jnp.inf), axis=-1)
+            logp = jnp.where(restrict == code, within, logp)
+    valid_f, ending_f = valid.astype(jnp.float32), ending.astype(jnp.float32)
+    logp = jnp.where(valid, logp, 0.0)
+    uncovered = jnp.sum(valid & ~covered, axis=1).astype(jnp.float32)
+    sums = jnp.stack([jnp.sum(logp, 1), jnp.sum(valid_f, 1), jnp.sum(logp * ending_f, 1), jnp.sum(ending_f, 1),
+                      uncovered], axis=1)
+    return replicated(sums, on_mesh)
