@@ -99,20 +99,20 @@ def speech_only_with_ctc(dataset, vocabulary, max_chars=CTC_MAX_CHARS, dedup=Tru
 for _lang in LANGS:
     register_corpus_task(
         f"spoken_demo_speech_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only, vocabulary=SPEECH_VOCAB, dedup=True)],
-        SPEECH_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT)
+        [functools.partial(interleave.speech_only_batches, vocabulary=SPEECH_VOCAB, dedup=True)],
+        SPEECH_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
     register_corpus_task(
         f"spoken_demo_interleaved_{_lang}", _speech_files(_lang),
         [functools.partial(word_interleave.word_interleave_batches, vocabulary=TEXT_VOCAB, policy="poisson")],
         TEXT_VOCAB, features=WORD_FIELDS, root_fn=_ROOT, batched=True)
     register_corpus_task(
         f"spoken_demo_text_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.text_only, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=TEXT_FIELDS,
-        root_fn=_ROOT)
+        [functools.partial(interleave.text_only_batches, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=TEXT_FIELDS,
+        root_fn=_ROOT, batched=True)
     register_corpus_task(
         f"spoken_demo_speech_tv_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only, vocabulary=TEXT_VOCAB, dedup=True)], TEXT_VOCAB,
-        features=SPEECH_FIELDS, root_fn=_ROOT)
+        [functools.partial(interleave.speech_only_batches, vocabulary=TEXT_VOCAB, dedup=True)], TEXT_VOCAB,
+        features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
 
 register_corpus_task(
     "spoken_demo_crosslingual", PAIRED_FILES,

@@ -157,27 +157,30 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
     assert float(metrics["uncovered_tokens"]) == 0.0
 
 
-def test_batched_task_gives_the_per_record_chains_examples(small_corpus):
-    """`register_corpus_task(batched=True)` (batched parse -> interleave -> split, one unbatch)
+@pytest.mark.parametrize("kind", ["word_interleave", "speech_only", "text_only"])
+def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):
+    """`register_corpus_task(batched=True)` (batched parse -> preprocess -> split, one unbatch)
     yields exactly the examples of the per-record chain, for the same seed."""
     import functools
 
     import tasks.spoken_demo as spoken_tasks
-    from slm_jax.data import word_interleave
+    from slm_jax.data import interleave, word_interleave
     from slm_jax.data.registration import register_corpus_task
     from slm_jax.data.token_space import SpeechTextVocabulary
 
     vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"],
                                  langs=("en", "fr"))
+    per_record_fn, batched_fn, fields = {
+        "word_interleave": (functools.partial(word_interleave.word_interleave, batch_records=4),
+                            word_interleave.word_interleave_batches, spoken_tasks.WORD_FIELDS),
+        "speech_only": (interleave.speech_only, interleave.speech_only_batches, spoken_tasks.SPEECH_FIELDS),
+        "text_only": (interleave.text_only, interleave.text_only_batches, spoken_tasks.TEXT_FIELDS),
+    }[kind]
     files = {"train": os.path.join(small_corpus, "speech", "train-*.tfrecord")}
-    per_record = register_corpus_task(
-        "test_interleave_per_record", files,
-        [functools.partial(word_interleave.word_interleave, vocabulary=vocab, batch_records=4)], vocab,
-        features=spoken_tasks.WORD_FIELDS)
-    batched = register_corpus_task(
-        "test_interleave_batched", files, [functools.partial(word_interleave.word_interleave_batches,
-                                                             vocabulary=vocab)],
-        vocab, features=spoken_tasks.WORD_FIELDS, batched=True, batch_records=4)
+    per_record = register_corpus_task(f"test_{kind}_per_record", files,
+                                      [functools.partial(per_record_fn, vocabulary=vocab)], vocab, features=fields)
+    batched = register_corpus_task(f"test_{kind}_batched", files, [functools.partial(batched_fn, vocabulary=vocab)],
+                                   vocab, features=fields, batched=True, batch_records=4)
 
     def examples(task):
         ds = task.get_dataset({"targets": 40}, split="train", shuffle=False, seed=7)

@@ -41,7 +41,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data.preprocessors import run_length_dedup
+from slm_jax.data.preprocessors import as_ragged, run_length_dedup
 
 SIDES = ("a", "b")
 STARTS = ("random", "a", "b")
@@ -209,6 +209,53 @@ def text_only(
         return finish_example(ex, body, vocabulary)
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int) -> dict:
+    """`finish_example` for a batch: [marker] + body + [EOS] per row, with ids, modality, loss mask."""
+    rows = body.nrows()
+    body = tf.cast(body, tf.int32).with_row_splits_dtype(tf.int64)
+    column = lambda value: tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(value, tf.int32)))  # noqa: E731
+    targets = tf.concat([column(marker_id), body, column(vocabulary.eos_id)], axis=1)
+    return {
+        "id": batch["id"] if "id" in batch else tf.fill([rows], ""),
+        "targets": targets,
+        "modality": targets.with_flat_values(tf.cast(vocabulary.modality_ids_tf(targets.flat_values), tf.int32)),
+        "loss_mask": tf.ones_like(targets),
+    }
+
+
+def speech_only_batches(batches: tf.data.Dataset, vocabulary=None, dedup: bool = True, units_key: str = "units",
+                        output_features=None) -> tf.data.Dataset:
+    """`speech_only` on a dataset of ragged record batches (`register_corpus_task(batched=True)`):
+    the same examples, one batch of them per batch of records."""
+    vocabulary = _vocab(vocabulary, output_features, "speech_only")
+    _require(batches.element_spec, [units_key], "speech_only")
+
+    def fn(batch):
+        units = as_ragged(batch[units_key])
+        values, rows = units.flat_values, units.value_rowids()
+        if dedup:  # runs never cross records
+            keep = dedup_rows(values, rows)
+            values, rows = tf.boolean_mask(values, keep), tf.boolean_mask(rows, keep)
+        ids = tf.cast(vocabulary.units_to_ids_tf(values), tf.int32)
+        body = tf.RaggedTensor.from_value_rowids(ids, rows, nrows=units.nrows(), validate=False)
+        return _batch_examples(batch, body, vocabulary, vocabulary.speech_marker_id)
+
+    return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def text_only_batches(batches: tf.data.Dataset, vocabulary=None, text_key: str = "text",
+                      output_features=None) -> tf.data.Dataset:
+    """`text_only` on a dataset of ragged record batches: one tokenizer call per batch."""
+    vocabulary = _vocab(vocabulary, output_features, "text_only")
+    _require(batches.element_spec, [text_key], "text_only")
+
+    def fn(batch):
+        ids = vocabulary.encode_text_tf(tf.reshape(batch[text_key], [-1]))
+        return _batch_examples(batch, ids, vocabulary, vocabulary.text_marker_id)
+
+    return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --- runs of equal values ------------------------------------------------------------------------
