@@ -116,8 +116,8 @@ for _lang in LANGS:
 
 register_corpus_task(
     "spoken_demo_crosslingual", PAIRED_FILES,
-    [functools.partial(interleave.crosslingual_interleave, vocabulary=SPEECH_VOCAB, switch_prob=1.0)],
-    SPEECH_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT)
+    [functools.partial(interleave.crosslingual_interleave_batches, vocabulary=SPEECH_VOCAB, switch_prob=1.0)],
+    SPEECH_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT, batched=True)
 register_corpus_task(
     "spoken_demo_asr_en", _speech_files("en"),
     [functools.partial(task_formats.format_asr, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=ASR_FIELDS,

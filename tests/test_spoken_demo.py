@@ -189,3 +189,36 @@ def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):
     expected = examples(per_record)
     assert len(expected) > 2 * SMALL["num_stories"]  # records were split at 40 tokens
     assert examples(batched) == expected
+
+
+@pytest.mark.parametrize("lang_tags", [False, True])
+def test_batched_crosslingual_matches_the_per_record_map(small_corpus, lang_tags):
+    """`crosslingual_interleave_batches`: with a fixed start and strict alternation, exactly the
+    per-record examples; with a random start, each example is the a-first or the b-first one."""
+    import functools
+
+    from slm_jax.data import corpus, interleave
+    from slm_jax.data.registration import register_corpus_task
+
+    from slm_jax.data.token_space import SpeechTextVocabulary
+
+    vocab = SpeechTextVocabulary(None, num_units=SMALL["num_units"], langs=("en", "fr"))
+    files = {"train": os.path.join(small_corpus, "paired", "train-*.tfrecord")}
+
+    def examples(fn, batched, **kwargs):
+        name = f"test_xl_{fn.__name__}_{lang_tags}_{'_'.join(map(str, kwargs.values()))}"
+        task = register_corpus_task(name, files, [functools.partial(fn, vocabulary=vocab, lang_tags=lang_tags,
+                                                                    **kwargs)],
+                                    vocab, feature_description=corpus.PAIRED_TFRECORD_FEATURES,
+                                    batched=batched, batch_records=3)
+        ds = task.get_dataset({"targets": 100000}, split="train", shuffle=False, seed=5)
+        return [np.asarray(ex["targets"]).tolist() for ex in ds.as_numpy_iterator()]
+
+    by_start = {}
+    for start in ("a", "b"):
+        by_start[start] = examples(interleave.crosslingual_interleave, False, start=start)
+        assert examples(interleave.crosslingual_interleave_batches, True, start=start) == by_start[start]
+    mixed = examples(interleave.crosslingual_interleave_batches, True, start="random")
+    assert len(mixed) == len(by_start["a"]) > 3
+    assert all(m in (a, b) for m, a, b in zip(mixed, by_start["a"], by_start["b"]))
+    assert {m == a for m, a in zip(mixed, by_start["a"])} == {True, False}  # both starts occur

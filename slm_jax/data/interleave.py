@@ -211,12 +211,13 @@ def text_only(
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int) -> dict:
+def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int | None) -> dict:
     """`finish_example` for a batch: [marker] + body + [EOS] per row, with ids, modality, loss mask."""
     rows = body.nrows()
     body = tf.cast(body, tf.int32).with_row_splits_dtype(tf.int64)
     column = lambda value: tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(value, tf.int32)))  # noqa: E731
-    targets = tf.concat([column(marker_id), body, column(vocabulary.eos_id)], axis=1)
+    targets = tf.concat([*([column(marker_id)] if marker_id is not None else []), body, column(vocabulary.eos_id)],
+                        axis=1)
     return {
         "id": batch["id"] if "id" in batch else tf.fill([rows], ""),
         "targets": targets,
@@ -399,6 +400,113 @@ def crosslingual_interleave(
         unit_rate_hz=unit_rate_hz,
         speech_marker=bool(speech_marker),
     )
+
+
+def crosslingual_interleave_batches(
+    batches: tf.data.Dataset,
+    vocabulary=None,
+    switch_prob: float = 1.0,
+    lang_tags: bool = False,
+    dedup: bool = True,
+    start: str = "random",
+    unit_rate_hz: float | None = None,
+    speech_marker: bool = True,
+    output_features=None,
+) -> tf.data.Dataset:
+    """`crosslingual_interleave` on a dataset of ragged batches of paired records
+    (`register_corpus_task(batched=True)`): the same sequence format and rules, one batch of
+    records per step. Randomness is one seed per batch (record b takes element b of each
+    draw), so for a random start or `switch_prob` in (0, 1) the draws differ from the
+    per-record map's (deterministic all the same); with `start` 'a'/'b' and `switch_prob`
+    0 or 1 the examples are identical."""
+    who = "crosslingual_interleave"
+    switch_prob = _check_fraction("switch_prob", switch_prob, who)
+    _check_choice("start", start, STARTS, who)
+    vocabulary = _vocab(vocabulary, output_features, who)
+    _require(batches.element_spec, PAIRED_KEYS, who)
+    return _crosslingual_batch(batches, vocabulary=vocabulary, switch_prob=switch_prob, lang_tags=bool(lang_tags),
+                               dedup=bool(dedup), start=start, unit_rate_hz=unit_rate_hz,
+                               speech_marker=bool(speech_marker))
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _crosslingual_batch(batch, seed, vocabulary, switch_prob, lang_tags, dedup, start, unit_rate_hz, speech_marker):
+    who = "crosslingual_interleave"
+    batch = {k: as_ragged(v) for k, v in batch.items()}
+    batch = {k: v.with_row_splits_dtype(tf.int64) if isinstance(v, tf.RaggedTensor) else v for k, v in batch.items()}
+    a_start = batch["a_sentence_start"]
+    num_rows = a_start.nrows()
+    ids = batch["id"] if "id" in batch else tf.fill([num_rows], "")
+    counts = [batch[f"{s}_sentence_{k}"].row_lengths() for s in SIDES for k in ("start", "end")]
+    same = tf.reduce_all(tf.equal(tf.stack(counts), counts[0]), axis=0)
+    checks = [tf.debugging.Assert(tf.reduce_all(same), [
+        f"{who}: paired record(s)", tf.boolean_mask(ids, tf.logical_not(same)),
+        "sentence counts differ between a start/end and b start/end"])]
+    if unit_rate_hz is not None:
+        rate = tf.fill([num_rows], tf.constant(float(unit_rate_hz), tf.float64))
+    else:
+        if "unit_rate_hz" not in batch:
+            raise ValueError(f"{who}: records have no 'unit_rate_hz' feature; pass unit_rate_hz=...")
+        rate = tf.cast(batch["unit_rate_hz"], tf.float64)
+        checks.append(tf.debugging.Assert(tf.reduce_all(rate > 0), [
+            f"{who}: record(s)", tf.boolean_mask(ids, rate <= 0), "have unit_rate_hz <= 0"]))
+    with tf.control_dependencies(checks):
+        batch = {k: tf.identity(v) for k, v in batch.items()}
+
+    # sides per sentence (flat over the batch): `sentence_sides` with row b's draws
+    sentence_row = batch["a_sentence_start"].value_rowids()
+    first_in_row = tf.equal(tf.range(tf.size(sentence_row, out_type=tf.int64)),
+                            tf.gather(batch["a_sentence_start"].row_starts(), sentence_row))
+    s_first, s_switch = tf.unstack(tf.random.experimental.stateless_split(_seed(seed), 2))
+    if start == "random":
+        first = tf.cast(tf.random.stateless_uniform([num_rows], s_first, dtype=tf.float64) < 0.5, tf.int32)
+    else:
+        first = tf.fill([num_rows], SIDES.index(start))
+    switch = tf.random.stateless_uniform(tf.shape(sentence_row), s_switch, dtype=tf.float64) < switch_prob
+    switch = tf.cast(tf.logical_and(switch, tf.logical_not(first_in_row)), tf.int32)
+    switches = tf.cumsum(switch)
+    switches -= tf.gather(tf.cumsum(switch, exclusive=True), tf.gather(batch["a_sentence_start"].row_starts(),
+                                                                           sentence_row))
+    on_b = tf.equal((tf.gather(first, sentence_row) + switches) % 2, 1)
+
+    # frames of each sentence in one stream: all a units, then all b units
+    stream, bounds = [], []
+    offset = tf.constant(0, tf.int64)
+    for side in SIDES:
+        units = batch[f"{side}_units"]
+        frames_per_row = tf.cast(units.row_lengths(), tf.int32)
+        lo, hi = frame_bounds(batch[f"{side}_sentence_start"].flat_values, batch[f"{side}_sentence_end"].flat_values,
+                              tf.gather(rate, sentence_row), tf.gather(frames_per_row, sentence_row))
+        base = tf.cast(tf.gather(units.row_starts() + offset, sentence_row), tf.int32)
+        bounds.append((lo + base, hi + base))
+        stream.append(units.flat_values)
+        offset += tf.size(units.flat_values, out_type=tf.int64)
+    lo = tf.where(on_b, bounds[1][0], bounds[0][0])
+    hi = tf.where(on_b, bounds[1][1], bounds[0][1])
+    frames = tf.ragged.range(lo, hi)
+    values = tf.gather(tf.concat(stream, 0), frames.flat_values)
+
+    # runs: consecutive sentences of one side within a record; dedup never crosses a run
+    new_run = tf.logical_or(first_in_row, tf.not_equal(on_b, tf.concat([[False], on_b[:-1]], 0)))
+    run_of_sentence = tf.cumsum(tf.cast(new_run, tf.int64)) - 1
+    run_ids = tf.gather(run_of_sentence, frames.value_rowids())
+    if dedup:
+        keep = dedup_rows(values, run_ids)
+        values, run_ids = tf.boolean_mask(values, keep), tf.boolean_mask(run_ids, keep)
+    run_first = tf.where(new_run)[:, 0]
+    num_runs = tf.size(run_first, out_type=tf.int64)
+    runs = tf.RaggedTensor.from_value_rowids(tf.cast(vocabulary.units_to_ids_tf(values), tf.int32), run_ids,
+                                             nrows=num_runs, validate=False)
+    if lang_tags:
+        run_row = tf.gather(sentence_row, run_first)
+        row_tags = {side: tf.map_fn(lambda lang: _lang_tag(vocabulary, lang), batch[f"{side}_lang"],
+                                    fn_output_signature=tf.int32) for side in SIDES}  # the vocab maps one tag per call
+        tags = tf.where(tf.gather(on_b, run_first), tf.gather(row_tags["b"], run_row),
+                        tf.gather(row_tags["a"], run_row))
+        runs = tf.concat([tf.RaggedTensor.from_tensor(tf.reshape(tags, [-1, 1])), runs], axis=1)
+    body = tf.RaggedTensor.from_value_rowids(runs.flat_values, tf.gather(sentence_row, tf.gather(
+        tf.cast(run_first, tf.int64), runs.value_rowids())), nrows=num_rows, validate=False)
+    return _batch_examples({"id": ids}, body, vocabulary, vocabulary.speech_marker_id if speech_marker else None)
 
 
 def side_example(
