@@ -328,10 +328,13 @@ def test_async_save_survives_donation_and_deletion(tmp_path):
                         donate_argnums=0)
     new_params = overwrite(state["params"])
     jax.block_until_ready(new_params)
-    assert all(x.is_deleted() for x in jax.tree.leaves(state["params"]))
-    # ...and delete the rest outright.
-    for x in jax.tree.leaves(state["opt_state"]) + [state["step"]]:
-        x.delete()
+    # ...and delete every buffer outright. (Whether XLA took the donation above depends on
+    # timing: while the async save still holds a buffer, donation is skipped, so only
+    # deletion is asserted, not donation.)
+    for x in jax.tree.leaves(state):
+        if not x.is_deleted():
+            x.delete()
+    assert all(x.is_deleted() for x in jax.tree.leaves(state))
     del state
 
     mngr.wait_until_finished()
