@@ -95,6 +95,12 @@ def _plain_tensors(ex):
     return {k: tf.identity(v) for k, v in ex.items()}
 
 
+def check_batch_records(batch_records, who: str) -> None:
+    """Records per batched step must be a positive int (an error naming `who` otherwise)."""
+    if not isinstance(batch_records, int) or isinstance(batch_records, bool) or batch_records < 1:
+        raise ValueError(f"{who}: batch_records must be an int >= 1, got {batch_records!r}")
+
+
 def vectorized(
     dataset: tf.data.Dataset, apply: Callable[[tf.data.Dataset], tf.data.Dataset], batch_records: int
 ) -> tf.data.Dataset:
@@ -106,8 +112,7 @@ def vectorized(
     preprocessor of ~50 small ops on a ~200-token record spends most of its time there. On
     batches, the same ops serve `batch_records` records (measured in bench/data_pipeline.py).
     """
-    if not isinstance(batch_records, int) or isinstance(batch_records, bool) or batch_records < 1:
-        raise ValueError(f"batch_records must be an int >= 1, got {batch_records!r}")
+    check_batch_records(batch_records, "vectorized")
     return unbatch_records(apply(dataset.ragged_batch(batch_records)))
 
 

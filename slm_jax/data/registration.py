@@ -83,8 +83,7 @@ class BatchedTFExampleDataSource(LazyRootFiles, seqio.FileDataSource):
         batch_records: int = prep.DEFAULT_BATCH_RECORDS,
         **kwargs,
     ):
-        if not isinstance(batch_records, int) or isinstance(batch_records, bool) or batch_records < 1:
-            raise ValueError(f"BatchedTFExampleDataSource: batch_records must be an int >= 1, got {batch_records!r}")
+        prep.check_batch_records(batch_records, "BatchedTFExampleDataSource")
         self._root_fn = root_fn
         self.feature_description = dict(feature_description)
         self.batch_records = batch_records
