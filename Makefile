@@ -27,7 +27,7 @@ espeak:
 
 demo: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax prepare demo-corpus
-	JAX_PLATFORMS=cpu $(BIN)/slm-jax data stats spoken_demo_xl_mix --module_import=tasks.spoken_demo
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax data stats spoken_demo_xl_mix --module_import=slm_jax_demo.tasks
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax inspect $(DEMO_DIR)
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --benchmarks=demo --all_checkpoints

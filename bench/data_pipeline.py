@@ -63,7 +63,7 @@ def plain_dataset(root: str, sequence_length: int, batch_size: int, options, con
     import seqio
     import tensorflow as tf
 
-    from slm_jax.data.spoken_demo import DemoCorpusParams
+    from slm_jax_demo.corpus import DemoCorpusParams
 
     vocabulary = seqio.PassThroughVocabulary(DemoCorpusParams.num_units + 2, eos_id=1)
 
@@ -108,8 +108,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     options = one_core()
-    import tasks.spoken_demo  # noqa: F401 - registers the measured tasks
-    from slm_jax.data.spoken_demo import ensure_spoken_demo_corpus
+    import slm_jax_demo.tasks  # noqa: F401 - registers the measured tasks
+    from slm_jax_demo.corpus import ensure_spoken_demo_corpus
     root = ensure_spoken_demo_corpus()
     print(f"# corpus {root}; batch {args.batch_size} x {args.sequence_length}; 1 core of TF threads", flush=True)
 

@@ -119,13 +119,13 @@ def cmd_prepare(argv) -> int:
         return 0 if argv else 2
     what, rest = argv[0], argv[1:]
     if what == "spm":
-        from slm_jax.data.spm import spm_main
+        from slm_jax.data.tokenizers.spm import spm_main
         return spm_main(rest)
     if what == "import":
-        from slm_jax.data.importers import import_main
+        from slm_jax.data.corpus.importers import import_main
         return import_main(rest)
     if what == "demo-corpus":
-        from slm_jax.data.spoken_demo import demo_corpus_main
+        from slm_jax_demo.corpus import demo_corpus_main
         return demo_corpus_main(rest)
     print(f"slm-jax prepare: unknown target {what!r}\n{PREPARE_HELP}", file=sys.stderr)
     return 2
@@ -136,7 +136,7 @@ def cmd_data(argv) -> int:
     modules = [a.split("=", 1)[1] for a in argv if a.startswith("--module_import=")]
     rest = [a for a in argv if not a.startswith("--module_import=")]
     from slm_jax import gin_utils
-    gin_utils.import_modules(["tasks.demo", *modules])
+    gin_utils.import_modules(["slm_jax.testing.tasks", *modules])
     from slm_jax.data.inspect_data import data_main
     return data_main(rest)
 

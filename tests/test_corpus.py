@@ -7,7 +7,9 @@ import os
 import pytest
 import tensorflow as tf
 
-from slm_jax.data import corpus, importers
+from slm_jax.data import corpus
+
+from slm_jax.data.corpus import importers
 from slm_jax.data.corpus import BadRecordError, Utterance
 
 

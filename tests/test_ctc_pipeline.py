@@ -9,7 +9,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data.ctc_targets import add_ctc_targets, sentinel_id
+from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets, sentinel_id
 from slm_jax.data.feature_converter import SLMFeatureConverter
 from slm_jax.data.pipeline import (
     BATCH_KEYS,
@@ -18,7 +18,8 @@ from slm_jax.data.pipeline import (
     DatasetConfig,
     get_dataset,
 )
-from slm_jax.models.ctc import CharVocabulary, ctc_targets_from_packed
+from slm_jax.data.tokenizers.chars import CharVocabulary
+from slm_jax.models.ctc import ctc_targets_from_packed
 
 CHARS = CharVocabulary("abc '")
 SENT = sentinel_id(CHARS)  # 6
@@ -201,8 +202,8 @@ def tiny_corpus(tmp_path, monkeypatch):
 
 
 def test_spoken_demo_ctc_task_end_to_end(tiny_corpus):
-    import tasks.spoken_demo as spoken
-    from slm_jax.data import interleave
+    import slm_jax_demo.tasks as spoken
+    from slm_jax.data.preprocessors import interleave
 
     chars = spoken.CTC_CHARS
     assert chars is spoken.ctc_chars() and chars.lowercase_only
@@ -226,7 +227,7 @@ def test_spoken_demo_ctc_task_end_to_end(tiny_corpus):
 
 
 def test_spoken_demo_ctc_task_never_splits_or_trims(tiny_corpus):
-    import tasks.spoken_demo  # noqa: F401  (registers the task)
+    import slm_jax_demo.tasks  # noqa: F401  (registers the task)
 
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"record\] \[s3\] \[has\] \[10\] \[tokens"):
         _batches(get_dataset(DatasetConfig("spoken_demo_speech_ctc_en", sequence_length=8, batch_size=1,
@@ -237,8 +238,8 @@ def test_spoken_demo_ctc_task_never_splits_or_trims(tiny_corpus):
 
 
 def test_ctc_alphabet_covers_the_story_grammar():
-    import tasks.spoken_demo as spoken
-    from slm_jax.data import stories
+    import slm_jax_demo.tasks as spoken
+    from slm_jax_demo import stories
 
     chars = set()
     for story in stories.generate_stories(300, seed=0):

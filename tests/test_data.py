@@ -11,11 +11,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks.demo
-from slm_jax.data import demo_corpus
-from slm_jax.data import preprocessors as prep
+import slm_jax.testing.tasks
+from slm_jax.testing import unit_corpus as demo_corpus
+from slm_jax.data.preprocessors import common as prep
 from slm_jax.data.pipeline import BATCH_KEYS, EXTRA_KEYS, DataIterator, DatasetConfig, get_dataset
-from slm_jax.data.vocab import UnitVocabulary
+from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
 
 pytestmark = pytest.mark.usefixtures("demo_data_dir")
 
@@ -170,7 +170,7 @@ def test_demo_corpus_concurrent_and_stale(tmp_path):
 
 def test_importing_tasks_does_no_io(tmp_path, monkeypatch):
     monkeypatch.setenv("SLM_JAX_DATA_DIR", str(tmp_path / "nothing_here"))
-    importlib.reload(tasks.demo)  # also checks re-registration does not crash
+    importlib.reload(slm_jax.testing.tasks)  # also checks re-registration does not crash
     assert not (tmp_path / "nothing_here").exists()
     for name in ("demo_units_en", "demo_units_fr", "demo_units_mix"):
         assert seqio.get_mixture_or_task(name).name == name

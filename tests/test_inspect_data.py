@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from slm_jax.data import inspect_data
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
 VOCAB = SpeechTextVocabulary(None, num_units=10, langs=("en", "fr"))
 
@@ -35,7 +35,7 @@ def test_render_without_colour_uses_tags_and_with_colour_marks_modalities():
 
 
 def test_show_and_stats_on_a_registered_task(demo_data_dir):
-    import tasks.demo  # noqa: F401
+    import slm_jax.testing.tasks  # noqa: F401
     out = io.StringIO()
     inspect_data.show("demo_units_mix", n=2, split="validation", colour=False, out=out)
     text = out.getvalue()

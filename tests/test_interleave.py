@@ -9,11 +9,11 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data import interleave as il
-from slm_jax.data import word_interleave as wi
+from slm_jax.data.preprocessors import interleave as il
+from slm_jax.data.preprocessors import word_interleave as wi
 from slm_jax.data.feature_converter import SLMFeatureConverter
-from slm_jax.data.spm import train_sentencepiece
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax.data.tokenizers.spm import train_sentencepiece
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
 WORDS = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "far", "away"]
 

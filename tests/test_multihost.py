@@ -61,7 +61,7 @@ class TwoProcessRun:
 
 @pytest.fixture(scope="module")
 def two_process_run(demo_data_dir, tmp_path_factory):
-    from slm_jax.data import demo_corpus
+    from slm_jax.testing import unit_corpus as demo_corpus
     demo_corpus.ensure_demo_corpus()  # once, before two processes would both build it
     model_dir = str(tmp_path_factory.mktemp("multihost") / "run")
     procs = start_job(train_args(model_dir, LONG_ENOUGH), num_processes=2, devices_per_process=4)

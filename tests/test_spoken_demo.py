@@ -15,7 +15,7 @@ SMALL = dict(num_stories=12, num_units=32, spm_vocab_size=120, voices_per_lang=2
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
+    from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
     return ensure_spoken_demo_corpus(str(tmp_path_factory.mktemp("spoken")), DemoCorpusParams(**SMALL))
 
 
@@ -57,7 +57,7 @@ def test_cloze_pairs_cover_languages_and_directions(small_corpus):
 
 def test_build_is_deterministic(small_corpus, tmp_path):
     from slm_jax.data import corpus
-    from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
+    from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
     again = ensure_spoken_demo_corpus(str(tmp_path), DemoCorpusParams(**SMALL))
     pattern = os.path.join("speech", "train-en-*.tfrecord")
     a = [u.units for u in corpus.iter_utterances(os.path.join(small_corpus, pattern))]
@@ -66,7 +66,7 @@ def test_build_is_deterministic(small_corpus, tmp_path):
 
 
 def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):
-    import tasks.spoken_demo as spoken_tasks
+    import slm_jax_demo.tasks as spoken_tasks
     from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
     from slm_jax.data.registration import LazyRootFiles
 
@@ -93,8 +93,10 @@ def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
     import seqio
     import tensorflow as tf
 
-    from slm_jax.data import corpus, word_interleave
-    from slm_jax.data.token_space import SpeechTextVocabulary
+    from slm_jax.data import corpus
+
+    from slm_jax.data.preprocessors import word_interleave
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
     vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
     files = tf.io.gfile.glob(os.path.join(small_corpus, "speech", "train-en-*.tfrecord"))
@@ -116,8 +118,10 @@ def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
 def test_pretokenized_words_from_another_model_are_refused(small_corpus):
     import tensorflow as tf
 
-    from slm_jax.data import corpus, word_interleave
-    from slm_jax.data.token_space import SpeechTextVocabulary
+    from slm_jax.data import corpus
+
+    from slm_jax.data.preprocessors import word_interleave
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
     other = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"])
     other._model_digest = "0" * 64  # a vocabulary whose model is not the corpus's
@@ -131,7 +135,7 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
     """LST (static patches of 4 units) on the cross-lingual demo mixture: the loss falls."""
     import jax
 
-    import tasks.spoken_demo as spoken_tasks
+    import slm_jax_demo.tasks as spoken_tasks
     from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
     from slm_jax.data.registration import LazyRootFiles
     from slm_jax.models.decoder import DecoderConfig
@@ -163,10 +167,11 @@ def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):
     yields exactly the examples of the per-record chain, for the same seed."""
     import functools
 
-    import tasks.spoken_demo as spoken_tasks
-    from slm_jax.data import interleave, word_interleave
+    import slm_jax_demo.tasks as spoken_tasks
+    from slm_jax.data.preprocessors import interleave
+    from slm_jax.data.preprocessors import word_interleave
     from slm_jax.data.registration import register_corpus_task
-    from slm_jax.data.token_space import SpeechTextVocabulary
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
     vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=SMALL["num_units"],
                                  langs=("en", "fr"))
@@ -197,10 +202,12 @@ def test_batched_crosslingual_matches_the_per_record_map(small_corpus, lang_tags
     per-record examples; with a random start, each example is the a-first or the b-first one."""
     import functools
 
-    from slm_jax.data import corpus, interleave
+    from slm_jax.data import corpus
+
+    from slm_jax.data.preprocessors import interleave
     from slm_jax.data.registration import register_corpus_task
 
-    from slm_jax.data.token_space import SpeechTextVocabulary
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
     vocab = SpeechTextVocabulary(None, num_units=SMALL["num_units"], langs=("en", "fr"))
     files = {"train": os.path.join(small_corpus, "paired", "train-*.tfrecord")}

@@ -1,9 +1,9 @@
-"""Tests for the parallel EN/FR story grammar (slm_jax.data.stories)."""
+"""Tests for the parallel EN/FR story grammar (slm_jax_demo.stories)."""
 import re
 
 import pytest
 
-from slm_jax.data import stories as st
+from slm_jax_demo import stories as st
 
 _FR_VOWEL = "aeiouàâéèêîôûœ"
 # Missed contractions/elisions: "de le", "à les", "le arbre", "que elle", "sa amie", ...

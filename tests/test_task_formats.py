@@ -6,8 +6,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.patch_ids import add_patch_ids, aligned_patch_ids, static_patch_ids
-from slm_jax.data.task_formats import (
+from slm_jax.data.preprocessors.patch_ids import add_patch_ids, aligned_patch_ids, static_patch_ids
+from slm_jax.data.preprocessors.task_formats import (
     banned_ids_for,
     fewshot_prompt,
     format_asr,
@@ -15,7 +15,7 @@ from slm_jax.data.task_formats import (
     format_s2tt,
     format_tts,
 )
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 from tests.test_token_space import make_tiny_spm, small_vocab
 
 # Layout of `small_vocab` (60-piece SPM): [Text]=60 [Speech]=61 [Hu0..Hu9]=62..71

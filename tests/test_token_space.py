@@ -8,8 +8,8 @@ import random
 import pytest
 import tensorflow as tf
 
-from slm_jax.data.spm import spm_main, train_sentencepiece
-from slm_jax.data.token_space import (
+from slm_jax.data.tokenizers.spm import spm_main, train_sentencepiece
+from slm_jax.data.tokenizers.token_space import (
     MODALITY_MARKER,
     MODALITY_PAD,
     MODALITY_SPEECH,

@@ -147,7 +147,7 @@ def test_compile_for_a_tpu_slice():
 
 
 USER_TASKS = '''
-from slm_jax.data import demo_corpus
+from slm_jax.testing import unit_corpus as demo_corpus
 from slm_jax.data.registration import register_mixture, register_unit_task
 
 register_unit_task("user_units_fr", {"train": demo_corpus.file_pattern("train", "fr"),

@@ -1,4 +1,4 @@
-"""Tests for espeak-ng word-by-word synthesis (slm_jax.speech.tts)."""
+"""Tests for espeak-ng word-by-word synthesis (slm_jax_demo.tts)."""
 import io
 import shutil
 import wave as wavmod
@@ -6,8 +6,8 @@ import wave as wavmod
 import numpy as np
 import pytest
 
-from slm_jax.data.stories import words
-from slm_jax.speech import tts
+from slm_jax_demo.stories import words
+from slm_jax_demo import tts
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,

@@ -2,7 +2,7 @@
 
 Task features (all int32, 1-D, the same length as `targets`):
 
-    targets     required; ends with EOS (see `slm_jax.data.interleave`)
+    targets     required; ends with EOS (see `slm_jax.data.preprocessors.interleave`)
     modality    optional; per-token modality id (0 pad, 1 text, 2 speech, 3 marker).
                 Missing -> derived with `vocabulary.modality_ids_tf(targets)` when the
                 converter was given a vocabulary, else zeros ("unknown").
@@ -26,7 +26,7 @@ seqio; `slm_jax.data.pipeline` adds segment ids and positions to unpacked rows).
 that wants the modality/patch of the INPUT token shifts these right within segments
 (`seqio.utils.make_autoregressive_inputs(x, sequence_id=decoder_segment_ids)`).
 
-CTC targets (mSLAM's auxiliary CTC, `slm_jax.data.ctc_targets` / `slm_jax.models.ctc`).
+CTC targets (mSLAM's auxiliary CTC, `slm_jax.data.preprocessors.ctc_targets` / `slm_jax.models.ctc`).
 A task may add one more feature that is NOT aligned with `targets`:
 
     ctc_targets  optional; int32 character ids (all > 0) of the example's transcript,
@@ -69,7 +69,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import packing
-from slm_jax.data.preprocessors import as_ragged
+from slm_jax.data.preprocessors.common import as_ragged
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 

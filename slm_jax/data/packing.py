@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
-from slm_jax.data.preprocessors import as_ragged
+from slm_jax.data.preprocessors.common import as_ragged
 
 
 def group_size(feature_lengths: Mapping[str, int]) -> int:

@@ -11,7 +11,7 @@ Batches are dicts of int32 arrays `[batch_size // num_shards, sequence_length]`:
 `decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
 decoder_segment_ids, decoder_positions` (always all five, packed or not), plus
 `EXTRA_KEYS` (`decoder_modality, decoder_patch_ids`, same shape). A task with a
-`ctc_targets` feature (mSLAM CTC, `slm_jax.data.ctc_targets`) and `DatasetConfig.ctc_length`
+`ctc_targets` feature (mSLAM CTC, `slm_jax.data.preprocessors.ctc_targets`) and `DatasetConfig.ctc_length`
 set also gets `CTC_KEYS` (`decoder_ctc_targets, decoder_ctc_segment_ids,
 decoder_ctc_positions`, int32 `[batch_size // num_shards, ctc_length]`; see
 `slm_jax.data.feature_converter`).
@@ -102,7 +102,7 @@ def _validate(cfg: DatasetConfig, shard_info: seqio.ShardInfo):
         raise ValueError(
             f"DatasetConfig.mixture_or_task_name={name!r} is not a registered SeqIO task or "
             f"mixture ({len(names)} registered).{hint} Import the module that registers it "
-            f"with --module_import=<module> (e.g. --module_import=tasks.demo)."
+            f"with --module_import=<module> (e.g. --module_import=slm_jax.testing.tasks)."
         )
     provider = seqio.get_mixture_or_task(name)
     if cfg.split not in provider.splits:

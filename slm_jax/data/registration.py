@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import seqio
 import tensorflow as tf
 
-from slm_jax.data import preprocessors as prep
-from slm_jax.data.vocab import UnitVocabulary
+from slm_jax.data.preprocessors import common as prep
+from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
 
 FilePatterns = Union[str, Iterable[str]]
 

@@ -129,7 +129,7 @@ def _modalities(name: str, suffix: str) -> tuple[str, str]:
 
 def demo_path(relative: str, data_dir: str | None = None) -> str:
     """A path inside the spoken demo corpus (built on first use, cached afterwards)."""
-    from slm_jax.data.spoken_demo import ensure_spoken_demo_corpus
+    from slm_jax_demo.corpus import ensure_spoken_demo_corpus
     return os.path.join(ensure_spoken_demo_corpus(data_dir), relative)
 
 

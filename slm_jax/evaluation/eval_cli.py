@@ -357,7 +357,7 @@ def _fewshot_utterances(args, vocabulary):
                                    f"({type(vocabulary).__name__}) has no SentencePiece model")
     pattern = args.data
     if pattern is None:
-        from slm_jax.data.spoken_demo import ensure_spoken_demo_corpus
+        from slm_jax_demo.corpus import ensure_spoken_demo_corpus
         pattern = os.path.join(ensure_spoken_demo_corpus(), "speech", "validation-en-*.tfrecord")
     utts = [u for u in corpus.iter_utterances(pattern) if u.units and u.text]
     if len(utts) <= args.shots:

@@ -1,7 +1,7 @@
 """Evaluation inputs as token ids, written exactly as the training tasks write them.
 
 A sequence is a list of `Segment`s (speech units or text, with a language). The token ids
-follow `slm_jax.data.interleave` / `task_formats` (SpiritLM conventions):
+follow `slm_jax.data.preprocessors.interleave` / `task_formats` (SpiritLM conventions):
 
 - a modality marker (`[Speech]` / `[Text]`) opens the sequence and appears again only where
   the modality changes (`markers=False`, or a unit-only `UnitVocabulary`, writes none);
@@ -32,7 +32,7 @@ SPEECH = "speech"
 TEXT = "text"
 MODALITIES = (SPEECH, TEXT)
 
-# slm_jax.data.token_space modality ids (kept here so evaluation imports no TF for them)
+# slm_jax.data.tokenizers.token_space modality ids (kept here so evaluation imports no TF for them)
 MODALITY_PAD, MODALITY_TEXT, MODALITY_SPEECH, MODALITY_MARKER = 0, 1, 2, 3
 MODALITY_CODE = {TEXT: MODALITY_TEXT, SPEECH: MODALITY_SPEECH}
 

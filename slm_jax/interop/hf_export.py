@@ -40,6 +40,7 @@ from slm_jax.interop.hf_layout import (
 )
 from slm_jax.interop.hf_vocab import VocabExtension
 from slm_jax.models.decoder import Decoder, DecoderConfig
+from slm_jax.training import run_dir
 
 log = logging.getLogger("slm_jax")
 
@@ -51,7 +52,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 _NOT_EXPORTED = ("ctc_head",)
 
 
-class ModelDirError(ValueError):
+class ModelDirError(run_dir.ModelDirError):
     """MODEL_DIR does not hold what export needs (model config, complete checkpoint, expected params)."""
 
 
@@ -69,9 +70,7 @@ def parse_size(text: str) -> int:
 
 
 def load_model_config(model_dir: str) -> DecoderConfig:
-    from slm_jax.training.train import MODEL_CONFIG_FILE
-
-    path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    path = run_dir.path(model_dir, run_dir.MODEL_CONFIG_FILE)
     if not os.path.isfile(path):
         raise ModelDirError(f"{path}: no such file; is {model_dir} a slm-jax MODEL_DIR?")
     with open(path) as f:
@@ -300,7 +299,7 @@ def export_hf(model_dir: str, out_dir: str, *, step: int | None = None, family: 
     hf_layout.check_family(cfg, family)
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     _check_out_dir(out_dir)
-    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    ckpt_dir = run_dir.checkpoints_dir(model_dir)
     step = resolve_step(ckpt_dir, step)
     reader = CheckpointParamReader(ckpt_dir, step)
     try:

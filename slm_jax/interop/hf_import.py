@@ -41,6 +41,7 @@ from slm_jax.interop import hf_layout
 from slm_jax.interop.hf_layout import LeafSource, UnsupportedModelError, path_name
 from slm_jax.interop.hf_vocab import LAYOUTS, VocabExtension, VocabLayoutError, extend_rows, extend_tokenizer
 from slm_jax.models.decoder import DecoderConfig
+from slm_jax.training import run_dir
 
 log = logging.getLogger("slm_jax")
 
@@ -271,16 +272,15 @@ def save_tokenizer(hf_dir: str, extension: VocabExtension, out_dir: str) -> bool
 
 def _check_new_model_dir(model_dir: str) -> None:
     from slm_jax.training.checkpoints import list_complete_steps
-    from slm_jax.training.train import MODEL_CONFIG_FILE
 
-    steps = list_complete_steps(os.path.join(model_dir, "checkpoints"))
-    if steps or os.path.exists(os.path.join(model_dir, MODEL_CONFIG_FILE)):
+    steps = list_complete_steps(run_dir.checkpoints_dir(model_dir))
+    if steps or os.path.exists(run_dir.path(model_dir, run_dir.MODEL_CONFIG_FILE)):
         raise FileExistsError(f"--out={model_dir} already holds a model (checkpoint steps {steps}); "
                               "import into a new directory")
 
 
 def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool) -> None:
-    from slm_jax.training.train import write_run_files
+    from slm_jax.training.run_dir import write_run_files
 
     gin_text = model_gin(plan.model_cfg, plan.hf_dir, plan.family)
     write_run_files(model_dir, plan.model_cfg, gin_text)  # model_config.json: what train checks on resume
@@ -323,7 +323,7 @@ def import_hf(hf_dir: str, model_dir: str, *, vocab: dict | None = None, seed: i
     init_opt = jax.jit(trainer.tx.init, out_shardings=trainer.state_shardings["opt_state"])
     state = {"step": _place(np.zeros((), np.int32), abstract["step"].sharding), "params": params,
              "opt_state": init_opt(params)}
-    with CheckpointManager(os.path.join(model_dir, "checkpoints"), save_period=1, max_to_keep=None,
+    with CheckpointManager(run_dir.checkpoints_dir(model_dir), save_period=1, max_to_keep=None,
                            async_save=False) as ckpt:
         ckpt.save(0, state, force=True)
     if jax.process_index() == 0:

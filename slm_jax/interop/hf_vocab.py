@@ -1,7 +1,7 @@
 """Extend a text LM's vocabulary with speech tokens: id layout, new rows, tokenizer tokens.
 
 Layout: the text ids keep their ids [0, text_vocab_size) (the HF embedding rows); the
-speech ranges follow in `slm_jax.data.token_space.SpeechTextVocabulary`'s order
+speech ranges follow in `slm_jax.data.tokenizers.token_space.SpeechTextVocabulary`'s order
 ([Text], [Speech], units, pitch, style, language tags); the total is padded to a
 multiple of `pad_to_multiple` (128: MXU/tensor-core friendly, divisible by any tensor
 axis). The `spiritlm` layout is SpiritLM's (needs the 32000-row Llama-2 vocabulary).
@@ -68,7 +68,7 @@ class VocabExtension:
         """The `SpeechTextVocabulary` of this layout (text ids as placeholders); None without speech."""
         if self.layout == "none":
             return None
-        from slm_jax.data.token_space import SpeechTextVocabulary  # imports TensorFlow
+        from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary  # imports TensorFlow
         if self.layout == "spiritlm":
             return SpeechTextVocabulary.spiritlm(None)
         try:

@@ -6,6 +6,8 @@ import math
 
 import jax
 
+from slm_jax.training import run_dir
+
 # Dense bf16 peak FLOP/s per chip, by `device.device_kind` prefix (vendor data sheets).
 PEAK_BF16_FLOPS = (
     ("NVIDIA H100", 989e12),
@@ -54,7 +56,7 @@ class MetricsWriter:
 
     def __init__(self, model_dir: str, resume_step: int = 0, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = f"{model_dir.rstrip('/')}/metrics.jsonl"
+        self.path = run_dir.metrics_path(model_dir)
         self._tb = None
         if not self.enabled:
             return
@@ -67,7 +69,7 @@ class MetricsWriter:
         self._lines = kept
         self._flush_file()
         import tensorflow as tf
-        self._tb = tf.summary.create_file_writer(f"{model_dir.rstrip('/')}/tensorboard")
+        self._tb = tf.summary.create_file_writer(run_dir.path(model_dir, run_dir.TENSORBOARD))
 
     def _flush_file(self):
         # Rewrite whole (GCS has no append); metrics files are small.

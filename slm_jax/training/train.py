@@ -6,18 +6,16 @@ Order matters for users: every config error surfaces before the first compile.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gin
 import jax
 import numpy as np
 
-from slm_jax.models.decoder import DecoderConfig
-from slm_jax.training import distributed, partitioning
+from slm_jax.training import distributed, partitioning, run_dir
 from slm_jax.training.distributed import DistributedConfig
 from slm_jax.training.metrics import MetricsWriter, mfu
 from slm_jax.training.optimizer import OptimizerConfig
@@ -31,37 +29,15 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the last good checkpoint is left untouched."""
 
 
-class IncompatibleModelDirError(ValueError):
-    """MODEL_DIR holds a run whose model shapes differ from the requested model."""
-
-
 class ModelDataMismatchError(ValueError):
     """The model cannot represent the data (e.g. fewer embedding rows than token ids)."""
 
 
-MODEL_CONFIG_FILE = "model_config.json"
-
-
-def _gfile():
-    import tensorflow as tf
-    return tf.io.gfile
-
-
-def check_model_dir_compatible(model_dir: str, model_cfg: DecoderConfig) -> None:
-    """Refuse to resume a MODEL_DIR trained with different parameter shapes."""
-    path = f"{model_dir.rstrip('/')}/{MODEL_CONFIG_FILE}"
-    gfile = _gfile()
-    if not gfile.exists(path):
-        return
-    with gfile.GFile(path) as f:
-        saved = json.load(f)
-    wanted = model_cfg.shape_dict()
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-    if diff:
-        lines = ", ".join(f"DecoderConfig.{k}: saved {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-        raise IncompatibleModelDirError(
-            f"MODEL_DIR={model_dir} holds a model incompatible with the requested one ({lines}); "
-            f"use a new MODEL_DIR or the saved model config ({path})")
+# The MODEL_DIR layout lives in run_dir; these names stay importable from here.
+MODEL_CONFIG_FILE = run_dir.MODEL_CONFIG_FILE
+IncompatibleModelDirError = run_dir.IncompatibleModelDirError
+check_model_dir_compatible = run_dir.check_compatible
+write_run_files = run_dir.write_run_files
 
 
 def check_vocabulary_fits(run) -> None:
@@ -79,17 +55,6 @@ def check_vocabulary_fits(run) -> None:
                 f"DecoderConfig.vocab_size={run.model.vocab_size} is smaller than the vocabulary of "
                 f"{cfg.mixture_or_task_name!r} ({vocab_size} ids); set DecoderConfig.vocab_size >= {vocab_size} "
                 f"(a multiple of 128 is efficient)")
-
-
-def write_run_files(model_dir: str, model_cfg: DecoderConfig, config_str: str) -> None:
-    if jax.process_index() != 0:
-        return
-    gfile = _gfile()
-    gfile.makedirs(model_dir)
-    with gfile.GFile(f"{model_dir.rstrip('/')}/{MODEL_CONFIG_FILE}", "w") as f:
-        json.dump({**model_cfg.to_dict(), **model_cfg.shape_dict()}, f, indent=1, sort_keys=True)
-    with gfile.GFile(f"{model_dir.rstrip('/')}/config.gin", "w") as f:
-        f.write(config_str)
 
 
 def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
@@ -138,7 +103,7 @@ class TrainRun:
     """Everything one run needs; gin binds it as `train.*` (t5x style)."""
 
     model_dir: str = gin.REQUIRED
-    model: Any = gin.REQUIRED  # DecoderConfig or slm_jax.models.lst.LSTConfig
+    model: Any = gin.REQUIRED  # a registered model config: DecoderConfig or LSTConfig
     train_dataset: Any = gin.REQUIRED  # slm_jax.data.pipeline.DatasetConfig
     train_steps: int = gin.REQUIRED
     eval_dataset: Any = None
@@ -150,8 +115,10 @@ class TrainRun:
     log_period: int = 10
     eval_period: int = 0
     eval_steps: int = 10
-    # In-training benchmarks (slm_jax.evaluation.benchmarks names, e.g. 'ssc_en,stc_en'), run every
-    # `benchmark_period` steps (a multiple of log_period) and logged as `bench/<name>` next to the loss.
+    # In-training benchmarks (names the caller's scorer knows, e.g. 'ssc_en,stc_en' for
+    # slm_jax.evaluation.benchmarks), run every `benchmark_period` steps (a multiple of
+    # log_period) and logged as `bench/<name>` next to the loss. `run_training` receives the
+    # scorer as `benchmark_fn` (`slm-jax train` builds it), so training never imports evaluation.
     benchmarks: str = ""
     benchmark_period: int = 0
     seed: int = 0
@@ -178,8 +145,15 @@ def build_trainer(run: TrainRun, devices=None) -> Trainer:
                    run.train_steps, run.train_dataset.batch_size, run.train_dataset.sequence_length)
 
 
-def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
+BenchmarkFn = Callable[[Trainer, Any], dict[str, float]]
+
+
+def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn | None = None) -> dict[str, Any]:
     """Train until `run.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+    `benchmark_fn(trainer, params) -> {name: value}` scores `run.benchmarks` every
+    `run.benchmark_period` steps (e.g. `slm_jax.evaluation.benchmarks.in_training_scorer`);
+    ValueError if benchmarks are configured without one.
 
     Returns the last logged metrics (used by tests and the demo report); after a
     preemption notice (SIGTERM) it saves the step every process reached, returns early
@@ -196,7 +170,7 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
-    check_model_dir_compatible(model_dir, run.model)
+    run_dir.check_compatible(model_dir, run.model)
     check_vocabulary_fits(run)
     trainer = build_trainer(run)
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
@@ -204,15 +178,15 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
     eval_factory = None
     if run.eval_dataset is not None and run.eval_period:
         eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
-    bench_vocabulary = None
-    if run.benchmarks and run.benchmark_period:
-        from slm_jax.evaluation import benchmarks as bench
-        bench.parse_benchmarks(run.benchmarks)  # an unknown name fails before compiling
-        bench_vocabulary = bench.task_vocabulary(run.train_dataset.mixture_or_task_name)
-    write_run_files(model_dir, run.model, config_str)
+    if run.benchmarks and run.benchmark_period and benchmark_fn is None:
+        raise ValueError(f"train.benchmarks={run.benchmarks!r} needs a scorer: run through `slm-jax train` or pass "
+                         f"run_training(..., benchmark_fn=slm_jax.evaluation.benchmarks.in_training_scorer(...))")
+    if not (run.benchmarks and run.benchmark_period):
+        benchmark_fn = None
+    run_dir.write_run_files(model_dir, run.model, config_str)
 
     # 2. Restore or initialise.
-    ckpt = CheckpointManager(f"{model_dir.rstrip('/')}/checkpoints", save_period=run.checkpoint_period,
+    ckpt = CheckpointManager(run_dir.checkpoints_dir(model_dir), save_period=run.checkpoint_period,
                              max_to_keep=run.keep_checkpoints, async_save=run.async_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
@@ -264,9 +238,8 @@ def run_training(run: TrainRun, config_str: str = "") -> dict[str, Any]:
                 values["mfu"] = mfu(tps, flops_per_token, jax.device_count())
                 if eval_factory is not None and step % run.eval_period == 0:
                     values.update(evaluate(trainer, state["params"], eval_factory, run.eval_steps))
-                if bench_vocabulary is not None and step % run.benchmark_period == 0:
-                    values.update({f"bench/{k}": v for k, v in bench.run_benchmarks(
-                        trainer, state["params"], run.benchmarks, bench_vocabulary).items()})
+                if benchmark_fn is not None and step % run.benchmark_period == 0:
+                    values.update({f"bench/{k}": v for k, v in benchmark_fn(trainer, state["params"]).items()})
                 writer.write(step, values)
                 last = {"step": step, **values}
                 if bar is not None:

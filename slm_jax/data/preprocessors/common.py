@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.vocab import UnitVocabulary
+from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
 
 # Feature description for unit TFRecords (see demo_corpus.py for the schema).
 UNIT_FEATURE_DESCRIPTION = {

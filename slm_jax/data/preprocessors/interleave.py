@@ -41,7 +41,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data.preprocessors import as_ragged, run_length_dedup
+from slm_jax.data.preprocessors.common import as_ragged, run_length_dedup
 
 SIDES = ("a", "b")
 STARTS = ("random", "a", "b")

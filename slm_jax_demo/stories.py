@@ -4,7 +4,7 @@ The cross-lingual interleaving recipe (SEEDS.md section 1) needs sentence-aligne
 stories: sentence i of the French story translates sentence i of the English one, so the
 two languages can be interleaved at sentence boundaries. Real spoken TinyStories EN-FR is
 ~42k hours; this module generates a small stand-in with a known structure, from which
-`slm_jax.speech.tts` makes speech with exact word and sentence times.
+`slm_jax_demo.tts` makes speech with exact word and sentence times.
 
 Each story has a topic (sea, forest, school, kitchen, farm, city) whose vocabulary (places,
 objects, animals, landmarks) belongs to that topic only, so TopicCloze is meaningful. A story

@@ -6,10 +6,10 @@ Registered names:
 
 Importing this module does no I/O: the corpus is generated (into
 `$SLM_JAX_DATA_DIR/demo_units_v1`, default `~/.cache/slm_jax/data`) the first time
-a dataset is built. Use it with `--module_import=tasks.demo`.
+a dataset is built. Use it with `--module_import=slm_jax.testing.tasks`.
 """
 
-from slm_jax.data import demo_corpus
+from slm_jax.testing import unit_corpus as demo_corpus
 from slm_jax.data.registration import register_mixture, register_unit_task
 
 DEMO_TASKS = {lang: f"demo_units_{lang}" for lang in demo_corpus.LANGS}

@@ -83,8 +83,11 @@ def _normalised_features(featurizer, wave) -> np.ndarray:
 
 def build(root: str, params: DemoCorpusParams) -> None:
     """Builds the corpus into `root` (atomically). Minutes on 2 CPU cores."""
-    from slm_jax.data import corpus, spm, stories as stories_lib
-    from slm_jax.speech import kmeans, tts
+    from slm_jax.data import corpus
+    from slm_jax.data.tokenizers import spm
+    from slm_jax_demo import stories as stories_lib
+    from slm_jax.speech import kmeans
+    from slm_jax_demo import tts
     from slm_jax.speech.pipeline import make_featurizer
 
     tts.ensure_espeak()

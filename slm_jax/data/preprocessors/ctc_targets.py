@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import tensorflow as tf
 
 if TYPE_CHECKING:  # data/ does not import models/ at run time (no JAX needed to build pipelines)
-    from slm_jax.models.ctc import CharVocabulary
+    from slm_jax.data.tokenizers.chars import CharVocabulary
 
 CTC_TARGETS_KEY = "ctc_targets"
 

@@ -19,7 +19,7 @@ Importing does no I/O; the corpus is built on the first dataset request.
 
 CTC task. `CTC_CHARS` is a fixed lowercase-only `CharVocabulary` over `CTC_ALPHABET`
 (English and French letters incl. the accents and ligatures French uses, digits, space,
-punctuation): every character `slm_jax.data.stories` writes, lowercased, and some margin.
+punctuation): every character `slm_jax_demo.stories` writes, lowercased, and some margin.
 Fixed, so ids never depend on a corpus build; it is built on first access (importing
 this module does not import JAX/flax). `spoken_demo_speech_ctc_en` gives the same targets
 as `spoken_demo_speech_en` plus `ctc_targets` = [sentinel] + char ids of the record's
@@ -35,11 +35,17 @@ when `ctc_length` is given.
 import functools
 import os
 
-from slm_jax.data import corpus, interleave, task_formats, word_interleave
-from slm_jax.data.ctc_targets import add_ctc_targets
+from slm_jax.data import corpus
+
+from slm_jax.data.preprocessors import interleave
+
+from slm_jax.data.preprocessors import task_formats
+
+from slm_jax.data.preprocessors import word_interleave
+from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets
 from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
-from slm_jax.data.spoken_demo import DemoCorpusParams, ensure_spoken_demo_corpus
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
 LANGS = ("en", "fr")
 NUM_UNITS = DemoCorpusParams.num_units
@@ -76,7 +82,7 @@ def ctc_chars():
     """`CharVocabulary(CTC_ALPHABET)`, built (and `slm_jax.models.ctc` imported) on first use."""
     global _ctc_chars
     if _ctc_chars is None:
-        from slm_jax.models.ctc import CharVocabulary
+        from slm_jax.data.tokenizers.chars import CharVocabulary
         _ctc_chars = CharVocabulary(CTC_ALPHABET)
     return _ctc_chars
 

@@ -186,7 +186,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         if sp.eos_id() < 0:
             raise ValueError(
                 f"SpeechTextVocabulary: sentencepiece_model {self._model_name()} has no EOS piece; "
-                "train it with eos_id set (see slm_jax.data.spm.train_sentencepiece)"
+                "train it with eos_id set (see slm_jax.data.tokenizers.spm.train_sentencepiece)"
             )
         self._text_size = n
         self._pad = sp.pad_id() if sp.pad_id() >= 0 else 0  # no pad piece: seqio's 0 (see docstring)

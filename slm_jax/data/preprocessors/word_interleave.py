@@ -2,7 +2,7 @@
 
 `word_interleave` turns corpus records with word alignments into sequences like
 `[Text] the cat [Speech] [Hu3] [Hu7] ... [Text] the mat EOS` (output features as in
-`slm_jax.data.interleave`). Which words are speech follows slamkit's span policies
+`slm_jax.data.preprocessors.interleave`). Which words are speech follows slamkit's span policies
 (`random`, `span`, `poisson`); how spans become tokens is `interleave_rows`.
 
 Why batched: a per-record implementation costs ~100 small TF ops per record (~0.8 ms of
@@ -27,7 +27,7 @@ import types
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.interleave import (
+from slm_jax.data.preprocessors.interleave import (
     _check_choice,
     _check_fraction,
     _dense,
@@ -37,7 +37,7 @@ from slm_jax.data.interleave import (
     dedup_rows,
     frame_bounds,
 )
-from slm_jax.data.preprocessors import DEFAULT_BATCH_RECORDS, as_ragged, vectorized
+from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, vectorized
 
 POLICIES = ("random", "span", "poisson")
 
@@ -218,7 +218,7 @@ def interleave_rows(
 
     Difference from slamkit: slamkit deduplicates the whole utterance first and keeps the
     deduplicated units whose END time lies in [start, end]; here frames are chosen by
-    START time (`slm_jax.data.interleave` docstring) and deduplicated within the span, so
+    START time (`slm_jax.data.preprocessors.interleave` docstring) and deduplicated within the span, so
     a span's units never depend on frames outside it.
 
     `word_tokens` ([N, (ids)], one row per flat word): the corpus's pre-tokenized

@@ -33,8 +33,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from slm_jax.data.preprocessors import run_length_dedup
-from slm_jax.data.token_space import MODALITY_SPEECH, MODALITY_TEXT, SpeechTextVocabulary
+from slm_jax.data.preprocessors.common import run_length_dedup
+from slm_jax.data.tokenizers.token_space import MODALITY_SPEECH, MODALITY_TEXT, SpeechTextVocabulary
 
 SPEECH = "speech"
 TEXT = "text"

@@ -4,7 +4,7 @@ The ids follow the T5/seqio convention (0 PAD, 1 EOS, 2 UNK, no BOS) so padding 
 and `seqio` feature converters work unchanged. Training is deterministic: the sentences
 are read in order (`shuffle_input_sentence=false`) up to `input_sentence_size`.
 
-CLI: `python -m slm_jax.data.spm --input='corpus/*.tfrecord' --model_prefix=spm/en
+CLI: `python -m slm_jax.data.tokenizers.spm --input='corpus/*.tfrecord' --model_prefix=spm/en
 --vocab_size=8000` (corpus shards via `slm_jax.data.corpus.iter_utterances`), or
 `--text_files='transcripts/*.txt'` (one transcript per line).
 """

@@ -1,0 +1,114 @@
+"""The MODEL_DIR layout, owned in one place (training writes it; evaluation, interop and
+the CLI read it).
+
+    MODEL_DIR/
+      checkpoints/<step>/   Orbax steps: params, opt_state, step, each process's data position
+      config.gin            the full gin config of the run (`gin.config_str()`)
+      model_config.json     the model's fields + parameter shapes (resume compatibility record)
+      metrics.jsonl         one JSON object per logged step
+      tensorboard/          the same scalars as TensorBoard events
+      eval/<step>.json      `slm-jax eval` results (+ accuracy.png)
+
+Paths may be local or `gs://` (through `tf.io.gfile` where TensorFlow is installed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+CHECKPOINTS = "checkpoints"
+CONFIG_GIN = "config.gin"
+MODEL_CONFIG_FILE = "model_config.json"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+EVAL = "eval"
+
+
+class IncompatibleModelDirError(ValueError):
+    """MODEL_DIR holds a run whose model shapes differ from the requested model."""
+
+
+class ModelDirError(ValueError):
+    """A path that is not a usable slm_jax MODEL_DIR (missing or unreadable run files)."""
+
+
+def path(model_dir: str, *parts: str) -> str:
+    """`model_dir/part/...` for local and `gs://` paths alike (no os.path: gs:// keeps '//')."""
+    return "/".join([str(model_dir).rstrip("/"), *parts])
+
+
+def checkpoints_dir(model_dir: str) -> str:
+    return path(model_dir, CHECKPOINTS)
+
+
+def metrics_path(model_dir: str) -> str:
+    return path(model_dir, METRICS_FILE)
+
+
+def eval_dir(model_dir: str) -> str:
+    return path(model_dir, EVAL)
+
+
+def _gfile():
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+def read_model_config(model_dir: str) -> dict[str, Any] | None:
+    """The saved `model_config.json` as a dict, or None when the run has none yet."""
+    p, gfile = path(model_dir, MODEL_CONFIG_FILE), _gfile()
+    if not gfile.exists(p):
+        return None
+    with gfile.GFile(p) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ModelDirError(f"{p}: not valid JSON ({err})") from err
+
+
+def check_compatible(model_dir: str, model_cfg) -> None:
+    """Refuse to resume a MODEL_DIR trained with different parameter shapes.
+
+    `model_cfg` is any model config with `shape_dict()` (DecoderConfig, LSTConfig).
+    Raises IncompatibleModelDirError naming every differing `DecoderConfig.<field>`.
+    """
+    saved = read_model_config(model_dir)
+    if saved is None:
+        return
+    wanted = model_cfg.shape_dict()
+    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if diff:
+        lines = ", ".join(f"DecoderConfig.{k}: saved {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise IncompatibleModelDirError(
+            f"MODEL_DIR={model_dir} holds a model incompatible with the requested one ({lines}); "
+            f"use a new MODEL_DIR or the saved model config ({path(model_dir, MODEL_CONFIG_FILE)})")
+
+
+def write_run_files(model_dir: str, model_cfg, config_str: str) -> None:
+    """`model_config.json` (fields + shapes) and `config.gin`; process 0 only in a multi-process job."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    gfile = _gfile()
+    gfile.makedirs(str(model_dir))
+    with gfile.GFile(path(model_dir, MODEL_CONFIG_FILE), "w") as f:
+        json.dump({**model_cfg.to_dict(), **model_cfg.shape_dict()}, f, indent=1, sort_keys=True)
+    with gfile.GFile(path(model_dir, CONFIG_GIN), "w") as f:
+        f.write(config_str)
+
+
+def has_run(model_dir: str) -> bool:
+    """True when MODEL_DIR already holds run files or a complete checkpoint."""
+    from slm_jax.training.checkpoints import list_complete_steps
+    return bool(list_complete_steps(checkpoints_dir(model_dir))) or read_model_config(model_dir) is not None
+
+
+def restore_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, params) of a checkpoint as host numpy arrays, without the optimizer state.
+
+    `step` defaults to the latest complete checkpoint. Raises FileNotFoundError naming
+    the checkpoints folder when there is none (for that step).
+    """
+    from slm_jax.training.checkpoints import restore_params_to_host
+    return restore_params_to_host(checkpoints_dir(model_dir), step)
