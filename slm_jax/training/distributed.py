@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import os
 import re
 from typing import Mapping, Sequence
@@ -43,6 +44,7 @@ ENV_PROCESS_ID = "SLM_JAX_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS = "SLM_JAX_LOCAL_DEVICE_IDS"
 ENV_COORDINATOR_PORT = "SLM_JAX_COORDINATOR_PORT"
 MODES = ("auto", "off", "explicit", "slurm", "tpu")
+CPU_COLLECTIVES = ("gloo", "mpi")  # values of jax_cpu_collectives_implementation
 
 
 class DistributedConfigError(ConfigError):
@@ -52,16 +54,55 @@ class DistributedConfigError(ConfigError):
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-    """How this process joins the job (see the module docstring); None: from the environment."""
+    """How this process joins the job (gin: `DistributedConfig.*`; see the module docstring).
+
+    None means "from the environment" (then SLURM, then the default). Every field is
+    checked in `__post_init__`; values from the environment are checked by `resolve`.
+
+    Attributes:
+      mode: one of 'auto', 'off', 'explicit', 'slurm', 'tpu', or None ($SLM_JAX_DISTRIBUTED, else 'auto').
+      coordinator_address: 'host:port' of process 0, port in [1, 65535]; or None.
+      num_processes: processes in the job; int >= 1, or None.
+      process_id: this process's rank; int in [0, num_processes), or None.
+      local_device_ids: ids of the local devices this process uses; distinct ints >= 0 (a
+        sequence, or a comma-separated string like $SLM_JAX_LOCAL_DEVICE_IDS), or None (all visible).
+      initialization_timeout_s: seconds to wait for every process to reach the coordinator; int >= 1.
+      cpu_collectives: cross-process collectives on CPU devices (tests, CPU clusters): 'gloo'
+        or 'mpi'; GPU/TPU use their own.
+
+    Raises DistributedConfigError (a ConfigError) naming `DistributedConfig.<field>`.
+    """
 
     mode: str | None = None
-    coordinator_address: str | None = None  # 'host:port' of process 0
+    coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
-    local_device_ids: Sequence[int] | None = None
+    local_device_ids: Sequence[int] | str | None = None
     initialization_timeout_s: int = 300
-    # Cross-process collectives on CPU devices (tests, CPU clusters); GPU/TPU use their own.
     cpu_collectives: str = "gloo"
+
+    def __post_init__(self):
+        def check(field: str, ok: bool, rule: str):
+            if not ok:
+                raise DistributedConfigError(f"DistributedConfig.{field}={getattr(self, field)!r}: must be {rule}")
+
+        check("mode", self.mode is None or self.mode in MODES, f"None or one of {', '.join(MODES)}")
+        if self.coordinator_address is not None:
+            _check_address(self.coordinator_address, "DistributedConfig.coordinator_address")
+        check("num_processes", self.num_processes is None or (_is_int(self.num_processes)
+                                                              and self.num_processes >= 1), "None or an int >= 1")
+        check("process_id", self.process_id is None or (_is_int(self.process_id) and self.process_id >= 0),
+              "None or an int >= 0")
+        check("process_id", None in (self.process_id, self.num_processes) or self.process_id < self.num_processes,
+              f"< DistributedConfig.num_processes={self.num_processes}")
+        if self.local_device_ids is not None:
+            if not isinstance(self.local_device_ids, str):
+                check("local_device_ids", isinstance(self.local_device_ids, Sequence)
+                      and all(_is_int(i) for i in self.local_device_ids), "None or a sequence of ints")
+            _device_ids(self.local_device_ids, "DistributedConfig.local_device_ids")
+        check("initialization_timeout_s", _is_int(self.initialization_timeout_s)
+              and self.initialization_timeout_s >= 1, "an int >= 1 (seconds)")
+        check("cpu_collectives", self.cpu_collectives in CPU_COLLECTIVES, f"one of {', '.join(CPU_COLLECTIVES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +118,28 @@ class JoinPlan:
     @property
     def joins(self) -> bool:
         return self.method == "tpu" or (self.method != "single" and self.num_processes > 1)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_address(address, source: str) -> str:
+    """`address` if it is 'host:port' (port in [1, 65535]); DistributedConfigError naming `source` if not."""
+    host, _, port = str(address).rpartition(":")
+    if not (isinstance(address, str) and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise DistributedConfigError(f"{source}={address!r}: expected host:port (port in [1, 65535])")
+    return address
+
+
+def _device_ids(ids, source: str) -> tuple[int, ...]:
+    """Distinct ints >= 0 from a sequence or a comma-separated string; DistributedConfigError if not."""
+    if isinstance(ids, str):
+        ids = [part for part in ids.split(",") if part.strip()]
+    parsed = tuple(_int_setting(i, source) for i in ids)
+    if any(i < 0 for i in parsed) or len(set(parsed)) != len(parsed):
+        raise DistributedConfigError(f"{source}={ids!r}: device ids must be distinct ints >= 0")
+    return parsed
 
 
 def _int_setting(value, source: str) -> int:
@@ -144,7 +207,11 @@ def _method(mode: str, has_coordinator: bool, env: Mapping[str, str]) -> str:
 
 
 def resolve(cfg: DistributedConfig, env: Mapping[str, str] | None = None) -> JoinPlan:
-    """Decide how to join from gin + environment; pure (tests pass a fake `env`)."""
+    """Decide how to join from gin + environment; pure (tests pass a fake `env`, default os.environ).
+
+    Raises DistributedConfigError naming the gin key or environment variable that is
+    missing, malformed or inconsistent.
+    """
     env = os.environ if env is None else env
     coordinator = _pick(cfg.coordinator_address, "coordinator_address", env, ENV_COORDINATOR)
     method = _method(_mode(cfg, env), coordinator[0] is not None, env)
@@ -166,9 +233,7 @@ def _coordinator_address(method: str, picked: tuple, env: Mapping[str, str]) -> 
                                      "--gin.DistributedConfig.coordinator_address='host:port'")
     if address is None:
         address, source = _slurm_coordinator(env), "SLURM_STEP_NODELIST"
-    if ":" not in str(address):
-        raise DistributedConfigError(f"{source}={address!r}: expected host:port")
-    return str(address)
+    return _check_address(str(address), source)
 
 
 def _process_numbers(cfg: DistributedConfig, env: Mapping[str, str], address: str) -> tuple[int, int]:
@@ -189,15 +254,16 @@ def _process_numbers(cfg: DistributedConfig, env: Mapping[str, str], address: st
 
 def _local_device_ids(cfg: DistributedConfig, env: Mapping[str, str]) -> tuple[int, ...] | None:
     ids, source = _pick(cfg.local_device_ids, "local_device_ids", env, ENV_LOCAL_DEVICE_IDS)
-    if ids is None:
-        return None
-    if isinstance(ids, str):
-        ids = [part for part in ids.split(",") if part.strip()]
-    return tuple(_int_setting(i, source) for i in ids)
+    return None if ids is None else _device_ids(ids, source)
 
 
 def initialize(cfg: DistributedConfig | None = None) -> JoinPlan:
-    """Join the job described by `cfg` + environment (no-op for one process, or if joined)."""
+    """Join the job described by `cfg` + environment (no-op for one process, or if joined).
+
+    Must run before any JAX device use. Returns the JoinPlan it followed. Raises
+    DistributedConfigError for bad settings (see `resolve`) or when joining fails (e.g. a
+    process misses the coordinator within `cfg.initialization_timeout_s` seconds).
+    """
     cfg = cfg or DistributedConfig()
     plan = resolve(cfg)
     if not plan.joins or jax.distributed.is_initialized():
