@@ -1,12 +1,13 @@
 # make demo: set up .venv, build the spoken demo corpus, train gin/runs/demo_cpu.gin, report, evaluate (sSC/sTC table).
-# make test: set up .venv and run the test suite (CPU, 8 fake devices).
+# make test: set up .venv and run the test suite (CPU, 8 fake devices): every tier that can run here.
+# make test-fast: the inner loop: deselects the slow, multiprocess, tpu_aot, espeak and gpu tiers.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean bench espeak
+.PHONY: demo test test-fast install clean bench espeak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ demo: $(STAMP) espeak
 # Tests synthesize a small spoken corpus too, so espeak-ng must be present.
 test: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 tests
+
+test-fast: $(STAMP)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest -n 2 -m "not slow and not multiprocess and not tpu_aot and not espeak and not gpu" tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --gin_file=gin/models/tiny.gin --steps=5

@@ -123,3 +123,18 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]
             rest.append(arg)
         i += 1
     return files, bindings, modules, rest
+
+
+def setup(argv: Sequence[str], *, required: bool = True, what: str = "a run file") -> list[str]:
+    """The one gin setup of every command: pulls --gin_file / --gin.NAME=VALUE /
+    --module_import out of `argv`, parses them (gin cleared first) and returns the other args.
+
+    `required`: a ConfigError when no --gin_file or binding is given (`what` says which file).
+    Without any gin flag and `required=False`, gin is left untouched.
+    """
+    files, bindings, modules, rest = split_gin_args(argv)
+    if required and not files and not bindings:
+        raise ConfigError(f"no --gin_file given ({what}, e.g. --gin_file=gin/runs/demo_cpu.gin)")
+    if files or bindings or modules:
+        parse_gin(files, bindings, modules)
+    return rest

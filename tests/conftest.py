@@ -1,8 +1,11 @@
 """Test setup: CPU only, 8 fake devices for sharding tests, a temp data dir."""
 import os
 
-# Must be set before jax is imported anywhere.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Must be set before jax is imported anywhere. SLM_JAX_TEST_GPU=1 (on a GPU machine) keeps
+# the real accelerator for the `gpu` tier; everything else runs on 8 fake CPU devices.
+GPU_RUN = os.environ.get("SLM_JAX_TEST_GPU") == "1"
+if not GPU_RUN:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
@@ -20,3 +23,18 @@ def demo_data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("slm_jax_data")
     os.environ["SLM_JAX_DATA_DIR"] = str(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip unless SLM_JAX_TEST_GPU=1 and JAX sees a GPU."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    reason = "needs a GPU: run `SLM_JAX_TEST_GPU=1 pytest -m gpu tests` on a GPU machine"
+    if GPU_RUN:
+        import jax
+        if any(d.platform == "gpu" for d in jax.devices()):
+            return
+        reason = f"SLM_JAX_TEST_GPU=1 but JAX sees no GPU ({jax.devices()[0].platform})"
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))

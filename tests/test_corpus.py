@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from slm_jax.data import corpus
 
+from slm_jax.cli import prepare_import
 from slm_jax.data.corpus import importers
 from slm_jax.data.corpus import BadRecordError, Utterance
 
@@ -339,10 +340,10 @@ def test_import_main_end_to_end(tmp_path, capsys, caplog):
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = str(tmp_path / "out" / "sp")
     argv = ["--format=spiritlm", f"--input={src}", f"--output={out}", "--num_units=500"]
-    assert importers.import_main(argv) == 1
+    assert prepare_import.import_main(argv) == 1
     assert "in.jsonl:2: record 'b': units[1]=500 out of range" in capsys.readouterr().err
     with caplog.at_level(logging.WARNING, logger="slm_jax.data.corpus"):
-        assert importers.import_main(argv + ["--on_bad_record=skip", "--num_shards=2"]) == 0
+        assert prepare_import.import_main(argv + ["--on_bad_record=skip", "--num_shards=2"]) == 0
     assert "skipped 2 bad record(s) of 3" in caplog.text and "duplicate id (first at" in caplog.text
     assert "wrote 1 record(s) to 2 shard(s)" in capsys.readouterr().out
     assert list(corpus.read_tfrecord(out + "-*")) == [

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from slm_jax.cli import export_hf as export_hf_cli, import_hf as import_hf_cli
 from slm_jax.interop import hf_export, hf_import
 from slm_jax.interop.hf_import import CheckpointMismatchError, import_hf
 from slm_jax.interop.hf_layout import UnsupportedModelError
@@ -96,7 +97,7 @@ def imported_params(model_dir, step=None):
 
 def our_logits(model_dir, tokens):
     cfg = dataclasses.replace(hf_export.load_model_config(model_dir), **F32)
-    return np.asarray(Decoder(cfg).apply({"params": imported_params(model_dir)}, tokens))
+    return np.asarray(Decoder(cfg).apply({"params": imported_params(model_dir)}, tokens).logits)
 
 
 def assert_close(got, want):
@@ -138,19 +139,19 @@ def test_import_and_export_match_transformers(tmp_path, family, tie, scan, shard
 def test_command_line_round_trip_and_model_gin(tmp_path, capsys):
     hf_dir = save_hf_model(tmp_path / "hf", "llama", tie=False)
     model_dir, out = str(tmp_path / "model"), str(tmp_path / "exported")
-    assert hf_import.cmd_import_hf([hf_dir, "--out", model_dir, "--no_scan_layers"]) == 0
+    assert import_hf_cli.cmd_import_hf([hf_dir, "--out", model_dir, "--no_scan_layers"]) == 0
     assert "model.gin" in capsys.readouterr().out
     with open(os.path.join(model_dir, "model.gin")) as f:
         bindings = dict(line.split(" = ") for line in f.read().splitlines() if not line.startswith("#"))
     assert bindings["DecoderConfig.vocab_size"] == str(TEXT_VOCAB)
     assert bindings["DecoderConfig.scan_layers"] == "False"
     assert bindings["DecoderConfig.rope_theta"] == "1000.0"
-    assert hf_export.cmd_export_hf([model_dir, "--out", out, "--dtype", "bfloat16"]) == 0
+    assert export_hf_cli.cmd_export_hf([model_dir, "--out", out, "--dtype", "bfloat16"]) == 0
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["dtype"] == "bfloat16"
     tokens = random_tokens(TEXT_VOCAB)
     np.testing.assert_allclose(hf_logits(out, tokens), hf_logits(hf_dir, tokens), atol=0.1)  # bf16 weights
-    assert hf_import.cmd_import_hf([hf_dir, "--out", model_dir]) == 2
+    assert import_hf_cli.cmd_import_hf([hf_dir, "--out", model_dir]) == 2
     assert "already holds a model" in capsys.readouterr().err
 
 
@@ -371,7 +372,7 @@ def test_bad_checkpoints_fail_early(hf_model_dir, tmp_path, breakage):
 
 
 def test_export_refuses_a_model_dir_without_a_checkpoint(tmp_path, capsys):
-    assert hf_export.cmd_export_hf([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert export_hf_cli.cmd_export_hf([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "model_config.json: no such file" in capsys.readouterr().err
 
 

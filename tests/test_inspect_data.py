@@ -1,5 +1,4 @@
 """`slm-jax data show|stats` helpers and the matched-token-budget mixture rates."""
-import io
 
 import numpy as np
 import pytest
@@ -36,9 +35,7 @@ def test_render_without_colour_uses_tags_and_with_colour_marks_modalities():
 
 def test_show_and_stats_on_a_registered_task(demo_data_dir):
     import slm_jax.testing.tasks  # noqa: F401
-    out = io.StringIO()
-    inspect_data.show("demo_units_mix", n=2, split="validation", colour=False, out=out)
-    text = out.getvalue()
+    text = inspect_data.show("demo_units_mix", n=2, split="validation", colour=False)
     assert "== demo_units_en (validation)" in text and "== demo_units_fr (validation)" in text
     assert text.count("-- [") == 4
     table = inspect_data.stats("demo_units_en", split="validation")

@@ -8,7 +8,8 @@ import random
 import pytest
 import tensorflow as tf
 
-from slm_jax.data.tokenizers.spm import spm_main, train_sentencepiece
+from slm_jax.cli.prepare_spm import spm_main
+from slm_jax.data.tokenizers.spm import train_sentencepiece
 from slm_jax.data.tokenizers.token_space import (
     MODALITY_MARKER,
     MODALITY_PAD,

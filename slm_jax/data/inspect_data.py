@@ -1,4 +1,4 @@
-"""`slm-jax data show|stats`: look at what a task or mixture feeds the model.
+"""What a task or mixture feeds the model (`slm-jax data show|stats`, slm_jax.cli.data).
 
 `show` decodes the first examples with each modality told apart (ANSI colours on a
 terminal, SpiritLM-style tags otherwise); `stats` counts tokens per task and modality;
@@ -7,9 +7,7 @@ the cross-lingual paper makes under matched training-token budgets.
 """
 from __future__ import annotations
 
-import argparse
 import collections
-import sys
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -88,18 +86,21 @@ def leaf_tasks(name: str):
 
 
 def show(name: str, n: int = 3, split: str = "train", sequence_length: int | None = None,
-         colour: bool | None = None, out=sys.stdout) -> None:
-    colour = out.isatty() if colour is None else colour
+         colour: bool = False) -> str:
+    """The first `n` examples of each task of `name`, decoded (one header line per task,
+    one stats line + one rendered line per example); ANSI colours when `colour`."""
+    lines = []
     for task in leaf_tasks(name):
         vocab = task.output_features["targets"].vocabulary
-        print(f"== {task.name} ({split})", file=out)
+        lines.append(f"== {task.name} ({split})")
         for i, ex in enumerate(_examples(task, split, sequence_length, n)):
             ids = ex["targets"]
             stats = " ".join(f"{k}={v}" for k, v in example_stats(vocab, ids).items())
             ident = ex.get("id", b"")
             ident = ident.decode() if isinstance(ident, bytes) else str(ident)
-            print(f"-- [{i}] {ident} {stats}", file=out)
-            print(render_example(vocab, ids, colour), file=out)
+            lines.append(f"-- [{i}] {ident} {stats}")
+            lines.append(render_example(vocab, ids, colour))
+    return "\n".join(lines)
 
 
 def stats(name: str, split: str = "train", max_examples: int | None = None,
@@ -133,42 +134,3 @@ def rates_for_token_shares(tokens_per_example: Mapping[str, float], shares: Mapp
     raw = {t: shares[t] / tokens_per_example[t] for t in shares}
     total = sum(raw.values())
     return {t: r / total for t, r in raw.items()}
-
-
-def data_main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="slm-jax data", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_show = sub.add_parser("show", help="decode the first examples of a task/mixture")
-    p_show.add_argument("name")
-    p_show.add_argument("-n", type=int, default=3)
-    p_show.add_argument("--split", default="train")
-    p_show.add_argument("--sequence_length", type=int, default=None)
-    p_show.add_argument("--colour", choices=["auto", "always", "never"], default="auto")
-    p_stats = sub.add_parser("stats", help="token counts per task and modality")
-    p_stats.add_argument("name")
-    p_stats.add_argument("--split", default="train")
-    p_stats.add_argument("--max_examples", type=int, default=None)
-    p_stats.add_argument("--sequence_length", type=int, default=None)
-    p_stats.add_argument("--token_shares", default=None,
-                         help="task=share,... : print mixture rates giving these TOKEN shares (matched budgets)")
-    args = parser.parse_args(argv)
-    if args.cmd == "show":
-        colour = {"auto": None, "always": True, "never": False}[args.colour]
-        show(args.name, args.n, args.split, args.sequence_length, colour)
-        return 0
-    table = stats(args.name, args.split, args.max_examples, args.sequence_length)
-    keys = ["examples", "tokens", "tokens_per_example", "speech", "text", "marker", "modality_runs"]
-    print("task".ljust(32) + "".join(k.rjust(20) for k in keys))
-    for task, row in table.items():
-        print(task.ljust(32) + "".join(f"{row.get(k, 0):20,.1f}" if isinstance(row.get(k, 0), float)
-                                       else f"{row.get(k, 0):20,d}" for k in keys))
-    if args.token_shares:
-        try:
-            shares = {t: float(v) for t, v in (item.split("=") for item in args.token_shares.split(","))}
-        except ValueError:
-            raise ValueError(f"--token_shares={args.token_shares!r}: expected task=share,task=share") from None
-        rates = rates_for_token_shares({t: r["tokens_per_example"] for t, r in table.items()}, shares)
-        print("\nmixture rates for the requested token shares (register_mixture(name, [(task, rate), ...])):")
-        for task, rate in rates.items():
-            print(f"  ({task!r}, {rate:.6f}),")
-    return 0

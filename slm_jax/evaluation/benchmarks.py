@@ -1,18 +1,18 @@
-"""Named benchmarks, a suite that loads them once, and `run_benchmarks` for the training loop.
+"""Named benchmarks, a suite that loads them once, and an in-training scorer.
 
 Names (`--benchmarks=a,b,...`):
 
-    ssc_en ssc_fr ssc_en_fr ssc_fr_en      spoken StoryCloze of the demo corpus (EN, FR, EN->FR, FR->EN)
-    stc_en stc_fr stc_en_fr stc_fr_en      spoken TopicCloze of the demo corpus
-    align_en_fr                            hidden-state alignment of the demo's parallel validation
-                                           stories (`align_en_fr:sentence`: per aligned sentence)
-    demo                                   all of the above
-    PATH.jsonl                             any pair file (`cloze.py` formats)
-    DIR                                    a folder of SpokenStoryCloze-named audio (needs a codebook)
+    NAME                    a registered benchmark (`register_cloze` / `register_alignment`; the
+                            spoken demo registers ssc_en ssc_fr ssc_en_fr ssc_fr_en, stc_*,
+                            align_en_fr when `slm_jax_demo.tasks` is imported)
+    SUITE                   a registered suite of names (the demo's `demo`)
+    PATH.jsonl              any pair file (`cloze.py` formats)
+    DIR                     a folder of SpokenStoryCloze-named audio (needs a codebook)
 
 A cloze name may end in `:XY` with X the prompt's and Y the endings' modality, `s`
 (speech, the default `:ss`) or `t` (text): `ssc_en:ts` scores spoken endings after a text
-prompt (cross-modal; text needs a vocabulary with a SentencePiece model).
+prompt (cross-modal; text needs a vocabulary with a SentencePiece model). An alignment
+name may end in `:sentence` (per aligned sentence) or `:utterance` (the default).
 
 Results are flat `{name: value}` dicts: a cloze benchmark gives its accuracy under its
 name, alignment gives `<name>/cos_parallel`, `<name>/cos_random`, `<name>/r1_en_fr`,
@@ -24,19 +24,15 @@ import dataclasses
 import functools
 import glob
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from slm_jax.evaluation import alignment, cloze
 from slm_jax.evaluation.likelihood import LikelihoodScorer
 from slm_jax.evaluation.runner import ModelRunner
 from slm_jax.evaluation.sequences import SPEECH, TEXT, SequenceFormat, modality_of_ids, real_vocabulary
 
-CLOZE_KINDS = ("ssc", "stc")
-LANG_PAIRS = ("en", "fr", "en_fr", "fr_en")
-DEMO_CLOZE = tuple(f"{k}_{p}" for k in CLOZE_KINDS for p in LANG_PAIRS)
-DEMO_ALIGNMENT = "align_en_fr"
-DEMO_SUITE = (*DEMO_CLOZE, DEMO_ALIGNMENT)
 MODALITY_LETTERS = {"s": SPEECH, "t": TEXT}
+RootFn = Callable[[str | None], str]  # data_dir (None: the default) -> the folder a source is relative to
 
 
 class BenchmarkError(ValueError):
@@ -47,8 +43,8 @@ class BenchmarkError(ValueError):
 class BenchmarkSpec:
     name: str
     kind: str  # "cloze" | "audio_cloze" | "alignment"
-    source: str  # a demo-corpus relative path, a file or a folder
-    demo: bool = False  # source is relative to the demo corpus root
+    source: str  # a file or folder, or a path relative to root_fn(data_dir)
+    root_fn: RootFn | None = None  # e.g. the spoken demo's corpus (built on first use)
     prompt_modality: str = SPEECH
     ending_modality: str = SPEECH
     level: str = "utterance"
@@ -65,7 +61,7 @@ class EvalOptions:
     dedup: bool = True
     markers: bool = True
     lang_tags: bool = False
-    data_dir: str | None = None  # demo corpus location (default $SLM_JAX_DATA_DIR)
+    data_dir: str | None = None  # passed to a registered benchmark's root_fn (default $SLM_JAX_DATA_DIR)
     # audio folders: the units pipeline the model's training data went through
     centroids: str | None = None
     features: str = "logmel"
@@ -80,6 +76,55 @@ class EvalOptions:
             raise BenchmarkError(f"--batch_size={self.batch_size} must be >= 1")
 
 
+# --- registry ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Registered:
+    kind: str  # "cloze" | "alignment"
+    source: str
+    root_fn: RootFn | None
+
+
+_BENCHMARKS: dict[str, _Registered] = {}
+_SUITES: dict[str, tuple[str, ...]] = {}
+_TABLES: dict[str, Callable[[dict[str, float]], str]] = {}
+
+
+def register_cloze(name: str, source: str, root_fn: RootFn | None = None) -> None:
+    """Registers a pair benchmark: `source` is a pair JSONL (`cloze.py` formats), relative to
+    `root_fn(data_dir)` when given. Re-registering a name replaces it."""
+    _BENCHMARKS[name] = _Registered("cloze", source, root_fn)
+
+
+def register_alignment(name: str, source: str, root_fn: RootFn | None = None) -> None:
+    """Registers an EN/FR hidden-state alignment benchmark over paired records (a glob of
+    `slm_jax.data.corpus` paired TFRecords, relative to `root_fn(data_dir)` when given)."""
+    _BENCHMARKS[name] = _Registered("alignment", source, root_fn)
+
+
+def register_suite(name: str, members: Sequence[str], table: Callable[[dict[str, float]], str] | None = None) -> None:
+    """A name standing for several benchmarks; `table(results)` (optional) formats their results."""
+    _SUITES[name] = tuple(members)
+    if table is not None:
+        _TABLES[name] = table
+
+
+def registered_names() -> list[str]:
+    return sorted(_BENCHMARKS)
+
+
+def suite_tables(names: str | Sequence[str], results: dict[str, float]) -> list[tuple[str, str]]:
+    """(suite, formatted table) for each requested suite that has a table."""
+    return [(n, _TABLES[n](results)) for n in benchmark_names(names) if n in _TABLES]
+
+
+def pair_file(name: str, data_dir: str | None = None) -> str:
+    """A registered cloze benchmark's pair JSONL (its root built on first use), or `name` itself."""
+    reg = _BENCHMARKS.get(name)
+    if reg is None or reg.kind != "cloze":
+        return name
+    return os.path.join(reg.root_fn(data_dir), reg.source) if reg.root_fn else reg.source
+
+
 def parse_benchmarks(value: str | Sequence[str]) -> list[BenchmarkSpec]:
     """`--benchmarks` -> specs; an unknown name is an error naming it and the known ones."""
     names = benchmark_names(value)
@@ -87,7 +132,7 @@ def parse_benchmarks(value: str | Sequence[str]) -> list[BenchmarkSpec]:
         raise BenchmarkError("--benchmarks: no benchmark given (e.g. --benchmarks=ssc_en,stc_en or demo)")
     specs = []
     for name in names:
-        specs += [_parse_one(n) for n in (DEMO_SUITE if name == "demo" else [name])]
+        specs += [_parse_one(n) for n in _SUITES.get(name, [name])]
     duplicated = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
     if duplicated:
         raise BenchmarkError(f"--benchmarks: {duplicated} given more than once")
@@ -100,22 +145,23 @@ def benchmark_names(value: str | Sequence[str]) -> list[str]:
 
 def _parse_one(name: str) -> BenchmarkSpec:
     base, _, suffix = name.partition(":")
-    if base == DEMO_ALIGNMENT:
+    reg = _BENCHMARKS.get(base)
+    if reg is not None and reg.kind == "alignment":
         if suffix not in ("", *alignment.LEVELS):
-            raise BenchmarkError(f"--benchmarks: {name!r}: the suffix of {DEMO_ALIGNMENT} is one of {alignment.LEVELS}")
-        return BenchmarkSpec(name, "alignment", "paired/validation-*.tfrecord", demo=True,
-                             level=suffix or "utterance")
+            raise BenchmarkError(f"--benchmarks: {name!r}: the suffix of {base} is one of {alignment.LEVELS}")
+        return BenchmarkSpec(name, "alignment", reg.source, reg.root_fn, level=suffix or "utterance")
     prompt, ending = _modalities(name, suffix)
-    if base in DEMO_CLOZE:
-        return BenchmarkSpec(name, "cloze", f"cloze/{base}.jsonl", True, prompt, ending)
+    if reg is not None:
+        return BenchmarkSpec(name, "cloze", reg.source, reg.root_fn, prompt, ending)
     if base.endswith((".jsonl", ".json")) and os.path.isfile(base):
-        return BenchmarkSpec(name, "cloze", base, False, prompt, ending)
+        return BenchmarkSpec(name, "cloze", base, None, prompt, ending)
     if os.path.isdir(base):
         if (prompt, ending) != (SPEECH, SPEECH):
             raise BenchmarkError(f"--benchmarks: {name!r}: an audio folder is speech only")
         return BenchmarkSpec(name, "audio_cloze", base)
-    raise BenchmarkError(f"--benchmarks: unknown benchmark {base!r}; known: {', '.join(DEMO_SUITE)}, demo, a pair "
-                     f"file (.jsonl) or a folder of <key>_correct/<key>_incorrect audio")
+    known = ", ".join([*registered_names(), *sorted(_SUITES)]) or "(none registered)"
+    raise BenchmarkError(f"--benchmarks: unknown benchmark {base!r}; known: {known}, a pair "
+                         f"file (.jsonl) or a folder of <key>_correct/<key>_incorrect audio")
 
 
 def _modalities(name: str, suffix: str) -> tuple[str, str]:
@@ -125,12 +171,6 @@ def _modalities(name: str, suffix: str) -> tuple[str, str]:
         raise BenchmarkError(f"--benchmarks: {name!r}: the modality suffix is two letters of s (speech) / t (text), "
                          f"prompt then ending, e.g. {name.split(':')[0]}:ts")
     return MODALITY_LETTERS[suffix[0]], MODALITY_LETTERS[suffix[1]]
-
-
-def demo_path(relative: str, data_dir: str | None = None) -> str:
-    """A path inside the spoken demo corpus (built on first use, cached afterwards)."""
-    from slm_jax_demo.corpus import ensure_spoken_demo_corpus
-    return os.path.join(ensure_spoken_demo_corpus(data_dir), relative)
 
 
 def task_vocabulary(mixture_or_task_name: str):
@@ -151,7 +191,7 @@ class BenchmarkSuite:
         self.items = {spec.name: self._load(spec) for spec in self.specs}
 
     def _source(self, spec: BenchmarkSpec) -> str:
-        return demo_path(spec.source, self.options.data_dir) if spec.demo else spec.source
+        return os.path.join(spec.root_fn(self.options.data_dir), spec.source) if spec.root_fn else spec.source
 
     def _load(self, spec: BenchmarkSpec):
         o, source = self.options, self._source(spec)
@@ -212,22 +252,28 @@ def run_benchmarks(trainer, params, benchmarks: Sequence[str] | str, vocabulary,
     return suite.run(ModelRunner.from_trainer(trainer, params))
 
 
+def in_training_scorer(benchmarks: str | Sequence[str], mixture_or_task_name: str,
+                       options: EvalOptions = EvalOptions()) -> Callable[[Any, Any], dict[str, float]]:
+    """`benchmark_fn(trainer, params)` for `slm_jax.training.train.run_training`.
+
+    Names are parsed and the task's vocabulary looked up NOW, so an unknown benchmark or
+    task fails before anything compiles (BenchmarkError / ValueError naming it).
+    """
+    parse_benchmarks(benchmarks)
+    vocabulary = task_vocabulary(mixture_or_task_name)
+    return lambda trainer, params: run_benchmarks(trainer, params, benchmarks, vocabulary, options)
+
+
+def checked_task_vocabulary(mixture_or_task_name: str, model_vocab_size: int):
+    """The task's vocabulary, refused (BenchmarkError) when it has more ids than the model's embedding."""
+    vocabulary = task_vocabulary(mixture_or_task_name)
+    if vocabulary.vocab_size > model_vocab_size:
+        raise BenchmarkError(f"the task vocabulary has {vocabulary.vocab_size} ids but the model only "
+                             f"{model_vocab_size} (DecoderConfig.vocab_size)")
+    return vocabulary
+
+
 # --- reporting -----------------------------------------------------------------------------
-def format_demo_table(results: dict[str, float]) -> str:
-    """sSC / sTC accuracy (%) in EN, FR, EN->FR, FR->EN and the alignment metrics."""
-    header = f"{'':6}" + "".join(f"{c:>9}" for c in ("EN", "FR", "EN->FR", "FR->EN"))
-    lines = [header]
-    for kind, label in (("ssc", "sSC"), ("stc", "sTC")):
-        cells = [results.get(f"{kind}_{p}") for p in LANG_PAIRS]
-        lines.append(f"{label:6}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>9}" for v in cells))
-    a = DEMO_ALIGNMENT
-    if f"{a}/cos_parallel" in results:
-        lines.append(f"alignment of parallel EN/FR stories (mean over layers): "
-                     f"cos parallel {results[f'{a}/cos_parallel']:.3f}, cos random {results[f'{a}/cos_random']:.3f}, "
-                     f"R@1 EN->FR {100 * results[f'{a}/r1_en_fr']:.1f}%, FR->EN {100 * results[f'{a}/r1_fr_en']:.1f}%")
-    return "\n".join(lines)
-
-
 def format_steps_table(by_step: dict[int, dict[str, float]]) -> str:
     """One row per metric, one column per checkpoint step."""
     steps = sorted(by_step)

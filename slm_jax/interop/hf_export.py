@@ -16,7 +16,6 @@ until the current output shard is full. Host memory peaks at one leaf plus one s
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -24,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -314,31 +312,3 @@ def export_hf(model_dir: str, out_dir: str, *, step: int | None = None, family: 
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_layout.hf_config_from_decoder(cfg, family, out_dtype.name, base), f, indent=2)
     return ExportResult(step, family, files, write_tokenizer(model_dir, record, out_dir))
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slm-jax export-hf", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir")
-    p.add_argument("--out", required=True, help="directory to write (new or empty)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("--family", choices=sorted(hf_layout.CAUSAL_LM_CLASSES), default=None,
-                   help="default: the imported model's, else qwen2 with q/k/v biases and llama without")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="weight dtype (default: the checkpoint's param dtype)")
-    p.add_argument("--max_shard_size", type=parse_size, default=DEFAULT_MAX_SHARD,
-                   help=f"largest safetensors file before sharding (default {DEFAULT_MAX_SHARD})")
-    return p
-
-
-def cmd_export_hf(argv) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        result = export_hf(args.model_dir, args.out, step=args.step, family=args.family, dtype=args.dtype,
-                           max_shard_size=args.max_shard_size)
-    except (ModelDirError, UnsupportedModelError, FileExistsError) as err:
-        print(f"slm-jax export-hf: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    print(f"exported step {result.step} of {args.model_dir} as {hf_layout.CAUSAL_LM_CLASSES[result.family]} to "
-          f"{args.out} ({len(result.files)} safetensors file(s))\n{result.tokenizer}")
-    return 0

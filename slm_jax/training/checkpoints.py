@@ -437,3 +437,21 @@ def restore_params_to_host(directory: str, step: int | None = None) -> tuple[int
     finally:
         handler.close()
     return step, restored["params"]
+
+
+def restore_params_sharded(directory: str, abstract_params, step: int | None = None) -> tuple[int, dict]:
+    """Reads only the `params` subtree of a checkpoint straight into the shardings of
+    `abstract_params` (a pytree of `jax.ShapeDtypeStruct` with `.sharding`, e.g.
+    `Trainer.abstract_state["params"]`), without the optimizer state. Returns (step, params).
+    FileNotFoundError naming `directory` if there is no complete checkpoint (for that step).
+    """
+    step = _resolve_step(directory, step)
+    state_dir = _step_dir(directory, step) / STATE_ITEM
+    item = {"params": abstract_params}
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        restored = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    finally:
+        handler.close()
+    return step, restored["params"]

@@ -104,11 +104,15 @@ def has_run(model_dir: str) -> bool:
     return bool(list_complete_steps(checkpoints_dir(model_dir))) or read_model_config(model_dir) is not None
 
 
-def restore_params(model_dir: str, step: int | None = None) -> tuple[int, dict]:
-    """(step, params) of a checkpoint as host numpy arrays, without the optimizer state.
+def restore_params(model_dir: str, step: int | None = None, abstract_params=None) -> tuple[int, dict]:
+    """(step, params) of a checkpoint without the optimizer state: host numpy arrays, or
+    with `abstract_params` (ShapeDtypeStructs with shardings, e.g. a Trainer's
+    `abstract_state["params"]`) device arrays in those shardings.
 
     `step` defaults to the latest complete checkpoint. Raises FileNotFoundError naming
     the checkpoints folder when there is none (for that step).
     """
-    from slm_jax.training.checkpoints import restore_params_to_host
-    return restore_params_to_host(checkpoints_dir(model_dir), step)
+    from slm_jax.training import checkpoints
+    if abstract_params is None:
+        return checkpoints.restore_params_to_host(checkpoints_dir(model_dir), step)
+    return checkpoints.restore_params_sharded(checkpoints_dir(model_dir), abstract_params, step)

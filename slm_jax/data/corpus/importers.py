@@ -28,12 +28,10 @@ Every record is validated (`corpus.validate`); ids must be unique across the imp
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -369,57 +367,3 @@ def import_to_tfrecord(
         )
     paths = corpus.write_serialized_shards(out_dir, prefix, records, num_shards)
     return {"written": len(records), "skipped": len(reasons), "shards": paths}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="slm-jax prepare import",
-        description="Convert slamkit/textlesslib or SpiritLM unit JSONL into "
-        "validated slm_jax TFRecord shards.",
-    )
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--input", required=True, help="glob of JSONL files (gs:// works)")
-    p.add_argument("--output", required=True, help="DIR/PREFIX of the shards")
-    p.add_argument("--lang", default="en", help="language of records without a 'lang' key")
-    p.add_argument("--num_shards", type=int, default=1)
-    p.add_argument("--on_bad_record", default="error", choices=corpus.ON_BAD_RECORD_CHOICES)
-    p.add_argument("--num_units", type=int, default=500)
-    p.add_argument("--num_pitch", type=int, default=SPIRITLM_NUM_PITCH)
-    p.add_argument("--num_style", type=int, default=SPIRITLM_NUM_STYLE)
-    p.add_argument(
-        "--unit_rate_hz",
-        type=float,
-        default=None,
-        help="slamkit: inferred from 'duration' when omitted; spiritlm: default 25",
-    )
-    p.add_argument("--pitch_rate_hz", type=float, default=SPIRITLM_PITCH_RATE_HZ)
-    p.add_argument("--style_rate_hz", type=float, default=SPIRITLM_STYLE_RATE_HZ)
-    return p
-
-
-def import_main(argv: Sequence[str]) -> int:
-    """CLI `slm-jax prepare import --format=.. --input=GLOB --output=DIR/PREFIX ..`; returns the exit code."""
-    args = _parser().parse_args(list(argv))
-    try:
-        summary = import_to_tfrecord(
-            args.format,
-            args.input,
-            args.output,
-            lang=args.lang,
-            num_shards=args.num_shards,
-            on_bad_record=args.on_bad_record,
-            num_units=args.num_units,
-            num_pitch=args.num_pitch,
-            num_style=args.num_style,
-            unit_rate_hz=args.unit_rate_hz,
-            pitch_rate_hz=args.pitch_rate_hz,
-            style_rate_hz=args.style_rate_hz,
-        )
-    except (BadRecordError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"slm-jax prepare import: error: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {summary['written']} record(s) to {len(summary['shards'])} shard(s) "
-        f"({args.output}-*-of-{len(summary['shards']):05d}.tfrecord); skipped {summary['skipped']}"
-    )
-    return 0

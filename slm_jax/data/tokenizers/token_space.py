@@ -51,11 +51,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-# Modality ids (per token), e.g. for per-modality losses and renormalised scoring.
-MODALITY_PAD = 0
-MODALITY_TEXT = 1  # text block minus PAD/EOS
-MODALITY_SPEECH = 2  # units, pitch, style
-MODALITY_MARKER = 3  # [Text], [Speech], language tags, EOS (and seqio extra ids)
+# Modality ids (per token; re-exported here for users of this module) come from the contract.
+from slm_jax.contract import MODALITY_MARKER, MODALITY_PAD, MODALITY_SPEECH, MODALITY_TEXT  # noqa: F401
 
 SPIRITLM_TEXT_VOCAB_SIZE = 32000
 UNK_STR = "<unk>"

@@ -1,0 +1,67 @@
+"""`slm-jax`: the command line. One module per sub-command; the only place in slm_jax with
+argparse, printing and exit codes (0 ok, 2 bad input, 3 does not fit).
+
+    slm-jax train   --gin_file=gin/runs/demo_cpu.gin [--gin.TRAIN_STEPS=100] [--module_import=my_tasks]
+    slm-jax inspect MODEL_DIR [--step N]
+    slm-jax compile --gin_file=gin/runs/tpu_v5e_1b.gin --topology=v5e:4x4
+    slm-jax units fit|encode ...            audio -> features -> k-means units
+    slm-jax prepare demo-corpus|spm|import  build or import corpora, train SentencePiece
+    slm-jax data show|stats TASK_OR_MIXTURE [--module_import=my_tasks]
+    slm-jax eval --gin_file=RUN.gin --gin.MODEL_DIR=... --benchmarks=ssc_en,stc_en|demo [--all_checkpoints]
+    slm-jax generate --gin_file=RUN.gin --prompts_from=ssc_en [--fewshot=asr|tts --data=GLOB]
+    slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2 -> step 0
+    slm-jax export-hf MODEL_DIR --out PATH [--step N]                        checkpoint -> HF safetensors
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# sub-command -> (module in slm_jax.cli, its entry function); imported on use (startup stays fast)
+COMMANDS = {
+    "train": ("train", "main"),
+    "inspect": ("inspect_run", "main"),
+    "compile": ("compile", "main"),
+    "units": ("units", "units_main"),
+    "prepare": ("prepare", "main"),
+    "data": ("data", "data_main"),
+    "eval": ("eval", "cmd_eval"),
+    "generate": ("generate", "cmd_generate"),
+    "import-hf": ("import_hf", "cmd_import_hf"),
+    "export-hf": ("export_hf", "cmd_export_hf"),
+}
+
+
+def command(name: str):
+    """The entry function `(argv) -> exit code` of a sub-command."""
+    module, func = COMMANDS[name]
+    return getattr(importlib.import_module(f"slm_jax.cli.{module}"), func)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("slm_jax").setLevel(logging.INFO)
+    # gin logs every search-path miss while resolving `include`; not a user-facing error.
+    logging.getLogger().addFilter(lambda r: not str(r.msg).startswith(("Path not found", "system_path_file_exists")))
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        print("commands:", ", ".join(COMMANDS))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from slm_jax.gin_utils import ConfigError
+    from slm_jax.training.partitioning import MeshError
+    from slm_jax.training.run_dir import IncompatibleModelDirError
+    from slm_jax.training.train import ModelDataMismatchError, NonFiniteLossError
+    try:
+        return command(argv[0])(argv[1:])
+    except (ConfigError, MeshError, IncompatibleModelDirError, ModelDataMismatchError, NonFiniteLossError) as err:
+        print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

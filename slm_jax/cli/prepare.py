@@ -1,0 +1,27 @@
+"""`slm-jax prepare demo-corpus|spm|import`: build or import corpora, train SentencePiece."""
+from __future__ import annotations
+
+import sys
+
+PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N]   spoken EN/FR demo corpus + cloze pairs
+slm-jax prepare spm --input=GLOB --model_prefix=P --vocab_size=N        SentencePiece on corpus transcripts
+slm-jax prepare import --format=slamkit|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora"""
+
+
+def main(argv) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(PREPARE_HELP)
+        return 0 if argv else 2
+    what, rest = argv[0], argv[1:]
+    if what == "spm":
+        from slm_jax.cli.prepare_spm import spm_main
+        return spm_main(rest)
+    if what == "import":
+        from slm_jax.cli.prepare_import import import_main
+        return import_main(rest)
+    if what == "demo-corpus":
+        # the demo is a consumer of slm_jax; this forward keeps the documented command working
+        from slm_jax_demo.corpus import demo_corpus_main
+        return demo_corpus_main(rest)
+    print(f"slm-jax prepare: unknown target {what!r}\n{PREPARE_HELP}", file=sys.stderr)
+    return 2

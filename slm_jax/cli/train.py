@@ -1,0 +1,32 @@
+"""`slm-jax train --gin_file=RUN.gin [--gin.NAME=VALUE ...] [--module_import=my_tasks]`.
+
+Parses the run's gin, builds the in-training benchmark scorer when `train.benchmarks` is
+set (so an unknown benchmark fails before compiling), trains and prints a summary.
+"""
+from __future__ import annotations
+
+import jax
+
+import gin
+from slm_jax import gin_utils
+from slm_jax.training.train import TrainRun, run_training
+
+
+def main(argv) -> int:
+    gin_utils.setup(argv)
+    run = TrainRun()
+    benchmark_fn = None
+    if run.benchmarks and run.benchmark_period:
+        from slm_jax.evaluation.benchmarks import in_training_scorer
+        benchmark_fn = in_training_scorer(run.benchmarks, run.train_dataset.mixture_or_task_name)
+    last = run_training(run, config_str=gin.config_str(), benchmark_fn=benchmark_fn)
+    if jax.process_index() != 0:  # one summary per job, like the logs
+        return 0
+    if last and "preempted_at_step" in last:
+        print(f"preempted: checkpoint at step {last['preempted_at_step']} in {run.model_dir}; "
+              "run the same command again to resume")
+    elif last:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
+        print(f"done: step {last['step']}: {shown}")
+    print(f"MODEL_DIR: {run.model_dir}")
+    return 0

@@ -1,0 +1,41 @@
+"""The spoken demo's benchmarks: spoken StoryCloze / TopicCloze in EN, FR, EN->FR, FR->EN and
+EN/FR hidden-state alignment, registered with `slm_jax.evaluation.benchmarks` under the
+names below and the suite `demo` (with its table). Importing `slm_jax_demo.tasks` (the demo
+run files do) registers them.
+"""
+from __future__ import annotations
+
+from slm_jax.evaluation import benchmarks as bench
+from slm_jax_demo.corpus import ensure_spoken_demo_corpus
+
+CLOZE_KINDS = ("ssc", "stc")
+LANG_PAIRS = ("en", "fr", "en_fr", "fr_en")
+DEMO_CLOZE = tuple(f"{k}_{p}" for k in CLOZE_KINDS for p in LANG_PAIRS)
+DEMO_ALIGNMENT = "align_en_fr"
+DEMO_SUITE = (*DEMO_CLOZE, DEMO_ALIGNMENT)
+SUITE_NAME = "demo"
+
+
+def format_demo_table(results: dict[str, float]) -> str:
+    """sSC / sTC accuracy (%) in EN, FR, EN->FR, FR->EN and the alignment metrics."""
+    header = f"{'':6}" + "".join(f"{c:>9}" for c in ("EN", "FR", "EN->FR", "FR->EN"))
+    lines = [header]
+    for kind, label in (("ssc", "sSC"), ("stc", "sTC")):
+        cells = [results.get(f"{kind}_{p}") for p in LANG_PAIRS]
+        lines.append(f"{label:6}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>9}" for v in cells))
+    a = DEMO_ALIGNMENT
+    if f"{a}/cos_parallel" in results:
+        lines.append(f"alignment of parallel EN/FR stories (mean over layers): "
+                     f"cos parallel {results[f'{a}/cos_parallel']:.3f}, cos random {results[f'{a}/cos_random']:.3f}, "
+                     f"R@1 EN->FR {100 * results[f'{a}/r1_en_fr']:.1f}%, FR->EN {100 * results[f'{a}/r1_fr_en']:.1f}%")
+    return "\n".join(lines)
+
+
+def register() -> None:
+    for name in DEMO_CLOZE:
+        bench.register_cloze(name, f"cloze/{name}.jsonl", root_fn=ensure_spoken_demo_corpus)
+    bench.register_alignment(DEMO_ALIGNMENT, "paired/validation-*.tfrecord", root_fn=ensure_spoken_demo_corpus)
+    bench.register_suite(SUITE_NAME, DEMO_SUITE, table=format_demo_table)
+
+
+register()
