@@ -29,6 +29,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data.feature_converter import CTC_KEY, CTC_MODEL_FEATURES, SLMFeatureConverter
+from slm_jax.gin_utils import ConfigError
 
 # The input pipeline runs on host CPUs; TF must never take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -54,7 +55,27 @@ CTC_KEYS = CTC_MODEL_FEATURES
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    """One input stream. `batch_size` is GLOBAL (summed over all data shards)."""
+    """One input stream (gin: `DatasetConfig.*`); every field is checked in `__post_init__`.
+
+    Attributes:
+      mixture_or_task_name: a registered SeqIO task or mixture; non-empty str (that it is
+        registered is checked by `get_dataset`).
+      sequence_length: tokens per (packed) row; int >= 1.
+      batch_size: GLOBAL rows per step (summed over data shards); int >= 1. It must also
+        divide by the number of data shards (`get_dataset`) and the mesh's data-parallel size.
+      split: the split to read, e.g. 'train'; non-empty str (that the task has it is
+        checked by `get_dataset`).
+      seed: shuffle / preprocessing seed; int, or None for a nondeterministic order.
+      shuffle: shuffle examples; bool.
+      pack: pack several examples into one row; bool.
+      use_cached: read the task's seqio cache (written by seqio's cache job); bool.
+      num_epochs: passes over the data; int >= 1, or None to repeat forever.
+      ctc_length: packed length (characters + separators) of the `ctc_targets` stream, for
+        tasks with transcripts (mSLAM's CTC), passed as task_feature_lengths["ctc_targets"];
+        int >= 1, or None for no CTC stream.
+
+    Raises ConfigError (a ValueError) naming `DatasetConfig.<field>` for a bad value.
+    """
 
     mixture_or_task_name: str
     sequence_length: int
@@ -64,10 +85,29 @@ class DatasetConfig:
     shuffle: bool = True
     pack: bool = True
     use_cached: bool = False
-    num_epochs: Optional[int] = None  # None repeats forever.
-    # Packed length of the `ctc_targets` stream (tasks with transcripts for mSLAM's CTC);
-    # passed to the converter as task_feature_lengths["ctc_targets"]. None: no CTC stream.
+    num_epochs: Optional[int] = None
     ctc_length: Optional[int] = None
+
+    def __post_init__(self):
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def check(field: str, ok: bool, rule: str):
+            if not ok:
+                raise ConfigError(f"DatasetConfig.{field} must be {rule}, got {getattr(self, field)!r}")
+
+        check("mixture_or_task_name", isinstance(self.mixture_or_task_name, str) and self.mixture_or_task_name,
+              "a non-empty str (a registered SeqIO task or mixture)")
+        check("sequence_length", is_int(self.sequence_length) and self.sequence_length > 0, "a positive int")
+        check("batch_size", is_int(self.batch_size) and self.batch_size > 0, "a positive int")
+        check("split", isinstance(self.split, str) and self.split, "a non-empty str")
+        check("seed", self.seed is None or is_int(self.seed), "None or an int")
+        for flag in ("shuffle", "pack", "use_cached"):
+            check(flag, isinstance(getattr(self, flag), bool), "a bool")
+        check("num_epochs", self.num_epochs is None or (is_int(self.num_epochs) and self.num_epochs > 0),
+              "None (repeat forever) or a positive int")
+        check("ctc_length", self.ctc_length is None or (is_int(self.ctc_length) and self.ctc_length > 0),
+              "None or a positive int")
 
 
 def _registered_names() -> list[str]:
@@ -75,15 +115,8 @@ def _registered_names() -> list[str]:
 
 
 def _validate(cfg: DatasetConfig, shard_info: seqio.ShardInfo):
-    """Checks the config before any I/O; returns the task or mixture."""
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size <= 0:
-        raise ValueError(f"DatasetConfig.batch_size must be a positive int, got {cfg.batch_size!r}")
-    if not isinstance(cfg.sequence_length, int) or cfg.sequence_length <= 0:
-        raise ValueError(f"DatasetConfig.sequence_length must be a positive int, got {cfg.sequence_length!r}")
-    if cfg.ctc_length is not None and (
-        isinstance(cfg.ctc_length, bool) or not isinstance(cfg.ctc_length, int) or cfg.ctc_length <= 0
-    ):
-        raise ValueError(f"DatasetConfig.ctc_length must be None or a positive int, got {cfg.ctc_length!r}")
+    """Checks `cfg` against the shards and the SeqIO registry before any I/O; returns the
+    task or mixture. (The config's own fields are checked by `DatasetConfig.__post_init__`.)"""
     if not 0 <= shard_info.index < shard_info.num_shards:
         raise ValueError(
             f"ShardInfo index {shard_info.index} is not in [0, num_shards={shard_info.num_shards})"
