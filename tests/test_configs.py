@@ -9,7 +9,7 @@ import pytest
 from slm_jax import cli
 from slm_jax.data.pipeline import DatasetConfig
 from slm_jax.gin_utils import ConfigError
-from slm_jax.training import distributed, train
+from slm_jax.training import distributed, partitioning, train
 from slm_jax.training.distributed import DistributedConfig, DistributedConfigError
 from slm_jax.training.optimizer import OptimizerConfig
 from slm_jax.training.partitioning import MeshConfig, MeshError
@@ -96,10 +96,14 @@ def test_cross_field_checks_name_both_keys():
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """`slm-jax train` must fail while building TrainRun: training (mesh, init, compile) never starts."""
+    """`slm-jax train` must fail while building TrainRun: no mesh, no training, no compile."""
+    import slm_jax.cli.train as cli_train
+
     def refuse(*args, **kwargs):
-        raise AssertionError("run_training reached: a bad config must fail before any mesh or compile")
-    monkeypatch.setattr(train, "run_training", refuse)
+        raise AssertionError("training reached: a bad config must fail before any mesh or compile")
+    for module in (cli_train, train):
+        monkeypatch.setattr(module, "run_training", refuse)
+    monkeypatch.setattr(partitioning, "make_mesh", refuse)
     yield
     gin.clear_config()
 
