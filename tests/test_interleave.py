@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from slm_jax.data import corpus
 from slm_jax.data.preprocessors import interleave as il
+from slm_jax.data.preprocessors.common import unbatch_records
 from slm_jax.data.preprocessors import word_interleave as wi
 from slm_jax.data.feature_converter import SLMFeatureConverter
 from slm_jax.data.tokenizers.spm import train_sentencepiece
@@ -548,20 +549,37 @@ def test_sentence_sides_fixed_seed():
 PINNED_SIDES_05 = "abbbbbabbaaa"
 
 
-def test_crosslingual_switch_half_pipeline_pinned(vocab):
+def _xl_sides(v, **kwargs):
     """switch_prob=0.5, random start, pipeline seed 1234, 4 epochs: the sides of each example."""
-    v = vocab
-    outs = _built(lambda: il.crosslingual_interleave(_ds(_pair_record()).repeat(4), v, switch_prob=0.5))
+    outs = _built(lambda: il.crosslingual_interleave(_ds(_pair_record()).repeat(4), v, switch_prob=0.5, **kwargs))
     candidates = {
         "".join(s): _expected_crosslingual(v, s)
         for s in ["".join("ab"[(m >> k) & 1] for k in range(4)) for m in range(16)]
     }
     got = [[k for k, t in candidates.items() if t == o["targets"]] for o in outs]
     assert all(len(g) == 1 for g in got)
-    assert [g[0] for g in got] == PINNED_XL_05
+    return [g[0] for g in got]
+
+
+def test_crosslingual_switch_half_pipeline_pinned(vocab):
+    """Batches of one record: one seed per record, the draws of the former per-record map."""
+    assert _xl_sides(vocab, batch_records=1) == PINNED_XL_05
 
 
 PINNED_XL_05 = ["bbba", "baba", "bbbb", "baab"]
+
+
+def test_crosslingual_batched_draws_pinned(vocab):
+    """The default (all 4 records in one batch): one seed, record b takes element b of each draw,
+    exactly as `crosslingual_interleave_batches` on the same batch."""
+    assert _xl_sides(vocab) == PINNED_XL_05_BATCH
+    batched = _built(lambda: unbatch_records(il.crosslingual_interleave_batches(
+        _ds(_pair_record()).repeat(4).ragged_batch(4), vocab, switch_prob=0.5)))
+    single = _built(lambda: il.crosslingual_interleave(_ds(_pair_record()).repeat(4), vocab, switch_prob=0.5))
+    assert [o["targets"] for o in batched] == [o["targets"] for o in single]
+
+
+PINNED_XL_05_BATCH = ["bbba", "baaa", "babb", "abba"]
 
 
 def test_crosslingual_dedup_never_merges_across_languages(vocab):

@@ -35,10 +35,20 @@ def parse_units(serialized: tf.Tensor, units_key: str = "units") -> dict:
     return tf.io.parse_single_example(serialized, unit_feature_description(units_key))
 
 
+def dedup_rows(values: tf.Tensor, row_ids: tf.Tensor | None = None) -> tf.Tensor:
+    """bool [n]: run-length dedup's keep-mask of a 1-D tensor: a value is kept when it is first,
+    differs from the previous value, or starts a new row of `row_ids` [n] (rows are separate
+    recordings or spans: a run never crosses a row boundary). The TF twin of
+    `slm_jax.speech.units.run_starts_mask`."""
+    differs = tf.not_equal(values[1:], values[:-1])
+    if row_ids is not None:
+        differs = tf.logical_or(differs, tf.not_equal(row_ids[1:], row_ids[:-1]))
+    return tf.concat([tf.ones_like(values[:1], tf.bool), differs], 0)
+
+
 def run_length_dedup(x: tf.Tensor) -> tf.Tensor:
     """Collapses consecutive duplicates of a 1-D tensor: [5,5,3,3,3,5] -> [5,3,5]."""
-    keep = tf.concat([tf.ones_like(x[:1], dtype=tf.bool), tf.not_equal(x[1:], x[:-1])], 0)
-    return tf.boolean_mask(x, keep)
+    return tf.boolean_mask(x, dedup_rows(x))
 
 
 @seqio.map_over_dataset
@@ -84,7 +94,10 @@ ALIGNED_FEATURES = ("targets", "modality", "loss_mask", "patch_ids")
 
 def as_ragged(x):
     """A batched feature as a RaggedTensor: `ragged_batch` gives a dense [B, n] tensor when every
-    record of the batch has n values (scalars and ragged tensors pass through)."""
+    record of the batch has n values, and a SparseTensor for a `VarLenFeature` (scalars and
+    ragged tensors pass through)."""
+    if isinstance(x, tf.SparseTensor):
+        return tf.RaggedTensor.from_sparse(x)
     if isinstance(x, tf.RaggedTensor) or x.shape.rank != 2:
         return x
     return tf.RaggedTensor.from_tensor(x)

@@ -20,10 +20,15 @@ ending with a marker. Inside a sequence a marker appears ONLY where the modality
 
 Why pure TF: the tf.data iterator is saved with `tf.train.Checkpoint` for exact resume,
 which fails on `tf.py_function` / `from_generator`. Randomness therefore comes from
-`seqio.map_over_dataset(num_seeds=1)` (a per-example seed drawn from a checkpointable
+`seqio.map_over_dataset(num_seeds=1)` (a seed per element drawn from a checkpointable
 `tf.data.Dataset.random`) fed to `tf.random.stateless_*` ops: the same seed gives the
 same output, and a restored iterator continues with the same seeds. Set the initial
 seed with `seqio.map_seed_manager(seed)` (seqio does this from `get_dataset(seed=...)`).
+
+Batch-first: speech-only, text-only and cross-lingual interleaving are written once, on
+ragged record batches (`*_batches`, for `register_corpus_task(batched=True)`); the
+per-record names run them `batch_records` records at a time (`common.vectorized`). A
+random step therefore draws one seed per batch, and record b takes element b of each draw.
 
 Time -> frame convention (`word_interleave.word_interleave` and crosslingual_interleave): frame f of a
 stream at rate r covers [f/r, (f+1)/r) and belongs to a time range [start, end) when its
@@ -41,7 +46,9 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data.preprocessors.common import as_ragged, run_length_dedup
+from slm_jax.data.preprocessors.common import (
+    DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, run_length_dedup, vectorized,
+)
 
 SIDES = ("a", "b")
 STARTS = ("random", "a", "b")
@@ -109,18 +116,9 @@ def finish_example(
     }
 
 
-def dedup_rows(values: tf.Tensor, row_ids: tf.Tensor) -> tf.Tensor:
-    """Keep-mask of run-length dedup within rows: a value is kept if it starts its row or differs
-    from the previous value. Rows are independent recordings or spans, so a run that crosses
-    a row boundary is not merged."""
-    differs = tf.logical_or(tf.not_equal(values[1:], values[:-1]), tf.not_equal(row_ids[1:], row_ids[:-1]))
-    return tf.concat([tf.ones_like(values[:1], tf.bool), differs], 0)
-
-
 def run_starts(x: tf.Tensor) -> tf.Tensor:
     """Indices of the first element of each run of equal values (dedup keeping first-frame times)."""
-    keep = dedup_rows(x, tf.zeros_like(x))
-    return tf.cast(tf.where(keep)[:, 0], tf.int32)
+    return tf.cast(tf.where(dedup_rows(x))[:, 0], tf.int32)
 
 
 def frame_bounds(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Tensor]:
@@ -137,18 +135,6 @@ def frame_bounds(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Ten
 
     lo = to_frame(start_s)
     return lo, tf.maximum(to_frame(end_s), lo)
-
-
-def _rate(ex: Mapping[str, tf.Tensor], rate_hz: float | None, key: str, who: str) -> tf.Tensor:
-    """The unit rate: the argument when given, else the record's `key` feature (checked > 0)."""
-    if rate_hz is not None:
-        return tf.constant(float(rate_hz), tf.float64)
-    if key not in ex:
-        raise ValueError(f"{who}: records have no {key!r} feature; pass unit_rate_hz=...")
-    rate = tf.cast(ex[key], tf.float64)
-    check = tf.debugging.Assert(rate > 0, [f"{who}: record", _record_id(ex), f"has {key} <= 0:", rate])
-    with tf.control_dependencies([check]):
-        return tf.identity(rate)
 
 
 def _check_fraction(name: str, value: float, who: str) -> float:
@@ -180,39 +166,31 @@ def speech_only(
     units_key: str = "units",
     output_features=None,
     passthrough: Sequence[str] = (),
+    batch_records: int = DEFAULT_BATCH_RECORDS,
 ) -> tf.data.Dataset:
     """`[Speech] u1 u2 ... EOS` from a record's frame-level units (run-length deduplicated by
     default, as SpiritLM and slamkit train on deduplicated HuBERT units). `passthrough`:
-    record features kept unchanged in the output (e.g. `ctc_targets`)."""
-
-    vocabulary = _vocab(vocabulary, output_features, "speech_only")
-
-    def fn(ex):
-        _require(ex, [units_key, *passthrough], "speech_only")
-        body = tf.concat([_one(vocabulary.speech_marker_id), _unit_ids(ex[units_key], vocabulary, dedup)], 0)
-        return finish_example(ex, body, vocabulary, passthrough)
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    record features kept unchanged in the output (e.g. `ctc_targets`). Runs
+    `speech_only_batches` over `batch_records` records at a time (`vectorized`)."""
+    return vectorized(
+        dataset, lambda batches: speech_only_batches(batches, vocabulary, dedup, units_key, output_features,
+                                                     passthrough), batch_records)
 
 
 def text_only(
-    dataset: tf.data.Dataset, vocabulary=None, text_key: str = "text", output_features=None
+    dataset: tf.data.Dataset, vocabulary=None, text_key: str = "text", output_features=None,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
 ) -> tf.data.Dataset:
-    """`[Text] <SentencePiece ids of the transcript> EOS` (the vocabulary needs a text model)."""
-
-    vocabulary = _vocab(vocabulary, output_features, "text_only")
-
-    def fn(ex):
-        _require(ex, [text_key], "text_only")
-        ids = vocabulary.encode_text_tf(tf.reshape(ex[text_key], []))
-        body = tf.concat([_one(vocabulary.text_marker_id), tf.cast(ids, tf.int32)], 0)
-        return finish_example(ex, body, vocabulary)
-
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    """`[Text] <SentencePiece ids of the transcript> EOS` (the vocabulary needs a text model). Runs
+    `text_only_batches` over `batch_records` records at a time (`vectorized`)."""
+    return vectorized(dataset, lambda batches: text_only_batches(batches, vocabulary, text_key, output_features),
+                      batch_records)
 
 
-def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int | None) -> dict:
-    """`finish_example` for a batch: [marker] + body + [EOS] per row, with ids, modality, loss mask."""
+def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int | None,
+                    passthrough: Sequence[str] = ()) -> dict:
+    """`finish_example` for a batch: [marker] + body + [EOS] per row, with ids, modality, loss mask,
+    plus the batch features named in `passthrough` unchanged."""
     rows = body.nrows()
     body = tf.cast(body, tf.int32).with_row_splits_dtype(tf.int64)
     column = lambda value: tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(value, tf.int32)))  # noqa: E731
@@ -223,15 +201,16 @@ def _batch_examples(batch, body: tf.RaggedTensor, vocabulary, marker_id: int | N
         "targets": targets,
         "modality": targets.with_flat_values(tf.cast(vocabulary.modality_ids_tf(targets.flat_values), tf.int32)),
         "loss_mask": tf.ones_like(targets),
+        **{k: batch[k] for k in passthrough},
     }
 
 
 def speech_only_batches(batches: tf.data.Dataset, vocabulary=None, dedup: bool = True, units_key: str = "units",
-                        output_features=None) -> tf.data.Dataset:
+                        output_features=None, passthrough: Sequence[str] = ()) -> tf.data.Dataset:
     """`speech_only` on a dataset of ragged record batches (`register_corpus_task(batched=True)`):
-    the same examples, one batch of them per batch of records."""
+    each batch becomes the batch of its records' examples."""
     vocabulary = _vocab(vocabulary, output_features, "speech_only")
-    _require(batches.element_spec, [units_key], "speech_only")
+    _require(batches.element_spec, [units_key, *passthrough], "speech_only")
 
     def fn(batch):
         units = as_ragged(batch[units_key])
@@ -241,7 +220,7 @@ def speech_only_batches(batches: tf.data.Dataset, vocabulary=None, dedup: bool =
             values, rows = tf.boolean_mask(values, keep), tf.boolean_mask(rows, keep)
         ids = tf.cast(vocabulary.units_to_ids_tf(values), tf.int32)
         body = tf.RaggedTensor.from_value_rowids(ids, rows, nrows=units.nrows(), validate=False)
-        return _batch_examples(batch, body, vocabulary, vocabulary.speech_marker_id)
+        return _batch_examples(batch, body, vocabulary, vocabulary.speech_marker_id, passthrough)
 
     return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -259,111 +238,47 @@ def text_only_batches(batches: tf.data.Dataset, vocabulary=None, text_key: str =
     return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# --- runs of equal values ------------------------------------------------------------------------
-def _segments(flags: tf.Tensor):
-    """Maximal runs of equal flags: (segment id per element, first index, last index per segment)."""
-    n = tf.size(flags)
-    change = tf.concat([tf.ones([tf.minimum(n, 1)], tf.bool), tf.not_equal(flags[1:], flags[:-1])], 0)
-    seg = tf.cumsum(tf.cast(change, tf.int32)) - 1
-    first = tf.cast(tf.where(change)[:, 0], tf.int32)
-    last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
-    return seg, first, last
-
-
 # --- cross-lingual sentence-level interleaving -------------------------------------------------
-def sentence_sides(num_sentences, seed, switch_prob: float = 1.0, start: str = "random") -> tf.Tensor:
-    """int32 [S]: 0 where sentence i comes from side a, 1 from side b.
+def sentence_sides_rows(sentence_splits, seed, switch_prob: float = 1.0, start: str = "random") -> tf.Tensor:
+    """int32 [N] over the flat sentences of B records (`sentence_splits` [B+1]: record b owns
+    sentences [splits[b], splits[b+1])): 0 where the sentence comes from side a, 1 from side b.
 
-    The first sentence is side `start` ('random': a fair coin); at each later sentence
-    the side switches with probability `switch_prob` (1.0: strict alternation a b a b ...,
-    the setting of Moumen et al.; 0.0: never switches).
+    The first sentence of record b is side `start` ('random': element b of one fair-coin draw
+    U[0, 1) float64 [B] < 0.5); at each later sentence the side switches with probability
+    `switch_prob` (element i of one draw U[0, 1) float64 [N] < switch_prob). 1.0: strict
+    alternation a b a b ... (the setting of Moumen et al.); 0.0: never switches. The two
+    draws use the two halves of `stateless_split(seed, 2)`.
     """
     _check_choice("start", start, STARTS, "sentence_sides")
-    seed = _seed(seed)
-    s_first, s_switch = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    splits = tf.cast(sentence_splits, tf.int64)
+    num_rows = tf.size(splits, out_type=tf.int64) - 1
+    sentence_row = tf.repeat(tf.range(num_rows), splits[1:] - splits[:-1])
+    row_start = tf.gather(splits, sentence_row)
+    first_in_row = tf.equal(tf.range(splits[-1]), row_start)
+    s_first, s_switch = tf.unstack(tf.random.experimental.stateless_split(_seed(seed), 2))
     if start == "random":
-        first = tf.cast(tf.random.stateless_uniform([], s_first, dtype=tf.float64) < 0.5, tf.int32)
+        first = tf.cast(tf.random.stateless_uniform([num_rows], s_first, dtype=tf.float64) < 0.5, tf.int32)
     else:
-        first = tf.constant(SIDES.index(start), tf.int32)
-    n = tf.cast(num_sentences, tf.int32)
-    switch = tf.cast(tf.random.stateless_uniform([n], s_switch, dtype=tf.float64) < switch_prob, tf.int32)
-    switch = tf.concat([tf.zeros([tf.minimum(n, 1)], tf.int32), switch[1:]], 0)
-    return (first + tf.cumsum(switch)) % 2
+        first = tf.fill([num_rows], SIDES.index(start))
+    switch = tf.random.stateless_uniform(tf.shape(sentence_row), s_switch, dtype=tf.float64) < switch_prob
+    switch = tf.cast(tf.logical_and(switch, tf.logical_not(first_in_row)), tf.int32)
+    switches = tf.cumsum(switch) - tf.gather(tf.cumsum(switch, exclusive=True), row_start)
+    return (tf.gather(first, sentence_row) + switches) % 2
 
 
-def _paired_fields(ex, side: str) -> dict:
-    return {k: ex[f"{side}_{k}"] for k in ("lang", "units", "sentence_start", "sentence_end")}
+def sentence_sides(num_sentences, seed, switch_prob: float = 1.0, start: str = "random") -> tf.Tensor:
+    """int32 [S]: `sentence_sides_rows` for ONE record of `num_sentences` sentences (a batch of one)."""
+    splits = tf.stack([tf.constant(0, tf.int64), tf.cast(num_sentences, tf.int64)])
+    return sentence_sides_rows(splits, seed, switch_prob, start)
 
 
 def _lang_tag(vocabulary, lang: tf.Tensor) -> tf.Tensor:
     return tf.cast(vocabulary.lang_tag_id_tf(lang), tf.int32)
 
 
-def crosslingual_units(ex, sides: tf.Tensor, rate, vocabulary, dedup: bool, lang_tags: bool) -> tf.Tensor:
-    """Body of a cross-lingual example: sentence i from side `sides[i]`, as the unit ids of that
-    side's frames in [sentence_start[i], sentence_end[i]).
-
-    Consecutive sentences of one language form a run; dedup works within a run (a run is a
-    stretch of one recording; two recordings' units are never merged), and with
-    `lang_tags` each run is preceded by its language's tag.
-    """
-    a, b = _paired_fields(ex, "a"), _paired_fields(ex, "b")
-    a_units, b_units = _dense(a["units"]), _dense(b["units"])
-    a_lo, a_hi = frame_bounds(_dense(a["sentence_start"]), _dense(a["sentence_end"]), rate, tf.size(a_units))
-    b_lo, b_hi = frame_bounds(_dense(b["sentence_start"]), _dense(b["sentence_end"]), rate, tf.size(b_units))
-    on_b = tf.equal(sides, 1)
-    offset = tf.size(a_units)  # b's frames follow a's in the concatenated unit stream
-    frames = tf.ragged.range(tf.where(on_b, b_lo + offset, a_lo), tf.where(on_b, b_hi + offset, a_hi))
-    values = tf.gather(tf.concat([a_units, b_units], 0), frames.flat_values)
-
-    run_of_sentence, run_first, _ = _segments(on_b)
-    run_ids = tf.gather(run_of_sentence, frames.value_rowids())
-    if dedup:
-        keep = dedup_rows(values, run_ids)
-        values, run_ids = tf.boolean_mask(values, keep), tf.boolean_mask(run_ids, keep)
-    num_runs = tf.size(run_first)
-    rows = tf.RaggedTensor.from_value_rowids(
-        tf.cast(vocabulary.units_to_ids_tf(values), tf.int32),
-        tf.cast(run_ids, tf.int64),
-        nrows=tf.cast(num_runs, tf.int64),
-    )
-    if lang_tags:
-        tags = tf.where(
-            tf.gather(on_b, run_first), _lang_tag(vocabulary, b["lang"]), _lang_tag(vocabulary, a["lang"])
-        )
-        rows = tf.concat([tf.RaggedTensor.from_tensor(tf.reshape(tags, [-1, 1])), rows], axis=1)
-    return rows.flat_values
-
-
-def _check_pair(ex, who: str):
-    """Asserts both sides have the same number of sentences, each with start and end."""
-    sizes = [tf.size(ex[f"{s}_sentence_{k}"]) for s in SIDES for k in ("start", "end")]
-    ok = tf.reduce_all(tf.equal(tf.stack(sizes), sizes[0]))
-    return tf.debugging.Assert(
-        ok, [f"{who}: paired record", ex["id"], "sentence counts differ (a start/end, b start/end):"] + sizes
-    )
-
-
 # The paired-record fields this module reads: the corpus layout's, less the unit rate
 # (an argument or a feature read separately).
 PAIRED_KEYS = tuple(k for k in corpus.PAIRED_TFRECORD_FEATURES if k != "unit_rate_hz")
-
-
-@seqio.map_over_dataset(num_seeds=1)
-def _crosslingual_map(
-    ex, seed, vocabulary, switch_prob, lang_tags, dedup, start, unit_rate_hz, speech_marker
-):
-    who = "crosslingual_interleave"
-    _require(ex, PAIRED_KEYS, who)
-    rate = _rate(ex, unit_rate_hz, "unit_rate_hz", who)
-    # every op below reads the record through the check, so a mismatched record fails with
-    # the check's message, never first with a shape error from a concurrently run op
-    with tf.control_dependencies([_check_pair(ex, who)]):
-        ex = {k: tf.identity(v) for k, v in ex.items()}
-    num_sentences = tf.size(ex["a_sentence_start"])
-    sides = sentence_sides(num_sentences, seed, switch_prob, start)
-    body = crosslingual_units(ex, sides, rate, vocabulary, dedup, lang_tags)
-    return finish_example(ex, tf.concat([_speech_marker(vocabulary, speech_marker), body], 0), vocabulary)
 
 
 def crosslingual_interleave(
@@ -376,30 +291,30 @@ def crosslingual_interleave(
     unit_rate_hz: float | None = None,
     speech_marker: bool = True,
     output_features=None,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
 ) -> tf.data.Dataset:
     """Sentence-level cross-lingual interleaving over PAIRED records (Moumen et al.), speech only:
     `[Speech] [EN]? <units of EN sentence 0> [FR]? <units of FR sentence 1> ... EOS`.
 
     Sentence i of side a is the translation of sentence i of side b; the sides per sentence
-    are `sentence_sides(S, seed, switch_prob, start)` and the units `crosslingual_units`.
-    `lang_tags` inserts `vocabulary.lang_tag_id_tf(lang)` at the start and where the
-    language changes (the vocabulary must list both languages). `speech_marker` puts
-    `[Speech]` first, like every speech sequence of this module (a unit-only model can
-    turn it off). Units are at `unit_rate_hz` (default: the record's feature).
+    are `sentence_sides_rows(..., switch_prob, start)`, and sentence i contributes the units of
+    its side's frames in [sentence_start[i], sentence_end[i]). Consecutive sentences of one
+    side form a run; dedup works within a run (a run is a stretch of one recording; two
+    recordings' units are never merged). `lang_tags` inserts
+    `vocabulary.lang_tag_id_tf(lang)` before each run (the vocabulary must list both
+    languages). `speech_marker` puts `[Speech]` first, like every speech sequence of this
+    module (a unit-only model can turn it off). Units are at `unit_rate_hz` (default: the
+    record's feature).
+
+    Runs `crosslingual_interleave_batches` over `batch_records` records at a time
+    (`vectorized`): one seed per batch, record b takes element b of each draw, so the draws
+    depend on `batch_records` (`batch_records=1`: one seed per record).
     """
-    who = "crosslingual_interleave"
-    switch_prob = _check_fraction("switch_prob", switch_prob, who)
-    _check_choice("start", start, STARTS, who)
-    return _crosslingual_map(
+    return vectorized(
         dataset,
-        vocabulary=_vocab(vocabulary, output_features, who),
-        switch_prob=switch_prob,
-        lang_tags=bool(lang_tags),
-        dedup=bool(dedup),
-        start=start,
-        unit_rate_hz=unit_rate_hz,
-        speech_marker=bool(speech_marker),
-    )
+        lambda batches: crosslingual_interleave_batches(batches, vocabulary, switch_prob, lang_tags, dedup, start,
+                                                        unit_rate_hz, speech_marker, output_features),
+        batch_records)
 
 
 def crosslingual_interleave_batches(
@@ -414,11 +329,8 @@ def crosslingual_interleave_batches(
     output_features=None,
 ) -> tf.data.Dataset:
     """`crosslingual_interleave` on a dataset of ragged batches of paired records
-    (`register_corpus_task(batched=True)`): the same sequence format and rules, one batch of
-    records per step. Randomness is one seed per batch (record b takes element b of each
-    draw), so for a random start or `switch_prob` in (0, 1) the draws differ from the
-    per-record map's (deterministic all the same); with `start` 'a'/'b' and `switch_prob`
-    0 or 1 the examples are identical."""
+    (`register_corpus_task(batched=True)`): each batch becomes the batch of its records'
+    examples. Same arguments and output."""
     who = "crosslingual_interleave"
     switch_prob = _check_fraction("switch_prob", switch_prob, who)
     _check_choice("start", start, STARTS, who)
@@ -453,21 +365,9 @@ def _crosslingual_batch(batch, seed, vocabulary, switch_prob, lang_tags, dedup, 
     with tf.control_dependencies(checks):
         batch = {k: tf.identity(v) for k, v in batch.items()}
 
-    # sides per sentence (flat over the batch): `sentence_sides` with row b's draws
+    # sides per sentence, flat over the batch
     sentence_row = batch["a_sentence_start"].value_rowids()
-    first_in_row = tf.equal(tf.range(tf.size(sentence_row, out_type=tf.int64)),
-                            tf.gather(batch["a_sentence_start"].row_starts(), sentence_row))
-    s_first, s_switch = tf.unstack(tf.random.experimental.stateless_split(_seed(seed), 2))
-    if start == "random":
-        first = tf.cast(tf.random.stateless_uniform([num_rows], s_first, dtype=tf.float64) < 0.5, tf.int32)
-    else:
-        first = tf.fill([num_rows], SIDES.index(start))
-    switch = tf.random.stateless_uniform(tf.shape(sentence_row), s_switch, dtype=tf.float64) < switch_prob
-    switch = tf.cast(tf.logical_and(switch, tf.logical_not(first_in_row)), tf.int32)
-    switches = tf.cumsum(switch)
-    switches -= tf.gather(tf.cumsum(switch, exclusive=True), tf.gather(batch["a_sentence_start"].row_starts(),
-                                                                           sentence_row))
-    on_b = tf.equal((tf.gather(first, sentence_row) + switches) % 2, 1)
+    on_b = tf.equal(sentence_sides_rows(batch["a_sentence_start"].row_splits, seed, switch_prob, start), 1)
 
     # frames of each sentence in one stream: all a units, then all b units
     stream, bounds = [], []
@@ -487,7 +387,7 @@ def _crosslingual_batch(batch, seed, vocabulary, switch_prob, lang_tags, dedup, 
     values = tf.gather(tf.concat(stream, 0), frames.flat_values)
 
     # runs: consecutive sentences of one side within a record; dedup never crosses a run
-    new_run = tf.logical_or(first_in_row, tf.not_equal(on_b, tf.concat([[False], on_b[:-1]], 0)))
+    new_run = dedup_rows(on_b, sentence_row)
     run_of_sentence = tf.cumsum(tf.cast(new_run, tf.int64)) - 1
     run_ids = tf.gather(run_of_sentence, frames.value_rowids())
     if dedup:

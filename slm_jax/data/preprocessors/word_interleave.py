@@ -34,10 +34,9 @@ from slm_jax.data.preprocessors.interleave import (
     _require,
     _seed,
     _vocab,
-    dedup_rows,
     frame_bounds,
 )
-from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, vectorized
+from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, vectorized
 
 POLICIES = ("random", "span", "poisson")
 
@@ -227,14 +226,12 @@ def interleave_rows(
     ids concatenated: the same output, without running the tokenizer at train time.
     """
     row_splits = words.row_splits
-    word_row, word_pos, num_rows = _row_layout(row_splits)
+    word_row, _, num_rows = _row_layout(row_splits)
     is_speech = tf.cast(is_speech, tf.bool)
     n = tf.size(is_speech)
 
     # segments: maximal runs of one modality within a record
-    changes = tf.logical_or(
-        tf.equal(word_pos, 0), tf.not_equal(is_speech, tf.concat([[False], is_speech[:-1]], 0))
-    )
+    changes = dedup_rows(is_speech, word_row)
     seg = tf.cumsum(tf.cast(changes, tf.int32)) - 1
     first = tf.cast(tf.where(changes)[:, 0], tf.int32)
     last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
