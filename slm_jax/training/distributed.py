@@ -117,6 +117,7 @@ class JoinPlan:
 
     @property
     def joins(self) -> bool:
+        """True when `initialize` will call jax.distributed.initialize (TPU, or > 1 process)."""
         return self.method == "tpu" or (self.method != "single" and self.num_processes > 1)
 
 
