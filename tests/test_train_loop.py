@@ -182,6 +182,7 @@ def test_in_training_benchmarks_are_logged_with_the_loss(demo_data_dir, tmp_path
     """`train.benchmarks` / `train.benchmark_period`: cloze accuracy logged as bench/<name> every period."""
     import numpy as np
 
+    from slm_jax.evaluation.benchmarks import in_training_scorer
     from slm_jax.training.train import TrainRun, run_training
 
     pairs = tmp_path / "pairs.jsonl"
@@ -195,7 +196,10 @@ def test_in_training_benchmarks_are_logged_with_the_loss(demo_data_dir, tmp_path
         "TRAIN_STEPS = 4", "CHECKPOINT_PERIOD = 4", "SEQUENCE_LENGTH = 64", "train.eval_period = 0",
         "train.log_period = 2", f"MODEL_DIR = '{model_dir}'", f"train.benchmarks = '{pairs}'",
         "train.benchmark_period = 2"])
-    last = run_training(TrainRun())
+    run = TrainRun()
+    with pytest.raises(ValueError, match="needs a scorer"):  # training never imports evaluation itself
+        run_training(run)
+    last = run_training(run, benchmark_fn=in_training_scorer(run.benchmarks, run.train_dataset.mixture_or_task_name))
     logged = [k for k in last if k.startswith("bench/")]
     assert logged == [f"bench/{pairs}"] and 0.0 <= last[logged[0]] <= 1.0, sorted(last)
     rows = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]

@@ -28,28 +28,20 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slm_jax.data.feature_converter import CTC_KEY, CTC_MODEL_FEATURES, SLMFeatureConverter
+from slm_jax import contract
+from slm_jax.data.feature_converter import CTC_KEY, SLMFeatureConverter
 from slm_jax.gin_utils import ConfigError
 
 # The input pipeline runs on host CPUs; TF must never take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-# Per-token modality (0 pad, 1 text, 2 speech, 3 marker) and latent-patch ids ride along
-# for per-modality losses and the LST model; the dense trainer reads only BATCH_KEYS.
-EXTRA_KEYS = ("decoder_modality", "decoder_patch_ids")
-
-BATCH_KEYS = (
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_loss_weights",
-    "decoder_segment_ids",
-    "decoder_positions",
-)
-
-# The packed character-CTC stream (its own length, `DatasetConfig.ctc_length`); present only
-# for tasks that write `ctc_targets`. `slm_jax.models.ctc.ctc_targets_from_packed` turns it
-# into [B, S, L] targets aligned with decoder_segment_ids.
-CTC_KEYS = CTC_MODEL_FEATURES
+# The batch layout is slm_jax.contract's: seqio's decoder features, then per-token modality
+# (0 pad, 1 text, 2 speech, 3 marker) and latent-patch ids (per-modality losses, LST), then
+# the packed character-CTC stream (own length, `DatasetConfig.ctc_length`) for tasks that
+# write `ctc_targets`. These names stay importable from here.
+BATCH_KEYS = contract.CORE_MODEL_FEATURES
+EXTRA_KEYS = contract.EXTRA_MODEL_FEATURES
+CTC_KEYS = contract.CTC_MODEL_FEATURES
 
 
 @gin.configurable

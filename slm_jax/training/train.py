@@ -165,6 +165,12 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     from slm_jax.training.checkpoints import CheckpointManager
     from slm_jax.training.preemption import PreemptionWatcher
 
+    if run.benchmarks and run.benchmark_period and benchmark_fn is None:
+        raise ValueError(f"train.benchmarks={run.benchmarks!r} needs a scorer: run through `slm-jax train` or pass "
+                         f"run_training(..., benchmark_fn=slm_jax.evaluation.benchmarks.in_training_scorer(...))")
+    if not (run.benchmarks and run.benchmark_period):
+        benchmark_fn = None
+
     # 0. Join the multi-process job (TPU pod, SLURM) before anything touches a device.
     distributed.initialize(run.distributed)
 
@@ -178,11 +184,6 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     eval_factory = None
     if run.eval_dataset is not None and run.eval_period:
         eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
-    if run.benchmarks and run.benchmark_period and benchmark_fn is None:
-        raise ValueError(f"train.benchmarks={run.benchmarks!r} needs a scorer: run through `slm-jax train` or pass "
-                         f"run_training(..., benchmark_fn=slm_jax.evaluation.benchmarks.in_training_scorer(...))")
-    if not (run.benchmarks and run.benchmark_period):
-        benchmark_fn = None
     run_dir.write_run_files(model_dir, run.model, config_str)
 
     # 2. Restore or initialise.
