@@ -77,7 +77,7 @@ def _loop_fn(model):
 
     @jax.jit
     def total_logp(params, inputs, targets):
-        logits = model.apply({"params": params}, inputs)
+        logits = model.apply({"params": params}, inputs).logits
         logp = jax.nn.log_softmax(logits[0], axis=-1)
         return logp[np.arange(targets.shape[1]), targets[0]].sum()
 
@@ -105,7 +105,7 @@ def timed(fn, repeats):
 def main(argv=None) -> int:
     args = parse_args(argv)
     import jax
-    from slm_jax.data.token_space import SpeechTextVocabulary
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
     from slm_jax.evaluation import cloze
     from slm_jax.evaluation.likelihood import SUM_ALL, LikelihoodScorer
     from slm_jax.evaluation.runner import ModelRunner

@@ -26,7 +26,9 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SPEECH, MARKER = 2, 3
+from slm_jax import contract  # noqa: E402  (after the sys.path line; imports nothing heavy)
+
+SPEECH, MARKER = contract.MODALITY_SPEECH, contract.MODALITY_MARKER
 
 
 def parse_args(argv=None):
@@ -53,9 +55,9 @@ def speech_batch(rng, batch, length, vocab, segments):
         seg[:, a:b], pos[:, a:b] = s, np.arange(b - a)
         tokens[:, a], modality[:, a] = 1, MARKER  # the [Speech] marker opens each utterance
     inputs = np.where(pos == 0, 0, np.roll(tokens, 1, axis=1))
-    return {"decoder_input_tokens": inputs, "decoder_target_tokens": tokens,
-            "decoder_loss_weights": np.ones((batch, length), np.int32), "decoder_modality": modality,
-            "decoder_segment_ids": seg, "decoder_positions": pos}
+    return {contract.DECODER_INPUT_TOKENS: inputs, contract.DECODER_TARGET_TOKENS: tokens,
+            contract.DECODER_LOSS_WEIGHTS: np.ones((batch, length), np.int32), contract.DECODER_MODALITY: modality,
+            contract.DECODER_SEGMENT_IDS: seg, contract.DECODER_POSITIONS: pos}
 
 
 def load_lst_config(gin_file, bindings):
@@ -100,7 +102,7 @@ def main(argv=None):
     data, fsdp, tensor = (int(x) for x in args.mesh.split(","))
     mesh = make_mesh(MeshConfig(data, fsdp, tensor))
     batch = speech_batch(np.random.default_rng(0), args.batch_size, args.seq_len, lst_cfg.vocab_size, args.segments)
-    units = int((batch["decoder_modality"] == SPEECH).sum())
+    units = int((batch[contract.DECODER_MODALITY] == SPEECH).sum())
     rows = []
     for name, cfg in (("dense", lst_cfg.global_model), ("lst", lst_cfg)):
         trainer = Trainer(cfg, OptimizerConfig(warmup_steps=10), TrainConfig(), mesh, DEFAULT_RULES, 1000,

@@ -52,9 +52,10 @@ def synthetic_batch(rng, batch, length, vocab, segments):
         bounds = [0, *cuts, length]
         for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
             seg[i, a:b], pos[i, a:b] = s, np.arange(b - a)
-    return {"decoder_input_tokens": tokens[:, :-1], "decoder_target_tokens": tokens[:, 1:],
-            "decoder_loss_weights": np.ones((batch, length), np.int32), "decoder_segment_ids": seg,
-            "decoder_positions": pos}
+    from slm_jax import contract
+    return {contract.DECODER_INPUT_TOKENS: tokens[:, :-1], contract.DECODER_TARGET_TOKENS: tokens[:, 1:],
+            contract.DECODER_LOSS_WEIGHTS: np.ones((batch, length), np.int32), contract.DECODER_SEGMENT_IDS: seg,
+            contract.DECODER_POSITIONS: pos}
 
 
 def load_model_config(gin_file, bindings):

@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 from seqio import utils as seqio_utils
 
-from slm_jax.data.ctc_targets import add_ctc_targets, add_empty_ctc_targets, sentinel_id
+from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets, add_empty_ctc_targets, sentinel_id
+from slm_jax.data.tokenizers.chars import CharVocabulary
+from slm_jax.evaluation.metrics_text import char_error_rate
 from slm_jax.models.ctc import (
-    CharVocabulary,
     CTCHead,
-    char_error_rate,
     ctc_greedy_decode,
     ctc_greedy_decode_segments,
     ctc_loss_from_batch,
@@ -367,7 +367,7 @@ class _ToyCTCModel(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, seg, pos):
-        hidden = Decoder(self.cfg, name="decoder")(tokens, seg, pos, return_hidden=True)
+        hidden = Decoder(self.cfg, name="decoder")(tokens, seg, pos, return_logits=False, return_hidden=True).hidden
         return CTCHead(self.num_classes, self.cfg.embed_dim, init_std=0.1, dtype=jnp.float32, name="ctc")(hidden)
 
 

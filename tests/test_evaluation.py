@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from slm_jax.data import corpus, interleave
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax.data import corpus
+
+from slm_jax.data.preprocessors import interleave
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+import slm_jax_demo.benchmarks as demo_bench
 from slm_jax.evaluation import alignment, benchmarks as bench, cloze
 from slm_jax.evaluation.likelihood import LikelihoodScorer, ScoredSequence
 from slm_jax.evaluation.runner import ModelRunner
@@ -185,7 +188,7 @@ def test_lst_scores_equal_one_call_per_sequence():
     seqs = [ScoredSequence(np.concatenate([[VOCAB.speech_marker_id], VOCAB.units_to_ids(rng.integers(0, 20, 12)),
                                            [VOCAB.eos_id]]), ending_start=9) for _ in range(3)]
     got = LikelihoodScorer(ModelRunner(model, params), KINDS, batch_size=4)(seqs)
-    apply = jax.jit(lambda tokens, modality: model.apply({"params": params}, tokens, modality=modality))
+    apply = jax.jit(lambda tokens, modality: model.apply({"params": params}, tokens, modality=modality).logits)
     for seq, row in zip(seqs, got):
         inputs = np.concatenate([[0], seq.ids[:-1]])[None]
         logits = apply(jnp.asarray(inputs), jnp.asarray(KINDS[seq.ids][None]))
@@ -292,7 +295,8 @@ def test_pooled_hidden_states_are_the_mean_over_content_tokens(dense):
     segments = [Segment.speech([1, 2, 2, 3], "en"), Segment.speech(list(range(11)), "fr")]
     fmt = SequenceFormat(VOCAB)
     got = alignment.pooled_hidden_states(dense, fmt, segments, batch_size=2)
-    layers = jax.jit(lambda tokens: dense.model.apply({"params": dense.params}, tokens, return_layer_hidden=True))
+    layers = jax.jit(lambda tokens: dense.model.apply({"params": dense.params}, tokens,
+                                                      return_layer_hidden=True).layer_hidden)
     for seg, row in zip(segments, got):
         ids = fmt.encode([seg]).ids
         inputs = np.concatenate([[0], ids[:-1]])[None]  # BOS [Speech] units
@@ -314,12 +318,12 @@ def test_parallel_items_cut_sentences_by_the_corpus_frame_rule():
 # --- suites: demo names, run_benchmarks, slm-jax eval ---------------------------------------
 def fake_demo_corpus(data_dir, rng):
     """The demo corpus layout the benchmarks read: a completion marker, cloze files, paired records."""
-    from slm_jax.data.spoken_demo import MARKER, VERSION, DemoCorpusParams, default_root
+    from slm_jax_demo.corpus import MARKER, VERSION, DemoCorpusParams, default_root
     root = default_root(str(data_dir))
     os.makedirs(os.path.join(root, "cloze"))
     with open(os.path.join(root, MARKER), "w") as f:
         json.dump({"version": VERSION, **dataclasses.asdict(DemoCorpusParams())}, f)
-    for name in bench.DEMO_CLOZE:
+    for name in demo_bench.DEMO_CLOZE:
         write_jsonl(os.path.join(root, "cloze", f"{name}.jsonl"), [demo_record(i, rng) for i in range(3)])
     paired = [{"id": f"p{i}", "a_lang": "en", "b_lang": "fr", "unit_rate_hz": 25.0,
                "a_units": rng.integers(0, NUM_UNITS, 12).tolist(), "a_sentence_start": [0.0], "a_sentence_end": [0.5],
@@ -336,18 +340,19 @@ def test_run_benchmarks_on_the_trainer_mesh_and_demo_table(tmp_path, monkeypatch
                       10, 8, 32)
     options = bench.EvalOptions(data_dir=str(tmp_path), batch_size=4)
     results = bench.run_benchmarks(trainer, dense.params, "demo", VOCAB, options)
-    assert sorted(results) == sorted([*bench.DEMO_CLOZE, *(f"align_en_fr/{k}" for k in (
+    assert sorted(results) == sorted([*demo_bench.DEMO_CLOZE, *(f"align_en_fr/{k}" for k in (
         "cos_parallel", "cos_random", "r1_en_fr", "r1_fr_en"))])
     suite = bench.BenchmarkSuite(bench.parse_benchmarks("ssc_en_fr"), VOCAB, options)
     scorer = LikelihoodScorer(dense, KINDS)
     assert results["ssc_en_fr"] == cloze.evaluate_pairs(scorer, suite.items["ssc_en_fr"], suite.fmt).accuracy
-    table = bench.format_demo_table(results)
+    table = demo_bench.format_demo_table(results)
     assert table.splitlines()[0].split() == ["EN", "FR", "EN->FR", "FR->EN"]
     assert table.splitlines()[1].split()[3] == f"{100 * results['ssc_en_fr']:.1f}" and "cos parallel" in table
 
 
 def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
-    from slm_jax.evaluation import eval_cli
+    from slm_jax.cli import eval as eval_cli
+    from slm_jax.evaluation.results import plot_accuracy
     from slm_jax.training.checkpoints import CheckpointManager
     model_dir = tmp_path / "run"
     gin_args = ["--gin_file=gin/runs/test_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'"]
@@ -367,7 +372,7 @@ def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     assert (model_dir / "eval" / "10.json").exists()
     out = capsys.readouterr().out
     assert "steps: 10 20" in out and pairs in out
-    if eval_cli.plot_accuracy(str(model_dir / "eval")):
+    if plot_accuracy(str(model_dir / "eval")):
         assert (model_dir / "eval" / "accuracy.png").stat().st_size > 1000
     assert eval_cli.cmd_eval([*gin_args, "--benchmarks=nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err

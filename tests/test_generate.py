@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.data.token_space import SpeechTextVocabulary
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 from slm_jax.evaluation import generate as gen, metrics_text
 from slm_jax.evaluation.runner import ModelRunner
 from slm_jax.models import sampling
@@ -41,13 +41,14 @@ def test_cached_greedy_equals_no_cache_generation_token_for_token(dense, padding
 def test_decode_mode_logits_equal_the_full_forward(dense):
     tokens = jnp.asarray([[0, 4, 9, 9, 13, 7, 21, 5]], jnp.int32)
     apply = jax.jit(lambda *args, **kwargs: dense.model.apply({"params": dense.params}, *args, **kwargs))
-    full = apply(tokens)
+    full = apply(tokens).logits
     cache = init_cache(dense.config, 1, 12)
-    first, cache = apply(tokens[:, :5], cache=cache)
-    rest = [first]
+    out = apply(tokens[:, :5], cache=cache)
+    rest, cache = [out.logits], out.cache
     for i in range(5, 8):
-        step, cache = apply(tokens[:, i:i + 1], positions=jnp.asarray([[i]]), cache=cache)
-        rest.append(step)
+        out = apply(tokens[:, i:i + 1], positions=jnp.asarray([[i]]), cache=cache)
+        rest.append(out.logits)
+        cache = out.cache
     np.testing.assert_allclose(np.concatenate(rest, axis=1), full, atol=1e-5)
     assert int(cache["index"]) == 8 and np.asarray(cache["segment_ids"]).tolist() == [[1] * 8 + [0] * 4]
 

@@ -77,7 +77,7 @@ def test_no_position_sees_its_future(pooling):
 
     @jax.jit
     def logits(tokens):
-        return model.apply({"params": params}, tokens, batch["seg"], batch["pos"], modality=batch["modality"])
+        return model.apply({"params": params}, tokens, batch["seg"], batch["pos"], modality=batch["modality"]).logits
 
     base = logits(batch["tokens"])
     for j in (3, 7, 12, 17):
@@ -112,9 +112,9 @@ def test_patch_size_one_reduces_to_the_dense_decoder():
     model = lst.LSTModel(cfg)
     params = _dense_params_into_lst(dense_params,
                                     nn.meta.unbox(model.init(jax.random.key(0), batch["tokens"])["params"]))
-    want = dense.apply({"params": dense_params}, batch["tokens"], batch["seg"], batch["pos"])
-    got, covered = model.apply({"params": params}, batch["tokens"], batch["seg"], batch["pos"],
-                               modality=batch["modality"], return_coverage=True)
+    want = dense.apply({"params": dense_params}, batch["tokens"], batch["seg"], batch["pos"]).logits
+    out = model.apply({"params": params}, batch["tokens"], batch["seg"], batch["pos"], modality=batch["modality"])
+    got, covered = out.logits, out.covered
     real = np.asarray(batch["seg"]) > 0
     assert np.all(np.asarray(covered)[real])
     # (the second RMSNorm differs from identity only through its eps)
@@ -132,8 +132,8 @@ def test_rows_longer_than_the_global_length_are_reported_not_wrong():
     batch = _batch(rng)
     model = lst.LSTModel(_cfg(patch_size=1, global_length=8))
     params = nn.meta.unbox(model.init(jax.random.key(0), batch["tokens"])["params"])
-    _, covered = model.apply({"params": params}, batch["tokens"], batch["seg"], batch["pos"],
-                             modality=batch["modality"], return_coverage=True)
+    covered = model.apply({"params": params}, batch["tokens"], batch["seg"], batch["pos"],
+                          modality=batch["modality"]).covered
     covered = np.asarray(covered)
     assert covered[:, :7].all() and not covered[:, 8:].any()
 
@@ -197,7 +197,7 @@ def test_dense_greedy_sampling_is_stepwise_argmax():
     got = sampling.sample(model, params, prompt, 6, modality_of_id=MODALITY_OF_ID, temperature=0.0)
     seq = prompt.copy()
     for _ in range(6):
-        logits = model.apply({"params": params}, jnp.asarray(seq))
+        logits = model.apply({"params": params}, jnp.asarray(seq)).logits
         seq = np.concatenate([seq, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], 1)
     assert got.tolist() == seq[:, 4:].tolist()
 
@@ -216,7 +216,7 @@ def test_lst_sampling_completes_patches_and_matches_teacher_forcing():
     pos = np.broadcast_to(np.arange(t), seq.shape)
     slots = np.asarray(lst.patch_slots(jnp.asarray(seg), jnp.asarray(target_mod), "static", 3))
     logits = np.asarray(model.apply({"params": params}, jnp.asarray(seq), jnp.asarray(seg), jnp.asarray(pos),
-                                    modality=jnp.asarray(target_mod)))
+                                    modality=jnp.asarray(target_mod)).logits)
     speech = MODALITY_OF_ID == 2
     for r in range(2):
         for n in range(prompt.shape[1] - 1, t - 1):
@@ -318,7 +318,8 @@ def test_curriculum_schedule_and_deterministic_choices():
 def test_curriculum_trains_and_batches_without_patch_ids_get_static_fallback():
     from slm_jax.training import partitioning
     from slm_jax.training.optimizer import OptimizerConfig
-    from slm_jax.training.trainer import PATCH_KEY, TrainConfig, Trainer
+    from slm_jax.contract import DECODER_PATCH_IDS as PATCH_KEY
+    from slm_jax.training.trainer import TrainConfig, Trainer
 
     raw = _batch(np.random.default_rng(6), b=2, t=24)
     batch = {"decoder_input_tokens": raw["tokens"], "decoder_target_tokens": jnp.roll(raw["tokens"], -1, 1),

@@ -53,7 +53,7 @@ def test_unscanned_fp32_equals_naive(tie):
     cfg = dataclasses.replace(BASE, tie_embeddings=tie)
     tokens, seg, pos = packed_batch()
     params = unbox(init_params(cfg, tokens))
-    got = Decoder(cfg).apply({"params": params}, tokens, seg, pos)
+    got = Decoder(cfg).apply({"params": params}, tokens, seg, pos).logits
     want = naive_logits(params, cfg, np.asarray(tokens), np.asarray(seg), np.asarray(pos))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)
 
@@ -66,11 +66,11 @@ def test_scanned_remat_bf16_matches_naive(remat):
     scanned = to_scanned(dict(params), BASE.num_layers)
 
     cfg32 = dataclasses.replace(BASE, scan_layers=True, remat_policy=remat)
-    got32 = Decoder(cfg32).apply({"params": scanned}, tokens, seg, pos)
+    got32 = Decoder(cfg32).apply({"params": scanned}, tokens, seg, pos).logits
     np.testing.assert_allclose(np.asarray(got32), want, atol=1e-4, rtol=1e-4)
 
     cfg16 = dataclasses.replace(cfg32, dtype="bfloat16")
-    got16 = np.asarray(Decoder(cfg16).apply({"params": scanned}, tokens, seg, pos))
+    got16 = np.asarray(Decoder(cfg16).apply({"params": scanned}, tokens, seg, pos).logits)
     # bf16 compute: errors of a few 1e-2 on logits of O(1); structure must still match.
     assert np.abs(got16 - want).max() < 0.15 * np.abs(want).max()
     assert np.corrcoef(got16.ravel(), want.ravel())[0, 1] > 0.999
@@ -100,10 +100,10 @@ def test_no_leak_across_packed_segments(impl):
     tokens, seg, pos = packed_batch(seed=5)
     params = unbox(init_params(cfg, tokens))
     model = Decoder(cfg)
-    base = np.asarray(model.apply({"params": params}, tokens, seg, pos))
+    base = np.asarray(model.apply({"params": params}, tokens, seg, pos).logits)
     # Change every token of segment 1; segments 2 and 3 must be untouched.
     changed = jnp.where(seg == 1, (tokens + 13) % cfg.vocab_size, tokens)
-    after = np.asarray(model.apply({"params": params}, changed, seg, pos))
+    after = np.asarray(model.apply({"params": params}, changed, seg, pos).logits)
     others = np.asarray(seg) >= 2
     np.testing.assert_array_equal(after[others], base[others])
     assert not np.allclose(after[np.asarray(seg) == 1], base[np.asarray(seg) == 1])
@@ -114,9 +114,9 @@ def test_packed_segment_equals_segment_alone():
     tokens, seg, pos = packed_batch(seed=7)
     cfg = dataclasses.replace(BASE, scan_layers=True)
     params = unbox(init_params(cfg, tokens))
-    packed = np.asarray(Decoder(cfg).apply({"params": params}, tokens, seg, pos))
+    packed = np.asarray(Decoder(cfg).apply({"params": params}, tokens, seg, pos).logits)
     idx = np.nonzero(np.asarray(seg[0]) == 2)[0]
-    alone = np.asarray(Decoder(cfg).apply({"params": params}, tokens[:1, idx]))
+    alone = np.asarray(Decoder(cfg).apply({"params": params}, tokens[:1, idx]).logits)
     np.testing.assert_allclose(packed[0, idx], alone[0], atol=1e-5)
 
 
@@ -144,7 +144,7 @@ def test_gradients_scanned_remat_equal_unscanned():
     targets = jnp.roll(tokens, -1, axis=1)
 
     def loss(p, cfg):
-        logits = Decoder(cfg).apply({"params": p}, tokens, seg, pos)
+        logits = Decoder(cfg).apply({"params": p}, tokens, seg, pos).logits
         logp = jax.nn.log_softmax(logits)
         return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], -1))
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from slm_jax import gin_utils
+from slm_jax.contract import TRAIN_FEATURES as BATCH_KEYS
 from slm_jax.models.decoder import DecoderConfig
 from slm_jax.training import optimizer as opt_lib
 from slm_jax.training.partitioning import DEFAULT_RULES, MeshConfig, MeshError, make_mesh
-from slm_jax.training.trainer import BATCH_KEYS, TrainConfig, Trainer
+from slm_jax.training.trainer import TrainConfig, Trainer
 from slm_jax.training.train import IncompatibleModelDirError, check_model_dir_compatible, write_run_files
 
 MODEL = DecoderConfig(vocab_size=128, embed_dim=32, mlp_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.evaluation.runner import ModelRunner, bucket_length, is_dense_decoder, replicated
-from slm_jax.evaluation.sequences import (MODALITY_SPEECH, MODALITY_TEXT, Segment, SequenceFormat, model_inputs,
-                                          modality_of_ids)
+from slm_jax import contract
+from slm_jax.contract import MODALITY_SPEECH, MODALITY_TEXT
+from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
+from slm_jax.evaluation.sequences import Segment, SequenceFormat, model_inputs, modality_of_ids
+from slm_jax.models import interface
 
 LEVELS = ("utterance", "sentence")
-FRAME_SNAP = 1e-2  # slm_jax.data.interleave.FRAME_SNAP: the corpus time -> frame rule
+FRAME_SNAP = 1e-2  # slm_jax.data.preprocessors.interleave.FRAME_SNAP: the corpus time -> frame rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +95,16 @@ def load_parallel(pattern: str, langs: tuple[str, str] = ("en", "fr"), level: st
 def pooled_hidden_states(runner: ModelRunner, fmt: SequenceFormat, segments: Sequence[Segment],
                          batch_size: int = 16) -> np.ndarray:
     """float32 [n, layers + 1, embed]: each segment's hidden states mean-pooled over its content
-    tokens, per layer (0 = embeddings)."""
-    if not is_dense_decoder(runner.model):
-        raise ValueError(f"hidden-state alignment needs the dense Decoder's per-layer states; got "
-                         f"{type(runner.model).__name__}")
-    kinds = modality_of_ids(fmt.vocabulary, runner.config.vocab_size)
+    tokens, per layer (0 = embeddings). Raises ValueError for a model family without per-layer
+    hidden states (`ModelFamily.has_layer_hidden`)."""
+    if not runner.family.has_layer_hidden:
+        raise ValueError(f"hidden-state alignment needs per-layer hidden states (the dense Decoder's); got "
+                         f"{runner.family.name}")
+    cfg = runner.dense_config
+    kinds = modality_of_ids(fmt.vocabulary, cfg.vocab_size)
     inputs = [model_inputs(fmt.encode([seg]).ids) for seg in segments]
     rows = runner.padded_rows(batch_size)
-    out = np.zeros((len(segments), runner.config.num_layers + 1, runner.config.embed_dim), np.float32)
+    out = np.zeros((len(segments), cfg.num_layers + 1, cfg.embed_dim), np.float32)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     for start in range(0, len(order), rows):
         members = order[start:start + rows]
@@ -121,7 +125,8 @@ def pooled_hidden_states(runner: ModelRunner, fmt: SequenceFormat, segments: Seq
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def pooled_layers(model, on_mesh: bool, params, tokens, valid, pooled):
     """[b, layers + 1, d]: mean over the `pooled` positions of every layer's states."""
-    hidden = model.apply({"params": params}, tokens, valid.astype(jnp.int32), None, return_layer_hidden=True)
+    features = {contract.DECODER_INPUT_TOKENS: tokens, contract.DECODER_SEGMENT_IDS: valid.astype(jnp.int32)}
+    hidden = interface.family_of(model).forward(model, params, features, logits=False, layer_hidden=True).layer_hidden
     weights = pooled.astype(jnp.float32)
     sums = jnp.einsum("lbtd,bt->bld", hidden.astype(jnp.float32), weights)
     return replicated(sums / jnp.maximum(jnp.sum(weights, axis=1), 1.0)[:, None, None], on_mesh)

@@ -2,7 +2,8 @@
 
 `generate(runner, prompts, max_new_tokens, ...)` continues a batch of prompts of different
 lengths. Prompts are token ids as a task's targets write them (no BOS: BOS=0 is put in
-front, as in training inputs). The dense `Decoder` prefills a KV cache with the padded
+front, as in training inputs). A model family with a KV cache (`ModelFamily.supports_kv_cache`,
+the dense `Decoder`) prefills the cache with the padded
 prompts in one call, then decodes one token per step inside a single compiled
 `lax.while_loop` (stopping early once every row has emitted a stop id). Rows are left- or
 right-padded; each row keeps its own RoPE positions and padding slots are never attended,
@@ -13,7 +14,7 @@ Sampling: greedy (`temperature <= 0`), temperature, top-k, top-p; `banned_ids` a
 emitted, nor, when a vocabulary is given, the ids never trained as targets (PAD and the
 embedding rows beyond the vocabulary). Modality forcing (`forced_modality_prompts`) appends the output
 modality's marker and bans the other modality's ids (SpiritLM); `fewshot_asr` /
-`fewshot_tts` build SpiritLM few-shot prompts (`slm_jax.data.task_formats.fewshot_prompt`).
+`fewshot_tts` build SpiritLM few-shot prompts (`slm_jax.data.preprocessors.task_formats.fewshot_prompt`).
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.evaluation.runner import ModelRunner, bucket_length, is_dense_decoder, is_lst, replicated
-from slm_jax.evaluation.sequences import SPEECH, TEXT, modality_of_ids, real_vocabulary
-from slm_jax.models import sampling
-from slm_jax.models.decoder import init_cache
+from slm_jax.contract import SPEECH, TEXT
+from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
+from slm_jax.evaluation.sequences import modality_of_ids, real_vocabulary
+from slm_jax.models import interface, sampling
 
 PADDINGS = ("left", "right")
 
@@ -53,16 +54,19 @@ class Generation:
 def generate(runner: ModelRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling_config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (),
              banned_ids: Sequence[int] = (), vocabulary=None, padding: str = "left", bos_id: int = 0) -> Generation:
-    """Continues every prompt by up to `max_new_tokens` ids (see the module docstring)."""
+    """Continues every prompt (int token ids) by up to `max_new_tokens` ids (see the module
+    docstring). Raises ValueError on no prompts, `max_new_tokens < 1`, an unknown `padding`,
+    prompt ids outside the vocabulary, or a model without a KV cache given no `vocabulary`;
+    TypeError on an unregistered model."""
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     _check_generate_args(runner, prompts, max_new_tokens, padding)
-    vocab_size = runner.config.vocab_size
+    vocab_size = runner.dense_config.vocab_size
     banned = banned_mask(vocab_size, banned_ids, vocabulary)
-    if is_lst(runner.model):
-        out = _generate_without_cache(runner, prompts, max_new_tokens, sampling_config, banned, vocabulary, bos_id)
-    else:
+    if runner.family.supports_kv_cache:
         out = _generate_with_cache(runner, prompts, max_new_tokens, sampling_config, stop_ids, banned, padding,
                                    bos_id)
+    else:
+        out = _generate_without_cache(runner, prompts, max_new_tokens, sampling_config, banned, vocabulary, bos_id)
     return _cut_at_stop(out, stop_ids)
 
 
@@ -73,11 +77,10 @@ def _check_generate_args(runner, prompts, max_new_tokens, padding):
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
     if padding not in PADDINGS:
         raise ValueError(f"generate: padding={padding!r}: expected one of {PADDINGS}")
-    if not (is_dense_decoder(runner.model) or is_lst(runner.model)):
-        raise ValueError(f"generate: needs a Decoder or LSTModel, got {type(runner.model).__name__}")
-    bad = [i for i, p in enumerate(prompts) if ((p < 0) | (p >= runner.config.vocab_size)).any()]
+    vocab_size = runner.dense_config.vocab_size  # TypeError for an unregistered model
+    bad = [i for i, p in enumerate(prompts) if ((p < 0) | (p >= vocab_size)).any()]
     if bad:
-        raise ValueError(f"generate: prompt {bad[0]} has ids outside the model's [0, {runner.config.vocab_size})")
+        raise ValueError(f"generate: prompt {bad[0]} has ids outside the model's [0, {vocab_size})")
 
 
 def banned_mask(vocab_size: int, banned_ids: Sequence[int] = (), vocabulary=None) -> np.ndarray:
@@ -136,9 +139,10 @@ def decode_loop(model, max_new_tokens: int, temperature: float, top_k: int, top_
                 tokens, segment_ids, positions, last, next_pos, stop_ids, banned, rng):
     """Prefill the cache with the prompts, then pick / feed one token per step: [b, max_new_tokens]."""
     b = tokens.shape[0]
-    cache = init_cache(model.config, b, tokens.shape[1] + max_new_tokens)
-    logits, cache = model.apply({"params": params}, tokens, segment_ids, positions, cache=cache)
-    logits = logits[jnp.arange(b), last]
+    family = interface.family_of(model)
+    prefill = family.decode(model, params, tokens, segment_ids, positions,
+                            family.init_cache(b, tokens.shape[1] + max_new_tokens))
+    cache, logits = prefill.cache, prefill.logits[jnp.arange(b), last]
 
     def body(state):
         i, cache, logits, out, done, rng = state
@@ -146,9 +150,9 @@ def decode_loop(model, max_new_tokens: int, temperature: float, top_k: int, top_
         token = sampling.pick_next_token(logits, key, temperature, top_k, top_p, banned)
         token = jnp.where(done, 0, token)  # rows that stopped: ignored filler
         done = done | jnp.isin(token, stop_ids)
-        step_logits, cache = model.apply({"params": params}, token[:, None], jnp.ones((b, 1), jnp.int32),
-                                         (next_pos + i)[:, None], cache=cache)
-        return i + 1, cache, step_logits[:, 0], out.at[:, i].set(token), done, rng
+        step = family.decode(model, params, token[:, None], jnp.ones((b, 1), jnp.int32), (next_pos + i)[:, None],
+                             cache)
+        return i + 1, step.cache, step.logits[:, 0], out.at[:, i].set(token), done, rng
 
     def not_finished(state):
         return (state[0] < max_new_tokens) & ~jnp.all(state[4])
@@ -158,11 +162,12 @@ def decode_loop(model, max_new_tokens: int, temperature: float, top_k: int, top_
     return replicated(jax.lax.while_loop(not_finished, body, state)[3], on_mesh)
 
 
-# --- LST: no cache (sampling.sample), one call per prompt length --------------------------
+# --- no KV cache (LST): sampling.sample, one call per prompt length ----------------------
 def _generate_without_cache(runner, prompts, max_new_tokens, cfg: SamplingConfig, banned, vocabulary, bos_id):
     if vocabulary is None:
-        raise ValueError("generate: an LST model needs the vocabulary (its patches follow token modalities)")
-    kinds = modality_of_ids(vocabulary, runner.config.vocab_size)
+        raise ValueError(f"generate: {runner.family.name} (no KV cache) needs the vocabulary (the sampler reads "
+                         "token modalities, e.g. LST patches follow them)")
+    kinds = modality_of_ids(vocabulary, runner.dense_config.vocab_size)
     out = np.zeros((len(prompts), max_new_tokens), np.int32)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
@@ -181,7 +186,7 @@ def forced_modality_prompts(prompts: Sequence[Sequence[int]], modality: str, voc
     """(prompts continuing in `modality`, ids to ban): SpiritLM's output forcing. A prompt whose
     last marker is not `modality`'s gets that marker appended (markers appear only where the
     modality changes, so a speech prompt continued as speech gets none)."""
-    from slm_jax.data.task_formats import banned_ids_for
+    from slm_jax.data.preprocessors.task_formats import banned_ids_for
     vocabulary = real_vocabulary(vocabulary)
     if modality not in (SPEECH, TEXT):
         raise ValueError(f"modality={modality!r}: expected {SPEECH!r} or {TEXT!r}")
@@ -204,7 +209,7 @@ def fewshot_asr(runner: ModelRunner, vocabulary, shots: Sequence[tuple[Sequence[
                 queries: Sequence[Sequence[int]], max_new_tokens: int = 64,
                 sampling_config: SamplingConfig = SamplingConfig()) -> list[str]:
     """Transcripts of `queries` (frame-level units) after `shots` (units, transcript) examples."""
-    from slm_jax.data.task_formats import fewshot_prompt
+    from slm_jax.data.preprocessors.task_formats import fewshot_prompt
     vocabulary = real_vocabulary(vocabulary)
     vocabulary.require_text_model("fewshot_asr")
     prompts = [fewshot_prompt(shots, q, SPEECH, TEXT, vocabulary) for q in queries]
@@ -218,7 +223,7 @@ def fewshot_tts(runner: ModelRunner, vocabulary, shots: Sequence[tuple[str, Sequ
                 queries: Sequence[str], max_new_tokens: int = 256,
                 sampling_config: SamplingConfig = SamplingConfig()) -> list[np.ndarray]:
     """Deduplicated units of `queries` (text) after `shots` (text, units) examples."""
-    from slm_jax.data.task_formats import fewshot_prompt
+    from slm_jax.data.preprocessors.task_formats import fewshot_prompt
     vocabulary = real_vocabulary(vocabulary)
     vocabulary.require_text_model("fewshot_tts")
     prompts = [fewshot_prompt(shots, q, TEXT, SPEECH, vocabulary) for q in queries]

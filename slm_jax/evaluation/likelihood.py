@@ -10,9 +10,9 @@ per octave) and cut into batches of `batch_size` rows (a multiple of the data-pa
 size; a bucket's last batch is padded only to the next power of two), so a benchmark
 compiles a handful of shapes and every device gets whole rows. One row is one
 sequence: positions start at 0 and attention never crosses rows, exactly like a packed
-training segment. The dense `Decoder`, the `LSTModel` (given each target's modality,
-which lays out its patches) and any module returning per-target logits from
-`(tokens, segment_ids, positions)` work.
+training segment. Any registered model family works (`slm_jax.models.interface`): the
+dense `Decoder`, the `LSTModel` (given each target's modality, which lays out its
+patches; tokens beyond its global slots raise `UncoveredTokensError`).
 
 Renormalisation (`ScoredSequence.renormalize_to` = a modality code): an ending token of
 that modality is scored by a log-softmax over that modality's ids only (markers and EOS
@@ -27,8 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.evaluation.runner import ModelRunner, bucket_length, is_lst, replicated
-from slm_jax.evaluation.sequences import MODALITY_SPEECH, MODALITY_TEXT, model_inputs
+from slm_jax import contract
+from slm_jax.contract import MODALITY_SPEECH, MODALITY_TEXT
+from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
+from slm_jax.evaluation.sequences import model_inputs
+from slm_jax.models import interface
 
 SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING = range(4)
 
@@ -45,7 +48,13 @@ class UncoveredTokensError(ValueError):
 
 
 class LikelihoodScorer:
-    """Scores lists of sequences with `runner`'s model (see the module docstring)."""
+    """Scores lists of sequences with `runner`'s model (see the module docstring).
+
+    `modality_of_id`: int [vocab_size] `MODALITY_*` of every id (required by families with
+    `needs_modality` and for renormalised scoring). `batch_size`: rows per batch, >= 1 (rounded
+    up to the data-parallel size). Raises ValueError on a bad batch size, a `modality_of_id` of
+    the wrong length or a missing one the model needs.
+    """
 
     def __init__(self, runner: ModelRunner, modality_of_id: np.ndarray | None = None, batch_size: int = 16,
                  bos_id: int = 0):
@@ -54,18 +63,21 @@ class LikelihoodScorer:
         self.runner = runner
         self.batch_size = runner.padded_rows(batch_size)
         self.bos_id = bos_id
-        vocab_size = runner.config.vocab_size
+        vocab_size = runner.dense_config.vocab_size
         if modality_of_id is not None and len(modality_of_id) != vocab_size:
             raise ValueError(f"modality_of_id has {len(modality_of_id)} entries but the model has "
                              f"{vocab_size} ids (use sequences.modality_of_ids(vocabulary, vocab_size))")
-        if modality_of_id is None and is_lst(runner.model):
-            raise ValueError("an LST model needs modality_of_id (it lays out patches by modality)")
+        if modality_of_id is None and runner.family.needs_modality:
+            raise ValueError(f"{runner.family.name} needs modality_of_id (it reads each target's "
+                             "modality, e.g. to lay out patches)")
         self.modality_of_id = np.zeros(vocab_size, np.int32) if modality_of_id is None else \
             np.asarray(modality_of_id, np.int32)
         self.has_modalities = modality_of_id is not None
 
     def __call__(self, sequences: list[ScoredSequence]) -> np.ndarray:
-        """float64 [len(sequences), 4] (SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING)."""
+        """float64 [len(sequences), 4] (SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING), log p in nats.
+        Raises ValueError for renormalised scoring without modality_of_id, UncoveredTokensError
+        when the model cannot predict a scored token."""
         out = np.zeros((len(sequences), 4), np.float64)
         renormalize = any(s.renormalize_to for s in sequences)
         if renormalize and not self.has_modalities:
@@ -115,16 +127,17 @@ class LikelihoodScorer:
 
 
 def model_logits(model, params, inputs, targets, valid, modality_of_id):
-    """(fp32 logits [b, t, vocab], covered bool [b, t]) of one padded batch, one sequence per row."""
-    segment_ids = valid.astype(jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-    if not is_lst(model):
-        return model.apply({"params": params}, inputs, segment_ids, positions), valid
-    modality = jnp.where(valid, jnp.take(modality_of_id, targets), 0)
-    patch_ids = jnp.full_like(inputs, -1) if model.config.needs_patch_ids else None  # no alignments: static
-    logits, covered = model.apply({"params": params}, inputs, segment_ids, positions, modality=modality,
-                                  patch_ids=patch_ids, return_coverage=True)
-    return logits, covered
+    """(fp32 logits [b, t, vocab], covered bool [b, t]) of one padded batch, one sequence per row:
+    inputs / targets int32 [b, t], valid bool [b, t], modality_of_id int32 [vocab]."""
+    features = {
+        contract.DECODER_INPUT_TOKENS: inputs,
+        contract.DECODER_SEGMENT_IDS: valid.astype(jnp.int32),
+        contract.DECODER_POSITIONS: jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape),
+        contract.DECODER_MODALITY: jnp.where(valid, jnp.take(modality_of_id, targets), contract.MODALITY_PAD),
+        contract.DECODER_PATCH_IDS: jnp.full_like(inputs, -1),  # no word alignments: static patches
+    }
+    out = interface.family_of(model).forward(model, params, features)
+    return out.logits, (valid if out.covered is None else out.covered)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

@@ -20,9 +20,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from slm_jax.models import interface
+
 
 @dataclasses.dataclass
 class ModelRunner:
+    """`model`: a registered family's module (`slm_jax.models.interface`); `params` its
+    parameters; `mesh` / `rules` as the Trainer's, or None / () for plain jit."""
+
     model: nn.Module
     params: Any
     mesh: Mesh | None = None
@@ -36,7 +41,18 @@ class ModelRunner:
 
     @property
     def config(self):
+        """The model's own config (`DecoderConfig`, `LSTConfig`, ...)."""
         return self.model.config
+
+    @property
+    def family(self) -> interface.ModelFamily:
+        """The model's family (how to run it); TypeError for an unregistered module."""
+        return interface.family_of(self.model)
+
+    @property
+    def dense_config(self):
+        """The `DecoderConfig` with the vocabulary and widths (`ModelFamily.dense_config`)."""
+        return self.family.dense_config()
 
     @contextlib.contextmanager
     def context(self):
@@ -90,16 +106,6 @@ def replicated(tree, on_mesh: bool):
     """Inside a jitted function: outputs replicated on the context mesh, so every process can
     read them whole (a no-op without a mesh)."""
     return jax.lax.with_sharding_constraint(tree, P()) if on_mesh else tree
-
-
-def is_lst(model) -> bool:
-    from slm_jax.models.lst import LSTModel
-    return isinstance(model, LSTModel)
-
-
-def is_dense_decoder(model) -> bool:
-    from slm_jax.models.decoder import Decoder
-    return isinstance(model, Decoder)
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:

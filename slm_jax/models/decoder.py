@@ -2,7 +2,8 @@
 
 Layers are stacked with `nn.scan` (one compiled layer, params with a leading `layers`
 axis) and wrapped in `nn.remat` with a configurable policy; compute runs in
-`DecoderConfig.dtype` (bf16 by default) over fp32 params.
+`DecoderConfig.dtype` (bf16 by default) over fp32 params. `Decoder.__call__` returns a
+`slm_jax.models.interface.ModelOutput`; `DecoderFamily` registers the family for `DecoderConfig`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from slm_jax.models.attention import Attention, DecodeState, resolve_attention_impl
+from slm_jax import contract
+from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_VOCAB
+from slm_jax.models import interface
+from slm_jax.models.attention import ATTENTION_IMPLS, Attention, DecodeState, resolve_attention_impl
+from slm_jax.models.interface import ModelOutput
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
 
 REMAT_POLICIES = {
@@ -28,7 +33,29 @@ REMAT_POLICIES = {
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Shape and numerics of a decoder. Everything that changes parameter shapes is here."""
+    """Shape and numerics of a decoder (gin: `DecoderConfig.*`). Everything that changes
+    parameter shapes is here. Validated once, in `__post_init__` (ValueError naming the key).
+
+    vocab_size: embedding rows / logits, >= 1 (a multiple of 128 is efficient).
+    embed_dim: model width d, >= 1.
+    mlp_dim: SwiGLU hidden width, >= 1.
+    num_layers: transformer blocks, >= 0 (0: embeddings straight to the head).
+    num_heads: query heads, >= 1, a multiple of num_kv_heads.
+    num_kv_heads: key/value heads (GQA), >= 1.
+    head_dim: per-head width, even, >= 2; None: embed_dim // num_heads.
+    rope_theta: RoPE base wavelength, > 0.
+    tie_embeddings: the output head reuses the embedding matrix.
+    use_qkv_bias: q/k/v projections have biases (Qwen2).
+    norm_eps: RMSNorm epsilon, > 0.
+    init_std: stddev of the normal initialiser, >= 0.
+    dtype: compute dtype name (e.g. "bfloat16", "float32").
+    param_dtype: parameter dtype name.
+    scan_layers: stack the blocks with `nn.scan` (params get a leading `layers` axis).
+    remat_policy: activation rematerialisation, one of `REMAT_POLICIES`.
+    attention_impl: one of `slm_jax.models.attention.ATTENTION_IMPLS`.
+    ctc_num_classes: classes of the mSLAM CTC head over the final hidden states, >= 0 (0: no
+      head); the size of the run's CharVocabulary (padded to the tensor-parallel size).
+    """
 
     vocab_size: int = 512
     embed_dim: int = 64
@@ -36,10 +63,10 @@ class DecoderConfig:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    head_dim: int | None = None  # default embed_dim // num_heads
+    head_dim: int | None = None
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
-    use_qkv_bias: bool = False  # Qwen2 has q/k/v biases
+    use_qkv_bias: bool = False
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: str = "bfloat16"
@@ -47,11 +74,13 @@ class DecoderConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str = "xla"
-    # mSLAM auxiliary CTC head over the final hidden states (0: none); the size of the
-    # run's slm_jax.models.ctc.CharVocabulary (padded to the tensor-parallel size)
     ctc_num_classes: int = 0
 
     def __post_init__(self):
+        for name, low in (("vocab_size", 1), ("embed_dim", 1), ("mlp_dim", 1), ("num_layers", 0),
+                          ("num_heads", 1), ("num_kv_heads", 1), ("ctc_num_classes", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)} must be >= {low}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
@@ -59,8 +88,21 @@ class DecoderConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"DecoderConfig.remat_policy={self.remat_policy!r}: expected one of "
                              f"{sorted(REMAT_POLICIES)}")
-        if self.resolved_head_dim % 2:
-            raise ValueError(f"DecoderConfig.head_dim={self.resolved_head_dim} must be even for RoPE")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"DecoderConfig.attention_impl={self.attention_impl!r}: expected one of "
+                             f"{ATTENTION_IMPLS}")
+        if self.resolved_head_dim % 2 or self.resolved_head_dim < 2:
+            raise ValueError(f"DecoderConfig.head_dim={self.resolved_head_dim} must be even for RoPE (and >= 2)")
+        for name in ("rope_theta", "norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)} must be > 0")
+        if not self.init_std >= 0:
+            raise ValueError(f"DecoderConfig.init_std={self.init_std} must be >= 0")
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError as e:
+                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r} is not a dtype name") from e
 
     @property
     def resolved_head_dim(self) -> int:
@@ -113,7 +155,7 @@ class DecoderBlock(nn.Module):
         """x -> x; in decode mode (`kv_cache`, `decode`: see `Attention`) -> (x, new kv_cache)."""
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attention_norm")(x)
         h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.embed_dim, cfg.rope_theta,
                       cfg.init_std, impl=self.attention_impl, use_qkv_bias=cfg.use_qkv_bias, dtype=dtype,
@@ -122,7 +164,7 @@ class DecoderBlock(nn.Module):
         x = x + h
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="mlp_norm")(x)
         h = SwiGLU(cfg.embed_dim, cfg.mlp_dim, cfg.init_std, dtype, pdtype, name="mlp")(h)
-        x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x + h, (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
         return x if kv_cache is None else (x, new_cache)
 
 
@@ -150,22 +192,27 @@ def init_cache(cfg: DecoderConfig, batch: int, slots: int) -> dict:
 
 
 class Decoder(nn.Module):
-    """tokens [b, t] (+ packed segment ids and positions) -> fp32 logits [b, t, vocab].
-
-    Other outputs: `return_hidden` (final normed states [b, t, d]), `return_layer_hidden`
-    (the embeddings and every block's output, [layers + 1, b, t, d], for probing),
-    `return_ctc_logits`, and decode mode: with `cache` (from `init_cache`) the tokens are
-    written at the cache's next free slots and (logits, new cache) is returned.
-    """
+    """The dense decoder module; `__call__` returns a `ModelOutput` in every mode."""
 
     config: DecoderConfig
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, return_hidden: bool = False,
-                 return_ctc_logits: bool = False, return_layer_hidden: bool = False, cache=None):
-        """`return_ctc_logits`: also the CTC head's logits (needs `ctc_num_classes`)."""
+    def __call__(self, tokens, segment_ids=None, positions=None, *, return_logits: bool = True,
+                 return_hidden: bool = False, return_layer_hidden: bool = False,
+                 return_ctc_logits: bool = False, cache=None) -> ModelOutput:
+        """tokens int32 [b, t] (+ packed segment ids, 0 = padding, and RoPE positions, both
+        int32 [b, t]; default one segment, positions 0..t-1) -> `ModelOutput` with
+        `logits` (fp32 [b, t, vocab]; `return_logits`), `hidden` (final normed states
+        [b, t, d]), `layer_hidden` (embeddings + every block's output [layers + 1, b, t, d]),
+        `ctc_logits` (fp32 [b, t, ctc_num_classes]; ValueError when the config has no CTC head).
+
+        Decode mode: with `cache` (from `init_cache`) the tokens are written at the cache's next
+        free slots and `cache` of the output is the new cache. At init every configured
+        parameter (output head, CTC head) is created whatever the flags request.
+        """
         cfg = self.config
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = self.is_initializing()
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
         if positions is None:
@@ -173,7 +220,7 @@ class Decoder(nn.Module):
 
         embed = Embed(cfg.vocab_size, cfg.embed_dim, cfg.init_std, dtype, pdtype, name="embed")
         x = embed(tokens)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
 
         decode = None
         if cache is not None:
@@ -181,24 +228,25 @@ class Decoder(nn.Module):
                 cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache["index"])))
         embedded = x
         x, new_kv, layer_outputs = self._blocks(x, segment_ids, positions, cache, decode, return_layer_hidden)
-        if return_layer_hidden:
-            return jnp.concatenate([embedded[None], layer_outputs], axis=0)
+        layer_hidden = jnp.concatenate([embedded[None], layer_outputs], axis=0) if return_layer_hidden else None
 
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
-        if return_hidden:
-            return x
-        if cfg.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), ("embed", "vocab"), cfg.init_std,
-                                  dtype=dtype, param_dtype=pdtype, name="lm_head")(x)
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        logits = None
+        if return_logits or init:
+            if cfg.tie_embeddings:
+                logits = embed.attend(x)
+            else:
+                logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), (AXIS_EMBED, AXIS_VOCAB), cfg.init_std,
+                                      dtype=dtype, param_dtype=pdtype, name="lm_head")(x)
+            logits = nn.with_logical_constraint(logits, (AXIS_BATCH, AXIS_LENGTH, AXIS_VOCAB)).astype(jnp.float32)
+        ctc = None
+        if return_ctc_logits or (init and cfg.ctc_num_classes):
+            ctc = ctc_logits(cfg, x, dtype, pdtype)
+        new_cache = None
         if cache is not None:
-            return logits, {**new_kv, "segment_ids": decode.cache_segment_ids,
-                            "index": cache["index"] + tokens.shape[-1]}
-        # built whenever configured, so init creates its params (unused outputs are compiled away)
-        ctc = ctc_logits(cfg, x, dtype, pdtype) if cfg.ctc_num_classes or return_ctc_logits else None
-        return (logits, ctc) if return_ctc_logits else logits
+            new_cache = {**new_kv, "segment_ids": decode.cache_segment_ids, "index": cache["index"] + tokens.shape[-1]}
+        return ModelOutput(logits=logits if return_logits else None, hidden=x if return_hidden else None,
+                           layer_hidden=layer_hidden, ctc_logits=ctc if return_ctc_logits else None, cache=new_cache)
 
     def _blocks(self, x, segment_ids, positions, cache, decode, collect_hidden: bool):
         """The layer stack -> (x, new {'key','value'} or None, stacked block outputs or None)."""
@@ -239,3 +287,31 @@ def ctc_logits(cfg: DecoderConfig, hidden, dtype, pdtype):
                          "run's CharVocabulary")
     return CTCHead(cfg.ctc_num_classes, hidden.shape[-1], cfg.init_std, dtype=dtype, param_dtype=pdtype,
                    name="ctc_head")(hidden)
+
+
+@interface.register
+class DecoderFamily(interface.ModelFamily):
+    """The dense `Decoder`: per-layer hidden states, KV-cache decoding, every target covered."""
+
+    config_type = DecoderConfig
+    module_type = Decoder
+    has_layer_hidden = True
+    supports_kv_cache = True
+
+    def dense_config(self) -> DecoderConfig:
+        return self.config
+
+    def forward(self, module, params, features, *, step=None, logits=True, hidden=False, layer_hidden=False,
+                ctc_logits=False) -> ModelOutput:
+        """`interface.ModelFamily.forward`; reads input tokens, segment ids and positions only."""
+        del step
+        return module.apply({"params": params}, features[contract.DECODER_INPUT_TOKENS],
+                            features.get(contract.DECODER_SEGMENT_IDS), features.get(contract.DECODER_POSITIONS),
+                            return_logits=logits, return_hidden=hidden, return_layer_hidden=layer_hidden,
+                            return_ctc_logits=ctc_logits)
+
+    def init_cache(self, batch: int, slots: int) -> dict:
+        return init_cache(self.config, batch, slots)
+
+    def decode(self, module, params, tokens, segment_ids, positions, cache) -> ModelOutput:
+        return module.apply({"params": params}, tokens, segment_ids, positions, cache=cache)

@@ -40,12 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from slm_jax import contract
+from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_MLP, AXIS_VOCAB, MODALITY_SPEECH
 from slm_jax.kernels import patching
+from slm_jax.models import interface
 from slm_jax.models.attention import resolve_attention_impl
 from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock, ctc_logits
+from slm_jax.models.interface import ModelOutput
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
 
-MODALITY_SPEECH = 2  # slm_jax.data.token_space.MODALITY_SPEECH (models do not import the data layer)
 PATCHINGS = ("static", "aligned", "mixed", "curriculum")
 POOLINGS = ("mean", "attention")
 
@@ -53,8 +56,32 @@ POOLINGS = ("mean", "attention")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LSTConfig:
-    """An LST model: `global_model` is the global transformer (and the vocabulary); the local
-    encoder/decoder are small transformers of width `local_embed_dim`."""
+    """An LST model (gin: `LSTConfig.*`). Validated once, in `__post_init__` (ValueError naming
+    the key).
+
+    global_model: the global transformer over slots; also holds the vocabulary, numerics and
+      the CTC head size (`DecoderConfig`).
+    local_embed_dim: width of the local encoder / decoder, >= 1, a multiple of local_num_heads
+      with an even per-head width (RoPE).
+    local_mlp_dim: SwiGLU hidden width of the local layers, >= 1.
+    local_num_heads: attention heads of the local layers, >= 1.
+    local_encoder_layers: local encoder layers (attention within a slot), >= 0.
+    local_decoder_layers: local decoder layers, >= 0.
+    patching: one of `PATCHINGS`. "static": patch_size units per patch; "aligned": the batch's
+      decoder_patch_ids (word patches); "mixed": each row aligned with probability aligned_prob,
+      else static; "curriculum": that probability goes linearly from curriculum_start_prob to
+      curriculum_end_prob over curriculum_steps (LST: start word-aligned, end static, which
+      inference uses).
+    patch_size: speech units per static patch, >= 1.
+    aligned_prob: probability in [0, 1] ("mixed").
+    curriculum_start_prob, curriculum_end_prob: probabilities in [0, 1] ("curriculum").
+    curriculum_steps: train steps of the curriculum, >= 1.
+    patching_seed: seed of the per-row aligned/static coin (any int).
+    pooling: slot pooling, one of `POOLINGS`.
+    pooling_impl: `slm_jax.kernels.patching` implementation, one of `patching.IMPLS`.
+    global_length: global slots per row, >= 1; None: the sequence length.
+    decoder_token_input: the local decoder also sees the token embeddings (off: pure context).
+    """
 
     global_model: DecoderConfig = DecoderConfig()
     local_embed_dim: int = 64
@@ -62,10 +89,6 @@ class LSTConfig:
     local_num_heads: int = 4
     local_encoder_layers: int = 1
     local_decoder_layers: int = 1
-    # "static": k units per patch; "aligned": the batch's decoder_patch_ids (word patches);
-    # "mixed": each row aligned with probability aligned_prob, else static; "curriculum": that
-    # probability goes linearly from curriculum_start_prob to curriculum_end_prob over
-    # curriculum_steps (LST: start word-aligned, end static, which inference uses)
     patching: str = "static"
     patch_size: int = 4
     aligned_prob: float = 0.5
@@ -74,20 +97,29 @@ class LSTConfig:
     curriculum_steps: int = 10000
     patching_seed: int = 0
     pooling: str = "mean"
-    pooling_impl: str = "auto"  # slm_jax.kernels.patching impl
-    global_length: int | None = None  # slots per row; None: the sequence length
-    decoder_token_input: bool = True  # local decoder sees the token embeddings (off: pure context)
+    pooling_impl: str = "auto"
+    global_length: int | None = None
+    decoder_token_input: bool = True
 
     def __post_init__(self):
         if self.patching not in PATCHINGS:
             raise ValueError(f"LSTConfig.patching={self.patching!r}: expected one of {PATCHINGS}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"LSTConfig.pooling={self.pooling!r}: expected one of {POOLINGS}")
+        if self.pooling_impl not in patching.IMPLS:
+            raise ValueError(f"LSTConfig.pooling_impl={self.pooling_impl!r}: expected one of {patching.IMPLS}")
         if self.patch_size < 1:
             raise ValueError(f"LSTConfig.patch_size={self.patch_size} must be >= 1")
+        for name, low in (("local_embed_dim", 1), ("local_mlp_dim", 1), ("local_num_heads", 1),
+                          ("local_encoder_layers", 0), ("local_decoder_layers", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"LSTConfig.{name}={getattr(self, name)} must be >= {low}")
         if self.local_embed_dim % self.local_num_heads:
             raise ValueError(f"LSTConfig.local_embed_dim={self.local_embed_dim} must be a multiple of "
                              f"LSTConfig.local_num_heads={self.local_num_heads}")
+        if (self.local_embed_dim // self.local_num_heads) % 2:
+            raise ValueError(f"LSTConfig.local_embed_dim={self.local_embed_dim} / LSTConfig.local_num_heads="
+                             f"{self.local_num_heads} must be an even head width for RoPE")
         for name in ("aligned_prob", "curriculum_start_prob", "curriculum_end_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"LSTConfig.{name}={getattr(self, name)} must be in [0, 1]")
@@ -233,8 +265,8 @@ def per_batch_shard(fn, *args):
     partitioner would otherwise run on gathered, replicated inputs. Every arg and the
     output have the batch as their leading axis."""
     mesh = jax.sharding.get_abstract_mesh()
-    batch_axes = nn.logical_to_mesh_axes(("batch",))[0] if not mesh.empty else None
-    names = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    batch_axes = nn.logical_to_mesh_axes((AXIS_BATCH,))[0] if not mesh.empty else None
+    names = tuple(jax.tree.leaves(batch_axes))  # None, one mesh axis name or a tuple of them
     shards = int(np.prod([mesh.shape[a] for a in names])) if names else 1
     if shards == 1 or args[0].shape[0] % shards:  # e.g. the 1-row batch of parameter init
         return fn(*args)
@@ -263,10 +295,7 @@ def _stack(cfg: DecoderConfig, name: str):
 
 
 class LSTModel(nn.Module):
-    """tokens [b, t] (+ segment ids, positions, TARGET modality, optional patch ids) -> fp32
-    logits [b, t, vocab] for the targets, like `Decoder`. With `return_coverage`, also a
-    bool [b, t] that is False where the row ran out of global slots (see module docstring);
-    with `return_ctc_logits`, also the CTC head's logits (global_model.ctc_num_classes)."""
+    """The LST module; `__call__` returns a `ModelOutput` (always with `covered`)."""
 
     config: LSTConfig
 
@@ -284,10 +313,20 @@ class LSTModel(nn.Module):
         return patch_slots(segment_ids, modality, "mixed", cfg.patch_size, patch_ids, use_aligned)
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, modality=None, patch_ids=None,
-                 return_coverage: bool = False, return_ctc_logits: bool = False, step=None):
+    def __call__(self, tokens, segment_ids=None, positions=None, modality=None, patch_ids=None, step=None, *,
+                 return_logits: bool = True, return_hidden: bool = False,
+                 return_ctc_logits: bool = False) -> ModelOutput:
+        """tokens int32 [b, t] (+ segment ids, positions, the TARGET token's modality
+        `MODALITY_*` and the batch's `decoder_patch_ids`, all int32 [b, t]; `step` the int32
+        train step or None) -> `ModelOutput` with `covered` (bool [b, t], False where the row
+        ran out of global slots: see the module docstring), `logits` (fp32 [b, t, vocab];
+        `return_logits`), `hidden` (the local decoder's final normed states [b, t,
+        local_embed_dim]) and `ctc_logits` (fp32 [b, t, ctc_num_classes] on those states;
+        ValueError without a CTC head). Raises ValueError when the patching needs `patch_ids`
+        and gets None. At init every configured parameter is created."""
         cfg, g = self.config, self.config.global_model
         dtype, pdtype = jnp.dtype(g.dtype), jnp.dtype(g.param_dtype)
+        init = self.is_initializing()
         b, t = tokens.shape
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
@@ -302,7 +341,7 @@ class LSTModel(nn.Module):
         covered = (ctx >= 0) & (ctx < num_slots) & (slots < num_slots)
 
         embed = Embed(g.vocab_size, cfg.local_embed_dim, g.init_std, dtype, pdtype, name="embed")
-        x = nn.with_logical_constraint(embed(tokens), ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(embed(tokens), (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
 
         # local encoder: attention within the token's own slot
         h = x
@@ -310,7 +349,7 @@ class LSTModel(nn.Module):
             h = _stack(cfg.local_config(cfg.local_encoder_layers), "local_encoder")(
                 h, covered_slots + 1, _positions_within(covered_slots))
         if cfg.pooling == "attention":
-            scores = DenseGeneral((cfg.local_embed_dim,), (1,), ("embed", None), g.init_std, dtype=dtype,
+            scores = DenseGeneral((cfg.local_embed_dim,), (1,), (AXIS_EMBED, None), g.init_std, dtype=dtype,
                                   param_dtype=pdtype, name="pool_scores")(h)[..., 0]
             pooled = per_batch_shard(
                 lambda v, w, ids: patching.patch_attention_pool(v, w, ids, num_slots, impl=cfg.pooling_impl),
@@ -320,16 +359,16 @@ class LSTModel(nn.Module):
                 lambda v, ids: patching.patch_mean(v, ids, num_slots, impl=cfg.pooling_impl), h, covered_slots)
 
         # global transformer over slots
-        z = DenseGeneral((cfg.local_embed_dim,), (g.embed_dim,), ("mlp", "embed"), g.init_std, dtype=dtype,
+        z = DenseGeneral((cfg.local_embed_dim,), (g.embed_dim,), (AXIS_MLP, AXIS_EMBED), g.init_std, dtype=dtype,
                          param_dtype=pdtype, name="up")(pooled.astype(dtype))
-        z = nn.with_logical_constraint(z, ("batch", "length", "embed"))
+        z = nn.with_logical_constraint(z, (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
         z = _stack(g, "global_layers")(z, slot_seg, slot_pos)
         z = RMSNorm(g.norm_eps, dtype, pdtype, name="global_norm")(z)
 
         # local decoder: the context slot's state (+ the token) -> next-token logits
         context = jnp.take_along_axis(z, jnp.clip(ctx, 0, num_slots - 1)[..., None], axis=1)
         context = jnp.where(covered[..., None], context, 0)
-        d = DenseGeneral((g.embed_dim,), (cfg.local_embed_dim,), ("embed", "mlp"), g.init_std, dtype=dtype,
+        d = DenseGeneral((g.embed_dim,), (cfg.local_embed_dim,), (AXIS_EMBED, AXIS_MLP), g.init_std, dtype=dtype,
                          param_dtype=pdtype, name="down")(context)
         if cfg.decoder_token_input:
             d = d + x
@@ -338,14 +377,53 @@ class LSTModel(nn.Module):
             d = _stack(cfg.local_config(cfg.local_decoder_layers), "local_decoder")(
                 d, group, _positions_within(group))
         d = RMSNorm(g.norm_eps, dtype, pdtype, name="final_norm")(d)
-        if g.tie_embeddings:
-            logits = embed.attend(d)
-        else:
-            logits = DenseGeneral((cfg.local_embed_dim,), (g.vocab_size,), ("embed", "vocab"), g.init_std,
-                                  dtype=dtype, param_dtype=pdtype, name="lm_head")(d)
-        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab")).astype(jnp.float32)
-        out = (logits,) + ((covered,) if return_coverage else ())
-        if g.ctc_num_classes or return_ctc_logits:  # mSLAM CTC on the local decoder's per-token states
+        logits = None
+        if return_logits or init:
+            if g.tie_embeddings:
+                logits = embed.attend(d)
+            else:
+                logits = DenseGeneral((cfg.local_embed_dim,), (g.vocab_size,), (AXIS_EMBED, AXIS_VOCAB), g.init_std,
+                                      dtype=dtype, param_dtype=pdtype, name="lm_head")(d)
+            logits = nn.with_logical_constraint(logits, (AXIS_BATCH, AXIS_LENGTH, AXIS_VOCAB)).astype(jnp.float32)
+        ctc = None
+        if return_ctc_logits or (init and g.ctc_num_classes):  # mSLAM CTC on the local decoder's states
             ctc = ctc_logits(g, d, dtype, pdtype)
-            out += (ctc,) if return_ctc_logits else ()
-        return out if len(out) > 1 else logits
+        return ModelOutput(logits=logits if return_logits else None, hidden=d if return_hidden else None,
+                           ctc_logits=ctc if return_ctc_logits else None, covered=covered)
+
+
+@interface.register
+class LSTFamily(interface.ModelFamily):
+    """The `LSTModel`: needs target modalities (and word patch ids when aligned), reports
+    coverage, samples patch by patch without a KV cache."""
+
+    config_type = LSTConfig
+    module_type = LSTModel
+    has_coverage = True
+    needs_modality = True
+
+    def dense_config(self) -> DecoderConfig:
+        return self.config.global_model
+
+    def batch_features(self, ctc: bool = False) -> tuple[str, ...]:
+        keys = super().batch_features(ctc)
+        return (*keys, contract.DECODER_PATCH_IDS) if self.config.needs_patch_ids else keys
+
+    def forward(self, module, params, features, *, step=None, logits=True, hidden=False, layer_hidden=False,
+                ctc_logits=False) -> ModelOutput:
+        """`interface.ModelFamily.forward`; also reads `DECODER_MODALITY` (zeros if absent: no
+        speech patches) and, when the patching needs them, `DECODER_PATCH_IDS`."""
+        if layer_hidden:
+            raise ValueError("LSTModel has no per-layer hidden states (layer_hidden needs the dense Decoder)")
+        patch_ids = features.get(contract.DECODER_PATCH_IDS) if self.config.needs_patch_ids else None
+        return module.apply({"params": params}, features[contract.DECODER_INPUT_TOKENS],
+                            features.get(contract.DECODER_SEGMENT_IDS), features.get(contract.DECODER_POSITIONS),
+                            modality=features.get(contract.DECODER_MODALITY), patch_ids=patch_ids, step=step,
+                            return_logits=logits, return_hidden=hidden, return_ctc_logits=ctc_logits)
+
+    def restrict_next_token(self, logits, segment_ids, target_modality, n, modality_of_id):
+        """Inside a static patch that is not yet full the next token must be a speech unit."""
+        slots = patch_slots(segment_ids, target_modality, "static", self.config.patch_size)
+        continues = slots[:, n + 1] == slots[:, n]  # next unit would stay in this patch
+        speech_ids = modality_of_id == MODALITY_SPEECH
+        return jnp.where(continues[:, None] & ~speech_ids[None], -jnp.inf, logits)

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slm_jax.models import lst
+from slm_jax import contract
+from slm_jax.models import interface
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
@@ -74,7 +75,9 @@ def sample(model, params, prompt: np.ndarray, num_tokens: int, *, modality_of_id
     `modality_of_id`: int [vocab] (0 pad, 1 text, 2 speech, 3 marker), e.g.
     `SpeechTextVocabulary.modality_ids(np.arange(vocab_size))`; LST needs it to lay out
     patches. After `eos_id` a row keeps emitting `eos_id`. `temperature <= 0` is greedy;
-    `top_k`, `top_p` and `banned_ids` (ids never emitted) as in `pick_next_token`.
+    `top_k`, `top_p` and `banned_ids` (ids never emitted) as in `pick_next_token`. `model`:
+    a registered family's module (`slm_jax.models.interface`). Raises ValueError on a bad
+    prompt shape, `num_tokens < 1` or bad sampling arguments, TypeError on an unregistered model.
     """
     check_sampling_args(temperature, top_k, top_p)
     prompt = np.asarray(prompt, np.int32)
@@ -84,7 +87,7 @@ def sample(model, params, prompt: np.ndarray, num_tokens: int, *, modality_of_id
         raise ValueError(f"sample: num_tokens must be >= 1, got {num_tokens}")
     b, n0 = prompt.shape
     length = n0 + num_tokens + 1  # room for the dummy look-ahead slot of the last step
-    banned = np.zeros((model.config.vocab_size,), bool)
+    banned = np.zeros((interface.family_of(model).dense_config().vocab_size,), bool)
     if banned_ids is not None and len(banned_ids):
         banned[np.asarray(banned_ids, np.int64)] = True
     tokens = np.zeros((b, length), np.int32)
@@ -100,33 +103,26 @@ def _sample_loop(model, n0: int, num_tokens: int, temperature: float, top_k: int
                  tokens, modality_of, banned, rng):
     """The whole loop in one program (module level: repeated calls reuse the compile)."""
     b, length = tokens.shape
-    is_lst = isinstance(model, lst.LSTModel)
-    speech_ids = modality_of == lst.MODALITY_SPEECH
+    family = interface.family_of(model)
 
     def logits_at(tokens, n, next_modality):
         """Logits predicting token n+1 given tokens[: n+1]; the target at n is assumed to have
-        `next_modality` (only LST's slot layout reads it)."""
+        `next_modality` (only families that need modalities read it)."""
         t = jnp.arange(length)
         seg = (t <= n + 1).astype(jnp.int32)[None].repeat(b, 0)
         pos = jnp.broadcast_to(t, (b, length))
         target_mod = jnp.take(modality_of, jnp.roll(tokens, -1, axis=1))
         target_mod = jnp.where(t[None] == n, next_modality, target_mod)
-        if is_lst:
-            out = model.apply({"params": params}, tokens, seg, pos, modality=target_mod)
-        else:
-            out = model.apply({"params": params}, tokens, seg, pos)
-        return out[:, n], target_mod, seg
+        features = {contract.DECODER_INPUT_TOKENS: tokens, contract.DECODER_SEGMENT_IDS: seg,
+                    contract.DECODER_POSITIONS: pos, contract.DECODER_MODALITY: target_mod}
+        return family.forward(model, params, features).logits[:, n], target_mod, seg
 
     def step(i, carry):
         tokens, rng, done = carry
         n = n0 - 1 + i
         rng, key = jax.random.split(rng)
-        logits, target_mod, seg = logits_at(tokens, n, lst.MODALITY_SPEECH)
-        if is_lst:
-            cfg = model.config
-            slots = lst.patch_slots(seg, target_mod, "static", cfg.patch_size)
-            continues = slots[:, n + 1] == slots[:, n]  # next unit would stay in this patch
-            logits = jnp.where(continues[:, None] & ~speech_ids[None], -jnp.inf, logits)
+        logits, target_mod, seg = logits_at(tokens, n, contract.MODALITY_SPEECH)
+        logits = family.restrict_next_token(logits, seg, target_mod, n, modality_of)
         nxt = pick_next_token(logits, key, temperature, top_k, top_p, banned)
         if eos_id is not None:
             nxt = jnp.where(done, eos_id, nxt)

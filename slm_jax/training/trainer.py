@@ -19,77 +19,80 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from slm_jax.models.decoder import Decoder, DecoderConfig
-from slm_jax.models.lst import LSTConfig, LSTModel
+from slm_jax import contract
+from slm_jax.models import interface
 from slm_jax.training import partitioning
-from slm_jax.training.losses import cross_entropy_sums, per_modality_sums
+from slm_jax.training.losses import LossSums, cross_entropy_sums, per_modality_sums
 from slm_jax.training.optimizer import OptimizerConfig, make_optimizer
-
-# decoder_modality (0 unknown, 1 text, 2 speech, 3 marker) only splits the reported loss;
-# batches without it (synthetic benchmarks) get zeros.
-BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_modality",
-              "decoder_segment_ids", "decoder_positions")
-# Read by models that need them (LST with word-aligned patches); -1 ("no patch") if missing.
-PATCH_KEY = "decoder_patch_ids"
-CTC_KEYS = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
-NUM_SUMS = 11  # ce, z, weight, text/speech ce + weight, uncovered targets, ctc sum, ctc segments, ctc dropped
 
 
 def build_model(model_cfg) -> nn.Module:
-    """The flax module for a model config: the dense `Decoder` or the latent-patching `LSTModel`."""
-    if isinstance(model_cfg, LSTConfig):
-        return LSTModel(model_cfg)
-    if isinstance(model_cfg, DecoderConfig):
-        return Decoder(model_cfg)
-    raise TypeError(f"train.model must be a DecoderConfig or LSTConfig, got {type(model_cfg).__name__}")
-
-
-def _global_cfg(model_cfg) -> DecoderConfig:
-    return model_cfg.global_model if isinstance(model_cfg, LSTConfig) else model_cfg
+    """The flax module of a registered model config (`slm_jax.models.interface`). Raises
+    TypeError for an unregistered config type."""
+    return interface.family(model_cfg).build()
 
 
 def batch_keys(model_cfg, train_cfg=None) -> tuple[str, ...]:
-    keys = BATCH_KEYS
-    if isinstance(model_cfg, LSTConfig) and model_cfg.needs_patch_ids:
-        keys = (*keys, PATCH_KEY)
-    if train_cfg is not None and train_cfg.ctc_weight > 0:
-        keys = (*keys, *CTC_KEYS)
-    return keys
+    """The `slm_jax.contract` features a train batch of this model (and run) carries."""
+    ctc = train_cfg is not None and train_cfg.ctc_weight > 0
+    return interface.family(model_cfg).batch_features(ctc=ctc)
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """Loss and step options (gin: `TrainConfig.*`), validated in `__post_init__` (ValueError
+    naming the key).
+
+    gradient_accumulation_steps: micro-batches per optimizer step, >= 1 (row r goes to
+      micro-batch r % steps; gradients and loss sums are added, then normalised once).
+    z_loss: weight of the PaLM z-loss `logsumexp(logits)^2` per target token, >= 0.
+    ctc_weight: weight of the mSLAM auxiliary CTC loss, >= 0 (0: off). Batches then need the
+      decoder_ctc_* features and the model a CTC head (DecoderConfig.ctc_num_classes > 0):
+      loss = LM loss per token + ctc_weight * CTC loss per transcript segment.
+    ctc_max_segments: packed segments per row that can carry a transcript, >= 1.
+    ctc_max_chars: characters per transcript, >= 1 (longer ones fail in the data pipeline).
+    """
+
     gradient_accumulation_steps: int = 1
     z_loss: float = 1e-4
-    # mSLAM auxiliary CTC on speech positions against each packed segment's transcript
-    # characters (batches need the decoder_ctc_* features, model ctc_num_classes > 0):
-    # loss = LM loss per token + ctc_weight * CTC loss per segment.
     ctc_weight: float = 0.0
-    ctc_max_segments: int = 16  # packed segments per row that can carry a transcript
-    ctc_max_chars: int = 256  # characters per transcript (longer ones fail in the data pipeline)
+    ctc_max_segments: int = 16
+    ctc_max_chars: int = 256
 
     def __post_init__(self):
         if self.gradient_accumulation_steps < 1:
             raise ValueError(f"TrainConfig.gradient_accumulation_steps={self.gradient_accumulation_steps} "
                              "must be >= 1")
-        if self.ctc_weight < 0:
+        if not self.z_loss >= 0:
+            raise ValueError(f"TrainConfig.z_loss={self.z_loss} must be >= 0")
+        if not self.ctc_weight >= 0:
             raise ValueError(f"TrainConfig.ctc_weight={self.ctc_weight} must be >= 0")
+        for name in ("ctc_max_segments", "ctc_max_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
 
 
 class Trainer:
-    """Owns the model, optimizer, mesh and the compiled steps of one run."""
+    """Owns the model, optimizer, mesh and the compiled steps of one run.
 
-    def __init__(self, model_cfg: DecoderConfig | LSTConfig, opt_cfg: OptimizerConfig, train_cfg: TrainConfig, mesh: Mesh,
+    `model_cfg` is any registered model config (`slm_jax.models.interface`); the family it
+    maps to builds the module, names the batch features and runs the forward pass. Raises
+    TypeError for an unregistered config, `partitioning.MeshError` when batch / length / params
+    do not fit the mesh, ValueError when `TrainConfig.ctc_weight > 0` and the model has no CTC head.
+    """
+
+    def __init__(self, model_cfg, opt_cfg: OptimizerConfig, train_cfg: TrainConfig, mesh: Mesh,
                  rules, total_steps: int, batch_size: int, sequence_length: int):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.mesh, self.rules = mesh, tuple(rules)
         self.batch_size, self.sequence_length = batch_size, sequence_length
         partitioning.validate_batch_and_length(mesh, self.rules, batch_size, sequence_length,
                                                train_cfg.gradient_accumulation_steps)
-        self.model = build_model(model_cfg)
-        self.batch_keys = batch_keys(model_cfg, train_cfg)
-        if train_cfg.ctc_weight > 0 and _global_cfg(model_cfg).ctc_num_classes < 1:
+        self.family = interface.family(model_cfg)
+        self.model = self.family.build()
+        self.batch_keys = self.family.batch_features(ctc=train_cfg.ctc_weight > 0)
+        if train_cfg.ctc_weight > 0 and self.family.dense_config().ctc_num_classes < 1:
             raise ValueError(f"TrainConfig.ctc_weight={train_cfg.ctc_weight} needs a CTC head: set "
                              "DecoderConfig.ctc_num_classes to the size of the run's CharVocabulary")
         self.tx, self.schedule = make_optimizer(opt_cfg, total_steps)
@@ -141,45 +144,39 @@ class Trainer:
             return self._jit_init(jax.random.key(seed))
 
     # -- steps ----------------------------------------------------------------------------
-    def _loss_sums(self, params, batch, step=None):
-        inputs = (batch["decoder_input_tokens"], batch["decoder_segment_ids"], batch["decoder_positions"])
-        targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    def _loss_sums(self, params, batch, step=None) -> tuple[jax.Array, LossSums]:
+        """(fp32 scalar loss to differentiate: summed LM loss + z-loss + scaled CTC, `LossSums`)."""
+        targets = batch[contract.DECODER_TARGET_TOKENS]
         use_ctc = self.train_cfg.ctc_weight > 0
-        uncovered = jnp.zeros((), jnp.float32)
-        if isinstance(self.model, LSTModel):
-            out = self.model.apply({"params": params}, *inputs, modality=batch["decoder_modality"],
-                                   patch_ids=batch.get(PATCH_KEY), return_coverage=True, return_ctc_logits=use_ctc,
-                                   step=step)
-            logits, covered = out[0], out[1]
-            # targets past the row's global slots get no loss, and are counted (never silent)
-            uncovered = jnp.sum(jnp.where(covered, 0, weights)).astype(jnp.float32)
-            weights = jnp.where(covered, weights, 0)
-        else:
-            out = self.model.apply({"params": params}, *inputs, return_ctc_logits=use_ctc)
-            logits = out[0] if use_ctc else out
-        total, ce, z, weight = cross_entropy_sums(logits, targets, weights, self.train_cfg.z_loss)
-        by_modality = per_modality_sums(logits, targets, weights, batch["decoder_modality"])
+        out = self.family.forward(self.model, params, batch, step=step, ctc_logits=use_ctc)
+        # targets the model cannot predict (LST past its global slots) get no loss, and are counted
+        weights, uncovered = self.family.target_weights(out, batch[contract.DECODER_LOSS_WEIGHTS])
+        total, ce, z, weight = cross_entropy_sums(out.logits, targets, weights, self.train_cfg.z_loss)
+        text_ce, text_weight, speech_ce, speech_weight = per_modality_sums(
+            out.logits, targets, weights, batch[contract.DECODER_MODALITY])
         ctc_sum = ctc_segments = ctc_dropped = jnp.zeros((), jnp.float32)
         if use_ctc:
-            ctc_sum, ctc_segments, ctc_dropped = self._ctc_sums(out[-1], batch)
+            ctc_sum, ctc_segments, ctc_dropped = self._ctc_sums(out.ctc_logits, batch)
             # The step divides the summed loss by the token count, so the per-segment CTC mean
             # enters scaled by it: total / tokens = LM mean + ctc_weight * CTC mean.
             scale = jax.lax.stop_gradient(weight) / jnp.maximum(ctc_segments, 1.0)
             total = total + self.train_cfg.ctc_weight * ctc_sum * scale
-        return total, jnp.concatenate([jnp.stack([ce, z, weight]), by_modality, uncovered[None],
-                                       jnp.stack([ctc_sum, ctc_segments, ctc_dropped])])
+        return total, LossSums(ce_sum=ce, z_sum=z, weight=weight, text_ce=text_ce, text_weight=text_weight,
+                               speech_ce=speech_ce, speech_weight=speech_weight, uncovered=uncovered,
+                               ctc_sum=ctc_sum, ctc_segments=ctc_segments, ctc_dropped=ctc_dropped)
 
     def _ctc_sums(self, ctc_logits, batch):
         from slm_jax.models import ctc
         cfg = self.train_cfg
         ctc_targets, lengths = ctc.ctc_targets_from_packed(
-            batch["decoder_ctc_targets"], batch["decoder_ctc_segment_ids"], batch["decoder_ctc_positions"],
+            batch[contract.DECODER_CTC_TARGETS], batch[contract.DECODER_CTC_SEGMENT_IDS],
+            batch[contract.DECODER_CTC_POSITIONS],
             cfg.ctc_max_segments, cfg.ctc_max_chars, leading_sentinel=True)
         loss_sum, num = ctc.ctc_loss_from_batch(
             ctc_logits, {**batch, "ctc_targets": ctc_targets, "ctc_target_lengths": lengths})
         # transcript characters that do not fit [ctc_max_segments, ctc_max_chars] (never silent:
         # train.py stops on them)
-        chars = (batch["decoder_ctc_segment_ids"] > 0) & (batch["decoder_ctc_positions"] > 0)
+        chars = (batch[contract.DECODER_CTC_SEGMENT_IDS] > 0) & (batch[contract.DECODER_CTC_POSITIONS] > 0)
         dropped = jnp.sum(chars) - jnp.sum(lengths)
         return loss_sum.astype(jnp.float32), num.astype(jnp.float32), dropped.astype(jnp.float32)
 
@@ -195,65 +192,76 @@ class Trainer:
 
             def body(carry, mb):
                 g_acc, s_acc = carry
-                mb = nn.with_logical_constraint(mb, {k: ("batch", "length") for k in mb})
+                mb = nn.with_logical_constraint(mb, {k: (contract.AXIS_BATCH, contract.AXIS_LENGTH) for k in mb})
                 (_, s), g = grad_fn(params, mb)
                 return (jax.tree.map(jnp.add, g_acc, g), s_acc + s), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            (grads, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros(NUM_SUMS, jnp.float32)), micro)
-        ce, z, weight = sums[0], sums[1], sums[2]
-        denom = jnp.maximum(weight, 1.0)
+            (grads, sums), _ = jax.lax.scan(body, (zeros, LossSums.zeros()), micro)
+        denom = jnp.maximum(sums.weight, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}
         # param_norm is also the guard that keeps a blown-up update out of checkpoints.
-        metrics = {"loss": ce / denom, "z_loss": z / denom, "grad_norm": optax.tree.norm(grads),
+        metrics = {"loss": sums.ce_sum / denom, "z_loss": sums.z_sum / denom, "grad_norm": optax.tree.norm(grads),
                    "param_norm": optax.tree.norm(new_params),
-                   "loss_text": _ratio(sums[3], sums[4]), "loss_speech": _ratio(sums[5], sums[6]),
-                   "learning_rate": self.schedule(state["step"]), "target_tokens": weight}
-        if isinstance(self.model, LSTModel):
-            metrics["uncovered_tokens"] = sums[7]
+                   "loss_text": _ratio(sums.text_ce, sums.text_weight),
+                   "loss_speech": _ratio(sums.speech_ce, sums.speech_weight),
+                   "learning_rate": self.schedule(state["step"]), "target_tokens": sums.weight}
+        if self.family.has_coverage:
+            metrics["uncovered_tokens"] = sums.uncovered
         if self.train_cfg.ctc_weight > 0:
-            metrics["ctc_loss"] = _ratio(sums[8], sums[9])
-            metrics["ctc_segments"] = sums[9]
-            metrics["ctc_dropped_chars"] = sums[10]
+            metrics["ctc_loss"] = _ratio(sums.ctc_sum, sums.ctc_segments)
+            metrics["ctc_segments"] = sums.ctc_segments
+            metrics["ctc_dropped_chars"] = sums.ctc_dropped
         return new_state, metrics
 
     def _eval_step(self, params, batch):
         _, sums = self._loss_sums(params, batch)
-        return {"loss_sum": sums[0], "target_tokens": sums[2]}
+        return {"loss_sum": sums.ce_sum, "target_tokens": sums.weight}
 
     def train_step(self, state, batch):
+        """One optimizer step on a `global_batch`: (new state, metrics) where metrics maps names to
+        fp32 scalars: loss / z_loss (nats per target token), grad_norm, param_norm, loss_text /
+        loss_speech (NaN without such targets), learning_rate, target_tokens, and
+        uncovered_tokens (families with coverage) and ctc_loss / ctc_segments /
+        ctc_dropped_chars (TrainConfig.ctc_weight > 0). The input state is donated."""
         with self.context():
             return self._jit_train(state, batch)
 
     def eval_step(self, params, batch):
+        """{'loss_sum': cross-entropy summed over the weighted targets (nats), 'target_tokens':
+        the weight sum}, fp32 scalars, replicated."""
         with self.context():
             return self._jit_eval(params, batch)
 
     # -- batches --------------------------------------------------------------------------
     def global_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's rows -> one global jax.Array per key (multi-host safe)."""
-        fills = {"decoder_modality": 0, PATCH_KEY: -1}
-        if "decoder_ctc_targets" in self.batch_keys and "decoder_ctc_targets" not in local_batch:
+        """This process's rows (int [local rows, length] per `slm_jax.contract` feature) -> one global
+        int32 jax.Array per `batch_keys` entry (multi-host safe). Missing `decoder_modality` /
+        `decoder_patch_ids` are filled with MODALITY_PAD / -1; other missing features raise KeyError."""
+        fills = {contract.DECODER_MODALITY: contract.MODALITY_PAD, contract.DECODER_PATCH_IDS: -1}
+        if contract.DECODER_CTC_TARGETS in self.batch_keys and contract.DECODER_CTC_TARGETS not in local_batch:
             raise KeyError("TrainConfig.ctc_weight > 0 but the batch has no decoder_ctc_* features: use a task "
-                           "with ctc_targets (slm_jax.data.ctc_targets) and DatasetConfig.ctc_length")
+                           "with ctc_targets (slm_jax.data.preprocessors.ctc_targets) and DatasetConfig.ctc_length")
         for key, fill in fills.items():
             if key in self.batch_keys and key not in local_batch:
                 local_batch = {**local_batch,
-                               key: np.full_like(np.asarray(local_batch["decoder_target_tokens"]), fill)}
+                               key: np.full_like(np.asarray(local_batch[contract.DECODER_TARGET_TOKENS]), fill)}
         missing = [k for k in self.batch_keys if k not in local_batch]
         if missing:
-            raise KeyError(f"batch lacks features {missing}; a DecoderFeatureConverter batch has {BATCH_KEYS}")
+            raise KeyError(f"batch lacks features {missing}; a DecoderFeatureConverter batch has "
+                           f"{contract.TRAIN_FEATURES}")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local_batch[k], np.int32))
                 for k in self.batch_keys}
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """`global_batch`'s shapes: int32 [batch, length], the CTC stream [batch, ctc_length]."""
         shape = (self.batch_size, self.sequence_length)
         # the packed CTC stream holds up to ctc_max_segments transcripts, each after a sentinel
         ctc_shape = (self.batch_size, self.train_cfg.ctc_max_segments * (self.train_cfg.ctc_max_chars + 1))
-        return {k: jax.ShapeDtypeStruct(ctc_shape if k in CTC_KEYS else shape, jnp.int32,
+        return {k: jax.ShapeDtypeStruct(ctc_shape if k in contract.CTC_MODEL_FEATURES else shape, jnp.int32,
                                         sharding=self.batch_sharding) for k in self.batch_keys}
 
     def lower_train_step(self):
