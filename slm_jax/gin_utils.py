@@ -95,6 +95,19 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], module_imports:
             gin.parse_config(binding)
         except Exception as err:
             raise ConfigError(f"--gin.{binding}: unknown or invalid gin binding: {err}") from err
+    check_required_macros()
+
+
+def check_required_macros() -> None:
+    """ConfigError naming every macro still bound to `%gin.REQUIRED` (e.g. base.gin's
+    MIXTURE_OR_TASK_NAME and MODEL_DIR), before anything reads data or compiles."""
+    missing = [name for (name, selector), params in gin.config._CONFIG.items()  # noqa: SLF001 - no public listing
+               if selector == "gin.macro" and isinstance(params.get("value"), gin.config.ConfigurableReference)
+               and str(params["value"]) == "%gin.REQUIRED"]
+    if missing:
+        example = " ".join(f"--gin.{m}=..." for m in sorted(missing))
+        raise ConfigError(f"required gin macros not set: {', '.join(sorted(missing))}; set them in the run file "
+                          f"(see gin/runs/base.gin) or pass {example}")
 
 
 
