@@ -22,6 +22,7 @@ from slm_jax.evaluation.likelihood import LikelihoodScorer, ScoredSequence
 from slm_jax.evaluation.runner import ModelRunner
 from slm_jax.evaluation.sequences import Segment, SequenceFormat, modality_of_ids
 from slm_jax.models.decoder import Decoder, DecoderConfig
+from slm_jax.models.interface import ModelOutput
 from slm_jax.training.optimizer import OptimizerConfig
 from slm_jax.training.partitioning import DEFAULT_RULES, MeshConfig, make_mesh
 from slm_jax.training.trainer import TrainConfig, Trainer
@@ -154,8 +155,10 @@ class UnigramLM(nn.Module):
     logits: tuple
     config: DecoderConfig = CFG
 
-    def __call__(self, tokens, segment_ids=None, positions=None):
-        return jnp.broadcast_to(jnp.asarray(self.logits, jnp.float32), (*tokens.shape, len(self.logits)))
+    def __call__(self, tokens, segment_ids=None, positions=None, **output_flags):
+        """`Decoder`'s call signature (it is run as a `DecoderConfig` family): logits only."""
+        return ModelOutput(logits=jnp.broadcast_to(jnp.asarray(self.logits, jnp.float32),
+                                                   (*tokens.shape, len(self.logits))))
 
 
 def test_planted_model_scores_one_its_mirror_zero_and_ties_half():
