@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 import jax
 
 from slm_jax import gin_utils
+from slm_jax.cli.common import reports
 from slm_jax.evaluation import benchmarks as bench
 from slm_jax.evaluation.cloze import SCORE_MODES, BadPairError
 from slm_jax.evaluation.results import plot_accuracy, write_eval_json
@@ -94,15 +94,8 @@ def _eval_options(args, out_dir: str) -> bench.EvalOptions:
                              units_cache_dir=os.path.join(out_dir, "units"))
 
 
+@reports("slm-jax eval", bench.BenchmarkError, BadPairError, FileNotFoundError)
 def cmd_eval(argv) -> int:
-    try:
-        return _eval(argv)
-    except (bench.BenchmarkError, BadPairError, FileNotFoundError) as err:
-        print(f"slm-jax eval: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-
-
-def _eval(argv) -> int:
     from slm_jax.evaluation.runner import ModelRunner
     from slm_jax.training import run_dir
     run, trainer, rest = setup_run(argv)

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from slm_jax.cli.common import reports
 from slm_jax.cli.eval import restore_params, run_vocabulary, setup_run, steps_to_evaluate
 from slm_jax.evaluation import benchmarks as bench
 from slm_jax.evaluation.cloze import BadPairError
@@ -44,15 +44,8 @@ def _generate_parser() -> argparse.ArgumentParser:
     return p
 
 
+@reports("slm-jax generate", bench.BenchmarkError, BadPairError, FileNotFoundError)
 def cmd_generate(argv) -> int:
-    try:
-        return _generate_cmd(argv)
-    except (bench.BenchmarkError, BadPairError, FileNotFoundError) as err:
-        print(f"slm-jax generate: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-
-
-def _generate_cmd(argv) -> int:
     from slm_jax.evaluation import generate as gen
     from slm_jax.evaluation.runner import ModelRunner
     run, trainer, rest = setup_run(argv)

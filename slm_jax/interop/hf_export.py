@@ -69,10 +69,9 @@ def parse_size(text: str) -> int:
 
 def load_model_config(model_dir: str) -> DecoderConfig:
     path = run_dir.path(model_dir, run_dir.MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
+    saved = run_dir.read_model_config(model_dir)
+    if saved is None:
         raise ModelDirError(f"{path}: no such file; is {model_dir} a slm-jax MODEL_DIR?")
-    with open(path) as f:
-        saved = json.load(f)
     fields = {f.name for f in dataclasses.fields(DecoderConfig)}
     if not {"embed_dim", "num_heads", "use_qkv_bias"} <= set(saved):
         raise ModelDirError(f"{path}: not a dense DecoderConfig (export-hf writes Llama/Qwen2 decoders)")
