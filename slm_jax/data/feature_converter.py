@@ -86,23 +86,6 @@ CTC_KEY = "ctc_targets"
 CTC_MODEL_FEATURES = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
 
 
-def _check_aligned(key: str, value: tf.Tensor, targets: tf.Tensor, length: int) -> tf.Operation:
-    """Asserts an optional feature is aligned with `targets` and packable (value + offset > 0).
-
-    An over-long `targets` is left to seqio's own input length check (clearer message).
-    """
-    offset = OPTIONAL_FEATURES[key][1]
-    expected = tf.minimum(tf.size(targets), length)
-    message = (
-        f"SLMFeatureConverter: feature {key!r} must have the length of 'targets' and values > {-offset};"
-    )
-    return tf.debugging.Assert(
-        tf.logical_and(tf.equal(tf.size(value), expected), tf.reduce_all(value + offset > 0)),
-        [message, "lengths:", tf.size(value), tf.size(targets), "values:", value],
-        summarize=16,
-    )
-
-
 def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
     """Optional features worth packing: present in the task, and not derivable after packing.
 
@@ -117,48 +100,8 @@ def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _fold_loss_mask(ex: Mapping[str, tf.Tensor], length: int) -> dict:
-    """Carries the loss mask in the SIGN of the target ids (-id = no loss), so packing it
-    costs nothing: the packer only needs ids to be non-zero. `_unfold` undoes it."""
-    out = {k: v for k, v in ex.items() if k != "loss_mask"}
-    if "loss_mask" not in ex:
-        return out
-    targets = ex["targets"]
-    mask = tf.cast(ex["loss_mask"], tf.int32)[:length]
-    check = _check_aligned("loss_mask", mask, targets, length)
-    with tf.control_dependencies([check]):
-        out["targets"] = tf.where(mask > 0, targets, -targets)
-    return out
-
-
-def _fill_optional(ex: Mapping[str, tf.Tensor], length: int, keys: tuple[str, ...]) -> dict:
-    """`targets` + the optional features to pack, as int32, checked against targets.
-
-    Present optional features are trimmed to `length` first, as seqio trims `targets` (a
-    task whose output_features omit them leaves them untrimmed).
-    """
-    targets = ex["targets"]
-    out = {"targets": targets}
-    checks = []
-    for key in keys:
-        value = tf.cast(ex[key], tf.int32)[:length]
-        checks.append(_check_aligned(key, value, targets, length))
-        out[key] = value
-    with tf.control_dependencies(checks):
-        return {k: tf.identity(v) for k, v in out.items()}
-
-
-def _offset(ex: Mapping[str, tf.Tensor]) -> dict:
-    """Optional features + offset, so the packer's non-zero length count sees every token."""
-    out = dict(ex)
-    for key, (_, offset, _) in OPTIONAL_FEATURES.items():
-        if key in ex:
-            out[key] = ex[key] + offset
-    return out
-
-
 def _unoffset(value: tf.Tensor, key: str) -> tf.Tensor:
-    """Inverse of `_offset` on a padded/packed row; padding (0) becomes the pad value."""
+    """Inverse of the offset `_encoded_group` adds, on a padded/packed row; padding (0) becomes the pad value."""
     _, offset, pad = OPTIONAL_FEATURES[key]
     return tf.where(tf.equal(value, 0), pad, value - offset)
 
@@ -182,34 +125,6 @@ _CTC_EMPTY = ("has an empty ctc_targets: packing it would shift the ctc segments
               "packing_sentinel=True)")
 
 
-def _checked_ctc(ex: Mapping[str, tf.Tensor], index: tf.Tensor, ctc_length: int, pack: bool) -> tf.Tensor:
-    """`ex["ctc_targets"]` as int32, asserted packable without loss (see the module docstring)."""
-    ctc = tf.reshape(tf.cast(ex[CTC_KEY], tf.int32), [-1])
-    size = tf.size(ctc)
-    name = _example_name(ex, index)
-    who = "SLMFeatureConverter: example"
-    checks = [
-        tf.debugging.Assert(
-            size <= ctc_length,
-            [who, name, "has", size, f"ctc_targets, more than task_feature_lengths['{CTC_KEY}'] =",
-             ctc_length, _CTC_TOO_LONG, ctc],
-            summarize=32,
-        ),
-        tf.debugging.Assert(
-            tf.reduce_all(ctc > 0),
-            [who, name, _CTC_NOT_POSITIVE, ctc],
-            summarize=32,
-        ),
-    ]
-    if pack:
-        checks.append(tf.debugging.Assert(
-            size > 0,
-            [who, name, _CTC_EMPTY],
-        ))
-    with tf.control_dependencies(checks):
-        return tf.identity(ctc)
-
-
 def _autoregressive_inputs(targets: tf.Tensor, segment_ids: tf.Tensor | None, bos_id: int) -> tf.Tensor:
     """`seqio.utils.make_autoregressive_inputs` on the last axis of rows of any rank: targets
     shifted right, `bos_id` at every segment start."""
@@ -220,8 +135,9 @@ def _autoregressive_inputs(targets: tf.Tensor, segment_ids: tf.Tensor | None, bo
     return tf.where(tf.equal(segment_ids, previous), shifted, tf.constant(bos_id, targets.dtype))
 
 
-def _check_aligned_batch(key: str, value: tf.RaggedTensor, targets: tf.RaggedTensor) -> tf.Operation:
-    """`_check_aligned` for a ragged group (both already trimmed to the length)."""
+def _check_aligned(key: str, value: tf.RaggedTensor, targets: tf.RaggedTensor) -> tf.Operation:
+    """Asserts an optional feature [G, (n)] is aligned with `targets` [G, (n)] (both trimmed to
+    the length) and packable (value + offset > 0); the message shows the first bad example."""
     offset = OPTIONAL_FEATURES[key][1]
     bad = tf.logical_or(tf.not_equal(value.row_lengths(), targets.row_lengths()),
                         tf.reduce_any(value + offset <= 0, axis=1))
@@ -234,8 +150,11 @@ def _check_aligned_batch(key: str, value: tf.RaggedTensor, targets: tf.RaggedTen
     )
 
 
-def _checked_ctc_batch(batch: Mapping[str, tf.Tensor], first_index: tf.Tensor, ctc_length: int) -> tf.RaggedTensor:
-    """`_checked_ctc` (packing) for a ragged group: each rule names its first offending example."""
+def _checked_ctc(batch: Mapping[str, tf.Tensor], first_index: tf.Tensor, ctc_length: int,
+                 pack: bool) -> tf.RaggedTensor:
+    """`batch["ctc_targets"]` [G, (n)] as int32, asserted storable without loss (module docstring:
+    at most `ctc_length` ids, all > 0, and when packing at least one); each rule names its first
+    offending example (`first_index`: the group's first index in the converter's input)."""
     ctc = tf.cast(batch[CTC_KEY], tf.int32)
     sizes = ctc.row_lengths()
     who = "SLMFeatureConverter: example"
@@ -251,10 +170,41 @@ def _checked_ctc_batch(batch: Mapping[str, tf.Tensor], first_index: tf.Tensor, c
                  f"ctc_targets, more than task_feature_lengths['{CTC_KEY}'] =", ctc_length, _CTC_TOO_LONG,
                  lambda i: ctc[i]),
         fails_on(tf.reduce_any(ctc <= 0, axis=1), _CTC_NOT_POSITIVE, lambda i: ctc[i]),
-        fails_on(tf.equal(sizes, 0), _CTC_EMPTY),
     ]
+    if pack:
+        checks.append(fails_on(tf.equal(sizes, 0), _CTC_EMPTY))
     with tf.control_dependencies(checks):
         return tf.identity(ctc)
+
+
+def _encoded_group(batch: Mapping[str, tf.Tensor], length: int, keys: tuple[str, ...], ctc_length: int | None,
+                   first_index: tf.Tensor, pack: bool) -> dict:
+    """The converter's checks and encodings of a group of examples (features [G, (n)], ragged or
+    dense; one example is a group of one), written once for packing and padding.
+
+    Returns ragged int32 features: `targets` trimmed to `length` and negated where `loss_mask`
+    is 0 (the mask travels in the sign of the ids, free to pack: the packer only needs ids
+    non-zero; `_convert_example` reads it back), the optional `keys` trimmed + their offset
+    (`OPTIONAL_FEATURES`), and `ctc_targets` checked (`_checked_ctc`). Raises (when run)
+    InvalidArgumentError naming the rule and the first offending example.
+    """
+    batch = {k: as_ragged(v) for k, v in batch.items()}
+    task = {"targets": tf.cast(batch["targets"][:, :length], tf.int32)}
+    checks = packing.check_nonzero(task, ("targets",)) if pack else []
+    for key in (*keys, *(("loss_mask",) if "loss_mask" in batch else ())):
+        value = tf.cast(batch[key][:, :length], tf.int32)
+        checks.append(_check_aligned(key, value, task["targets"]))
+        task[key] = value
+    if ctc_length:
+        task[CTC_KEY] = _checked_ctc(batch, first_index, ctc_length, pack)
+    with tf.control_dependencies(checks):
+        mask = task.pop("loss_mask", None)
+        if mask is not None:
+            task["targets"] = task["targets"].with_flat_values(
+                tf.where(mask.flat_values > 0, task["targets"].flat_values, -task["targets"].flat_values))
+        for key in keys:
+            task[key] = task[key] + OPTIONAL_FEATURES[key][1]
+        return {k: v.with_flat_values(tf.identity(v.flat_values)) for k, v in task.items()}
 
 
 class SLMFeatureConverter(seqio.FeatureConverter):
@@ -346,20 +296,17 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         if self.pack:
             return self._pack_vectorised(ds, length, keys, ctc_length if has_ctc else None)
 
-        def prepare(ex):
-            out = _fill_optional(ex, length, keys)
-            if "loss_mask" in ex:
-                out["loss_mask"] = ex["loss_mask"]
-            return _fold_loss_mask(out, length)
+        def prepare(index, ex):
+            # one example = a group of one; `targets` past the length are kept for seqio's length check
+            one = {k: tf.expand_dims(v, 0) for k, v in ex.items()
+                   if k in ("id", "targets", "loss_mask", *keys, *((CTC_KEY,) if has_ctc else ()))}
+            group = _encoded_group(one, length, keys, ctc_length if has_ctc else None, index, pack=False)
+            out = {k: v.flat_values for k, v in group.items()}
+            out["targets"] = tf.concat([out["targets"], tf.cast(ex["targets"][length:], tf.int32)], 0)
+            return out
 
-        if has_ctc:
-            # Checked BEFORE seqio's padder, which would trim an over-long example.
-            def prepare_ctc(index, ex):
-                return {**prepare(ex), CTC_KEY: _checked_ctc(ex, index, ctc_length, self.pack)}
-
-            ds = ds.enumerate().map(prepare_ctc, num_parallel_calls=tf.data.AUTOTUNE)
-        else:
-            ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        # The example index (for error messages) comes from `enumerate`.
+        ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         # seqio validates task_feature_lengths against TASK_FEATURES exactly: narrow it to
         # the features this dataset packs (and the model features to those it produces).
         packed = ("targets", *keys, *((CTC_KEY,) if has_ctc else ()))
@@ -391,25 +338,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         max_group = packing.group_size(lengths)
 
         def pack(first_index, batch):
-            batch = {k: as_ragged(v) for k, v in batch.items()}
-            checks = []
-            task = {"targets": tf.cast(batch["targets"][:, :length], tf.int32)}
-            checks += packing.check_nonzero(task, ("targets",))
-            for key in (*keys, *(("loss_mask",) if "loss_mask" in batch else ())):
-                value = tf.cast(batch[key][:, :length], tf.int32)
-                checks.append(_check_aligned_batch(key, value, task["targets"]))
-                task[key] = value
-            if ctc_length:
-                task[CTC_KEY] = _checked_ctc_batch(batch, first_index, ctc_length)
-            with tf.control_dependencies(checks):
-                mask = task.pop("loss_mask", None)
-                if mask is not None:  # the loss mask travels in the sign of the ids (see _fold_loss_mask)
-                    task["targets"] = task["targets"].with_flat_values(
-                        tf.where(mask.flat_values > 0, task["targets"].flat_values, -task["targets"].flat_values))
-                for key in keys:
-                    task[key] = task[key] + OPTIONAL_FEATURES[key][1]
-                rows = packing.pack_group(task, lengths, max_group)
-            return self._convert_example(rows)
+            task = _encoded_group(batch, length, keys, ctc_length, first_index, pack=True)
+            return self._convert_example(packing.pack_group(task, lengths, max_group))
 
         def set_shape(row):
             for key, value in row.items():
@@ -464,8 +394,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
     def _convert_features(
         self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
     ) -> tf.data.Dataset:
-        ds = ds.map(_offset, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = self._pack_or_pad(ds, task_feature_lengths)
+        ds = self._pack_or_pad(ds, task_feature_lengths)  # `prepare` (in __call__) encoded and offset the features
         return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:

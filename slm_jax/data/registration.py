@@ -27,15 +27,14 @@ FilePatterns = Union[str, Iterable[str]]
 
 
 class LazyRootFiles:
-    """File patterns relative to a root resolved late: `root_fn` runs only when files are
-    listed (i.e. when a dataset is built), so registering and importing a task module does
-    no I/O. The demo tasks pass `ensure_demo_corpus`, which builds the corpus on first use."""
+    """File listing for a `seqio.FileDataSource` whose patterns are relative to `self._root_fn()`
+    (None: as given), resolved only when files are listed; no match raises ValueError."""
 
     def _resolved(self, split: str):
-        if self._root_fn is None:
-            return self._split_to_filepattern[split]
-        root = self._root_fn()
         pattern = self._split_to_filepattern[split]
+        if self._root_fn is None:
+            return pattern
+        root = self._root_fn()
         if isinstance(pattern, str):
             return os.path.join(root, pattern)
         return [os.path.join(root, p) for p in pattern]
@@ -49,30 +48,22 @@ class LazyRootFiles:
         return files
 
 
-class LazyRootTFExampleDataSource(LazyRootFiles, seqio.TFExampleDataSource):
-    """A `TFExampleDataSource` whose file patterns are relative to `root_fn()` (see `LazyRootFiles`)."""
+class TFExampleSource(LazyRootFiles, seqio.FileDataSource):
+    """`tf.train.Example` records from TFRecord files, one parsed record per element
+    (`batch_records=None`: `tf.io.parse_single_example`, as `seqio.TFExampleDataSource`) or
+    ragged BATCHES of `batch_records` parsed records (one `tf.io.parse_example` per batch;
+    features [B] or [B, (values)]).
 
-    def __init__(
-        self,
-        split_to_filepattern: Mapping[str, FilePatterns],
-        feature_description,
-        root_fn: Callable[[], str],
-        **kwargs,
-    ):
-        self._root_fn = root_fn
-        super().__init__(split_to_filepattern, feature_description, **kwargs)
+    Batches are for tasks whose preprocessors all work on record batches
+    (`register_corpus_task(batched=True)`): tf.data pays a fixed cost per element and per op,
+    so parsing, interleaving and splitting a batch at a time, with a single unbatch at the
+    end, costs a fraction of the per-record chain. Records keep file order within a batch;
+    sharding by examples (fewer files than shards) deals out whole batches.
 
-
-class BatchedTFExampleDataSource(LazyRootFiles, seqio.FileDataSource):
-    """`tf.train.Example` records, yielded as ragged BATCHES of `batch_records` parsed records
-    (one `tf.io.parse_example` per batch; features [B] or [B, (values)]).
-
-    For tasks whose preprocessors all work on record batches (`register_corpus_task(batched=
-    True)`): tf.data pays a fixed cost per element and per op, so parsing, interleaving and
-    splitting a batch at a time, with a single unbatch at the end, costs a fraction of the
-    per-record chain. Files are listed, sharded and shuffled as by `TFExampleDataSource`;
-    records keep file order within a batch. Sharding by examples (fewer files than shards)
-    deals out whole batches.
+    File patterns are relative to `root_fn()` when it is given, resolved only when files
+    are listed (`LazyRootFiles`), so registering and importing a task module does no I/O
+    (the demo tasks pass `ensure_spoken_demo_corpus`, which builds the corpus on first
+    use). Files are sharded and shuffled by `seqio.FileDataSource`.
     """
 
     def __init__(
@@ -80,21 +71,33 @@ class BatchedTFExampleDataSource(LazyRootFiles, seqio.FileDataSource):
         split_to_filepattern: Mapping[str, FilePatterns],
         feature_description,
         root_fn: Optional[Callable[[], str]] = None,
-        batch_records: int = prep.DEFAULT_BATCH_RECORDS,
+        batch_records: Optional[int] = None,
         **kwargs,
     ):
-        prep.check_batch_records(batch_records, "BatchedTFExampleDataSource")
+        if batch_records is not None:
+            prep.check_batch_records(batch_records, type(self).__name__)
         self._root_fn = root_fn
         self.feature_description = dict(feature_description)
         self.batch_records = batch_records
-        super().__init__(read_file_fn=tf.data.TFRecordDataset, split_to_filepattern=split_to_filepattern, **kwargs)
+        description = self.feature_description
+
+        def read_file(path):
+            records = tf.data.TFRecordDataset(path)
+            if batch_records is not None:  # parsed per batch, in get_dataset
+                return records
+            return records.map(lambda pb: tf.io.parse_single_example(pb, description),
+                               num_parallel_calls=tf.data.AUTOTUNE)
+
+        super().__init__(read_file_fn=read_file, split_to_filepattern=split_to_filepattern, **kwargs)
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                     shard_info: Optional[seqio.ShardInfo] = None, **kwargs) -> tf.data.Dataset:
-        serialized = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info, **kwargs)
+        records = super().get_dataset(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info, **kwargs)
+        if self.batch_records is None:
+            return records
         description = self.feature_description
-        return serialized.batch(self.batch_records).map(
-            lambda records: tf.io.parse_example(records, description), num_parallel_calls=tf.data.AUTOTUNE)
+        return records.batch(self.batch_records).map(
+            lambda batch: tf.io.parse_example(batch, description), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _remove_if_registered(registry, name: str) -> None:
@@ -127,8 +130,7 @@ def register_unit_task(
       lang: keep only records whose `lang` field equals this (None keeps all).
       units_key: feature holding the units in the records.
       vocabulary: token space; defaults to `UnitVocabulary(num_units)`.
-      root_fn: resolves the directory the patterns live in, lazily (see
-        `LazyRootTFExampleDataSource`).
+      root_fn: resolves the directory the patterns live in, lazily (see `TFExampleSource`).
       shuffle_buffer_size: example shuffle buffer of the task.
       num_input_examples: optional split -> record count (informational).
 
@@ -141,13 +143,8 @@ def register_unit_task(
             f"register_unit_task({name!r}): vocabulary has "
             f"{vocabulary.num_units} units but num_units={num_units}"
         )
-    desc = prep.unit_feature_description(units_key)
-    if root_fn is None:
-        source = seqio.TFExampleDataSource(split_to_filepattern, desc, num_input_examples=num_input_examples)
-    else:
-        source = LazyRootTFExampleDataSource(
-            split_to_filepattern, desc, root_fn=root_fn, num_input_examples=num_input_examples
-        )
+    source = TFExampleSource(split_to_filepattern, prep.unit_feature_description(units_key), root_fn=root_fn,
+                             num_input_examples=num_input_examples)
     preprocessors = []
     if lang is not None:
         preprocessors.append(functools.partial(prep.filter_lang, lang=lang))
@@ -306,7 +303,7 @@ def register_corpus_task(
 
     `batched=True`: the preprocessors take and return datasets of ragged record BATCHES
     (e.g. `word_interleave.word_interleave_batches`); records are read `batch_records` at
-    a time (`BatchedTFExampleDataSource`), split in batches and unbatched once at the end.
+    a time (`TFExampleSource(batch_records=...)`), split in batches and unbatched once at the end.
     Same examples as the per-record chain, at a fraction of the cost. Such a task has no
     SeqIO cache point (its preprocessing runs on every read).
     """
@@ -320,12 +317,11 @@ def register_corpus_task(
             raise ValueError(f"register_corpus_task({name!r}): features {unknown} are not in the corpus layout "
                              f"({sorted(desc)})")
         desc = {k: desc[k] for k in features}
+    source = TFExampleSource(split_to_filepattern, desc, root_fn=root_fn, batch_records=batch_records if batched
+                             else None)
     if batched:
-        source = BatchedTFExampleDataSource(split_to_filepattern, desc, root_fn=root_fn, batch_records=batch_records)
         finish = [drop_token_modality, functools.partial(_finish_batches, split_long_examples=split_long_examples)]
     else:
-        source = (seqio.TFExampleDataSource(split_to_filepattern, desc) if root_fn is None
-                  else LazyRootTFExampleDataSource(split_to_filepattern, desc, root_fn=root_fn))
         finish = [drop_token_modality, seqio.CacheDatasetPlaceholder(),
                   prep.split_to_length if split_long_examples else prep.require_unsplit]
     _remove_if_registered(seqio.TaskRegistry, name)

@@ -8,7 +8,7 @@ follow `slm_jax.data.preprocessors.interleave` / `task_formats` (SpiritLM conven
 - consecutive speech segments of one language are ONE recording: their frame-level units
   are run-length deduplicated together (a cloze prompt and its ending come from one story
   recording); a change of language starts a new run, deduplicated on its own, as in
-  `interleave.crosslingual_units`;
+  `interleave.crosslingual_interleave`;
 - with `lang_tags` a language tag (`[EN]`) precedes each run of one language (as
   `crosslingual_interleave(lang_tags=True)`);
 - text is SentencePiece-encoded segment by segment (equal to encoding the space-joined
@@ -20,6 +20,9 @@ every id is a prediction target.
 
 `EncodedSequence.ending_start` is the index of the first content token of the ending
 (after the marker / tag announcing it, which is given, not predicted evidence).
+
+`SequenceFormat.encode` is the one numpy writer of this format; tests/test_sequences.py
+checks it against the training tasks' TF preprocessors and vocabularies.
 """
 from __future__ import annotations
 
@@ -28,13 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-SPEECH = "speech"
-TEXT = "text"
-MODALITIES = (SPEECH, TEXT)
-
-# slm_jax.data.tokenizers.token_space modality ids (kept here so evaluation imports no TF for them)
-MODALITY_PAD, MODALITY_TEXT, MODALITY_SPEECH, MODALITY_MARKER = 0, 1, 2, 3
-MODALITY_CODE = {TEXT: MODALITY_TEXT, SPEECH: MODALITY_SPEECH}
+from slm_jax.contract import MODALITIES, MODALITY_CODE, MODALITY_MARKER, MODALITY_SPEECH, SPEECH, TEXT  # noqa: F401
+from slm_jax.speech.units import run_starts_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,9 +173,7 @@ class SequenceFormat:
             return np.concatenate(parts).astype(np.int32), first
         units = np.concatenate([np.asarray(seg.content, np.int64).reshape(-1) for _, seg in run])
         from_ending = np.concatenate([np.full(len(seg.content), i >= num_prompt) for i, seg in run])
-        keep = np.ones(len(units), bool)
-        if self.dedup and len(units):
-            keep[1:] = units[1:] != units[:-1]
+        keep = run_starts_mask(units) if self.dedup else np.ones(len(units), bool)
         kept_ending = np.flatnonzero(from_ending[keep])
         first = int(kept_ending[0]) if len(kept_ending) else None
         return self.unit_ids(units[keep]), first

@@ -17,13 +17,32 @@ def _as_int_1d(values, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def run_starts_mask(units, run_ids=None) -> np.ndarray:
+    """bool [n]: True where a unit starts a run (it is first, differs from the previous unit, or
+    `run_ids` [n] changes there: runs never cross recordings/spans). The numpy twin of
+    `slm_jax.data.preprocessors.common.dedup_rows`."""
+    u = _as_int_1d(units, "units")
+    keep = np.ones(u.shape, bool)
+    keep[1:] = u[1:] != u[:-1]
+    if run_ids is not None:
+        r = np.asarray(run_ids).reshape(-1)
+        if r.shape != u.shape:
+            raise ValueError(f"run_ids and units differ in length: {r.size} vs {u.size}")
+        keep[1:] |= r[1:] != r[:-1]
+    return keep
+
+
+def run_length_dedup(units) -> np.ndarray:
+    """[5, 5, 7, 5, 5, 5] -> [5, 7, 5] (int64 [runs]): GSLM / SpiritLM deduplicated units."""
+    u = _as_int_1d(units, "units")
+    return u[run_starts_mask(u)]
+
+
 def dedup_with_durations(units) -> tuple[np.ndarray, np.ndarray]:
     """[5, 5, 7, 5, 5, 5] -> ([5, 7, 5], [2, 1, 3]): collapse runs, count each run's length."""
     u = _as_int_1d(units, "units")
-    if u.size == 0:
-        return np.zeros((0,), np.int64), np.zeros((0,), np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(u[1:] != u[:-1]) + 1])
-    durations = np.diff(np.concatenate([starts, [u.size]]))
+    starts = np.flatnonzero(run_starts_mask(u))
+    durations = np.diff(np.concatenate([starts, [u.size]])).astype(np.int64)
     return u[starts], durations
 
 

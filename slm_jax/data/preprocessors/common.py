@@ -51,6 +51,15 @@ def run_length_dedup(x: tf.Tensor) -> tf.Tensor:
     return tf.boolean_mask(x, dedup_rows(x))
 
 
+def unit_token_ids(units, vocabulary, dedup: bool = True) -> tf.Tensor:
+    """int32 [n'] ids (`vocabulary.units_to_ids_tf`) of one record's units (dense or sparse, any
+    shape, flattened), run-length deduplicated when `dedup`."""
+    if isinstance(units, tf.SparseTensor):
+        units = tf.sparse.to_dense(units)
+    units = tf.reshape(units, [-1])
+    return tf.cast(vocabulary.units_to_ids_tf(run_length_dedup(units) if dedup else units), tf.int32)
+
+
 @seqio.map_over_dataset
 def dedup_units(ex: Mapping[str, tf.Tensor], key: str = "units") -> dict:
     """Run-length collapses `ex[key]` (units at frame rate -> deduplicated units)."""

@@ -47,7 +47,7 @@ import tensorflow as tf
 
 from slm_jax.data import corpus
 from slm_jax.data.preprocessors.common import (
-    DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, run_length_dedup, vectorized,
+    DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, unit_token_ids, vectorized,
 )
 
 SIDES = ("a", "b")
@@ -151,11 +151,6 @@ def _check_choice(name: str, value: str, choices: Sequence[str], who: str) -> st
 
 def _speech_marker(vocabulary, use: bool) -> tf.Tensor:
     return _one(vocabulary.speech_marker_id) if use else tf.zeros([0], tf.int32)
-
-
-def _unit_ids(units: tf.Tensor, vocabulary, dedup: bool) -> tf.Tensor:
-    units = _dense(units)
-    return tf.cast(vocabulary.units_to_ids_tf(run_length_dedup(units) if dedup else units), tf.int32)
 
 
 # --- speech only / text only ---------------------------------------------------------------
@@ -418,7 +413,7 @@ def side_example(
     parts = [_speech_marker(vocabulary, speech_marker)]
     if lang_tags:
         parts.append(_one(_lang_tag(vocabulary, ex[f"{side}_lang"])))
-    parts.append(_unit_ids(ex[f"{side}_units"], vocabulary, dedup))
+    parts.append(unit_token_ids(ex[f"{side}_units"], vocabulary, dedup))
     return finish_example(ex, tf.concat(parts, 0), vocabulary)
 
 

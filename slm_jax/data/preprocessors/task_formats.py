@@ -33,12 +33,10 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from slm_jax.data.preprocessors.common import run_length_dedup
-from slm_jax.data.tokenizers.token_space import MODALITY_SPEECH, MODALITY_TEXT, SpeechTextVocabulary
-
-SPEECH = "speech"
-TEXT = "text"
-MODALITIES = (SPEECH, TEXT)
+from slm_jax.data.preprocessors.common import unit_token_ids
+from slm_jax.contract import MODALITIES, MODALITY_SPEECH, MODALITY_TEXT, SPEECH, TEXT
+from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+from slm_jax.speech.units import run_length_dedup as run_length_dedup_np
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -69,11 +67,6 @@ def _get(ex: Mapping[str, tf.Tensor], key: str, who: str) -> tf.Tensor:
 
 def _marker(i: int) -> tf.Tensor:
     return tf.constant([i], tf.int32)
-
-
-def _unit_ids(vocab: SpeechTextVocabulary, units: tf.Tensor, dedup: bool) -> tf.Tensor:
-    units = tf.reshape(units, [-1])
-    return vocab.units_to_ids_tf(run_length_dedup(units) if dedup else units)
 
 
 def _text_ids(vocab: SpeechTextVocabulary, text: tf.Tensor) -> tf.Tensor:
@@ -118,7 +111,7 @@ def format_asr(
     vocab.require_text_model("format_asr")
 
     def fn(ex):
-        units = _unit_ids(vocab, _get(ex, units_key, "format_asr"), dedup)
+        units = unit_token_ids(_get(ex, units_key, "format_asr"), vocab, dedup)
         text = _text_ids(vocab, _get(ex, text_key, "format_asr"))
         prompt = [_marker(vocab.speech_marker_id), units, _marker(vocab.text_marker_id)]
         targets, mask = _assemble(prompt, [text], vocab.eos_id, loss_on_targets_only)
@@ -142,7 +135,7 @@ def format_tts(
     vocab.require_text_model("format_tts")
 
     def fn(ex):
-        units = _unit_ids(vocab, _get(ex, units_key, "format_tts"), dedup)
+        units = unit_token_ids(_get(ex, units_key, "format_tts"), vocab, dedup)
         text = _text_ids(vocab, _get(ex, text_key, "format_tts"))
         prompt = [_marker(vocab.text_marker_id), text, _marker(vocab.speech_marker_id)]
         targets, mask = _assemble(prompt, [units], vocab.eos_id, loss_on_targets_only)
@@ -191,7 +184,7 @@ def format_s2tt(
     fixed_tag = vocab.lang_tag_id(target_lang) if target_lang is not None else None
 
     def fn(ex):
-        units = _unit_ids(vocab, _get(ex, speech_key, who), dedup)
+        units = unit_token_ids(_get(ex, speech_key, who), vocab, dedup)
         text = _text_ids(vocab, _get(ex, text_key, who))
         prompt = [_marker(vocab.speech_marker_id), units, _marker(vocab.text_marker_id)]
         if fixed_tag is not None:
@@ -227,7 +220,7 @@ def format_continuation(
     def fn(ex):
         if modality == SPEECH:
             body, marker, key = (
-                _unit_ids(vocab, _get(ex, units_key, who), dedup),
+                unit_token_ids(_get(ex, units_key, who), vocab, dedup),
                 vocab.speech_marker_id,
                 units_key,
             )
@@ -240,13 +233,6 @@ def format_continuation(
 
 
 # --- few-shot prompts (python, for generation) ---------------------------------------------
-def _dedup_np(units) -> np.ndarray:
-    arr = np.asarray(units, dtype=np.int64).reshape(-1)
-    if arr.size == 0:
-        return arr
-    return arr[np.concatenate([[True], arr[1:] != arr[:-1]])]
-
-
 def _content_ids(value, modality: str, vocab: SpeechTextVocabulary, dedup: bool, where: str) -> list[int]:
     """Marker + ids of one speech (unit ints) or text (str) value."""
     if modality == SPEECH:
@@ -254,7 +240,8 @@ def _content_ids(value, modality: str, vocab: SpeechTextVocabulary, dedup: bool,
             raise ValueError(
                 f"fewshot_prompt: {where} should be speech units (ints), got a string {value!r:.60}"
             )
-        units = _dedup_np(value) if dedup else np.asarray(value).reshape(-1)
+        units = np.asarray(value).reshape(-1)
+        units = run_length_dedup_np(units) if dedup else units
         return [vocab.speech_marker_id] + vocab.units_to_ids(units).tolist()
     if not isinstance(value, (str, bytes)):
         raise ValueError(f"fewshot_prompt: {where} should be text (str), got {type(value).__name__}")
