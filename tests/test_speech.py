@@ -8,6 +8,7 @@ import pytest
 import scipy.fft
 from scipy.io import wavfile
 
+from slm_jax.cli import units as units_cli
 from slm_jax.speech import audio, features, kmeans, pipeline, prosody, units
 
 SR = 16000
@@ -233,12 +234,12 @@ def _read_jsonl(path):
 
 def test_units_fit_and_encode_resumable(tmp_path, wav_folder, capsys):
     km = str(tmp_path / "km.npy")
-    assert pipeline.units_main(["fit", f"--audio={wav_folder}", f"--out={km}", "--k=8", "--iters=10",
+    assert units_cli.units_main(["fit", f"--audio={wav_folder}", f"--out={km}", "--k=8", "--iters=10",
                                 "--no_progress"]) == 0
     assert kmeans.load_centroids(km).shape == (8, 80)
     out = str(tmp_path / "units.jsonl")
     args = ["encode", f"--audio={wav_folder}", f"--centroids={km}", f"--out={out}", "--no_progress"]
-    assert pipeline.units_main(args) == 0
+    assert units_cli.units_main(args) == 0
     rows = _read_jsonl(out)
     assert [r["id"] for r in rows] == ["a", "spk/b", "spk/c"]
     assert [len(r["units"]) for r in rows] == [features.num_frames(n) for n in (8000, 4800, 6400)]
@@ -246,7 +247,7 @@ def test_units_fit_and_encode_resumable(tmp_path, wav_folder, capsys):
     assert all(0 <= u < 8 for r in rows for u in r["units"])
     assert "3 files encoded, 0 already" in capsys.readouterr().out
     # Second run: nothing new.
-    assert pipeline.units_main(args) == 0
+    assert units_cli.units_main(args) == 0
     assert "0 files encoded, 3 already" in capsys.readouterr().out and _read_jsonl(out) == rows
     # A kill mid-write leaves a partial last line: it is dropped and that file re-encoded.
     with open(out) as f:
@@ -287,9 +288,9 @@ def test_encode_bad_record_error_and_skip(tmp_path, wav_folder, capsys):
     with pytest.raises(ValueError, match="broken.wav"):
         pipeline.encode_folder(str(wav_folder), km, out, progress=False)
     base = ["encode", f"--audio={wav_folder}", f"--centroids={km}", f"--out={out}", "--no_progress"]
-    assert pipeline.units_main(base) == 2
+    assert units_cli.units_main(base) == 2
     assert "broken.wav" in capsys.readouterr().err
-    assert pipeline.units_main(base + ["--on_bad_record=skip"]) == 0
+    assert units_cli.units_main(base + ["--on_bad_record=skip"]) == 0
     assert "bad records skipped: 1" in capsys.readouterr().out
     assert [r["id"] for r in _read_jsonl(out)] == ["a", "spk/b", "spk/c"]
 

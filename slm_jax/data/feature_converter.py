@@ -68,6 +68,7 @@ from typing import ClassVar
 import seqio
 import tensorflow as tf
 
+from slm_jax import contract as c
 from slm_jax.data import packing
 from slm_jax.data.preprocessors.common import as_ragged
 
@@ -83,7 +84,7 @@ OPTIONAL_FEATURES = {
 
 CTC_KEY = "ctc_targets"
 # Model features of the ctc stream, each [task_feature_lengths["ctc_targets"]] int32.
-CTC_MODEL_FEATURES = ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
+CTC_MODEL_FEATURES = c.CTC_MODEL_FEATURES
 
 
 def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
@@ -227,8 +228,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
         "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
         "decoder_loss_weights": FeatureSpec(dtype=tf.int32),
-        "decoder_modality": FeatureSpec(dtype=tf.int32),
-        "decoder_patch_ids": FeatureSpec(dtype=tf.int32),
+        c.DECODER_MODALITY: FeatureSpec(dtype=tf.int32),
+        c.DECODER_PATCH_IDS: FeatureSpec(dtype=tf.int32),
     }
     PACKING_FEATURE_DTYPES: ClassVar[dict] = {
         "decoder_segment_ids": tf.int32,
@@ -362,8 +363,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             "decoder_target_tokens": targets,
             "decoder_input_tokens": _autoregressive_inputs(targets, segment_ids, self.bos_id),
             "decoder_loss_weights": weights,
-            "decoder_modality": self._modality(features),
-            "decoder_patch_ids": (_unoffset(features["patch_ids"], "patch_ids") if "patch_ids" in features
+            c.DECODER_MODALITY: self._modality(features),
+            c.DECODER_PATCH_IDS: (_unoffset(features["patch_ids"], "patch_ids") if "patch_ids" in features
                                   else tf.fill(tf.shape(targets), tf.constant(OPTIONAL_FEATURES["patch_ids"][2]))),
         }
         if self.pack:
@@ -376,9 +377,9 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             else:  # one example per row: segment 1 on its (non-zero) ids, positions 0..n-1
                 ctc_segments = tf.cast(tf.not_equal(ctc, 0), tf.int32)
                 ctc_positions = tf.range(tf.size(ctc), dtype=tf.int32) * ctc_segments
-            out["decoder_ctc_targets"] = ctc
-            out["decoder_ctc_segment_ids"] = ctc_segments
-            out["decoder_ctc_positions"] = ctc_positions
+            out[c.DECODER_CTC_TARGETS] = ctc
+            out[c.DECODER_CTC_SEGMENT_IDS] = ctc_segments
+            out[c.DECODER_CTC_POSITIONS] = ctc_positions
         return out
 
     def _modality(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:

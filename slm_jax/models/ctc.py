@@ -3,13 +3,13 @@
 mSLAM (arXiv 2202.01374) adds a CTC loss on paired speech-transcript data, scoring the
 speech encoder's outputs against the transcript's characters. In a decoder framework the
 "encoder outputs" are the decoder's final-norm hidden states at speech positions
-(`Decoder(cfg)(tokens, segment_ids, positions, return_hidden=True)`), projected by a
+(`Decoder(cfg)(tokens, segment_ids, positions, return_hidden=True).hidden`), projected by a
 `CTCHead` to characters (class 0 = CTC blank).
 
 Pieces (pure Python / JAX; no TensorFlow here, the TF preprocessor that writes the
-targets is `slm_jax.data.ctc_targets`):
+targets is `slm_jax.data.preprocessors.ctc_targets`, the character vocabulary
+`slm_jax.data.tokenizers.chars.CharVocabulary`):
 
-    CharVocabulary          blank 0, then the alphabet's characters, then optional <unk>
     CTCHead                 hidden [B, T, D] -> fp32 logits [B, T, C]
     gather_segment_frames   packed rows -> per-segment frames, compacted to the left
     ctc_loss_per_segment    packed rows: one CTC problem per packed segment
@@ -37,150 +37,20 @@ and counted in the stats, never truncated.
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from slm_jax import contract
+from slm_jax.contract import CTC_BLANK_ID, MODALITY_SPEECH
 from slm_jax.models.layers import DenseGeneral
 
 Dtype = jnp.dtype
 
-BLANK_ID = 0
-UNK_STR = "<unk>"
-MODALITY_SPEECH = 2  # slm_jax.data.token_space.MODALITY_SPEECH (not imported: it pulls in TF)
-
-
-# --------------------------------------------------------------------------------------
-# Character vocabulary
-# --------------------------------------------------------------------------------------
-
-
-class CharVocabulary:
-    """Character inventory for CTC targets: id 0 = blank, ids 1..n = `alphabet`, then `<unk>`.
-
-    Args:
-      alphabet: the characters (a str, each code point one class; no duplicates).
-      unk: map characters outside the alphabet to an explicit `<unk>` id (the last id)
-        instead of raising.
-
-    If the alphabet has no character that `str.lower` changes ("lowercase-only"), input
-    text is lowercased first (`normalize`), here and in the TF preprocessor
-    (`tf.strings.lower(..., encoding="utf-8")`, which agrees with `str.lower` except for
-    the few code points whose lowercase is longer than one character).
-    """
-
-    def __init__(self, alphabet: str, unk: bool = False):
-        if not isinstance(alphabet, str):
-            raise TypeError(f"CharVocabulary: alphabet must be a str, got {type(alphabet).__name__}")
-        if not alphabet:
-            raise ValueError("CharVocabulary: empty alphabet")
-        seen, dups = set(), set()
-        for c in alphabet:
-            (dups if c in seen else seen).add(c)
-        if dups:
-            raise ValueError(f"CharVocabulary: duplicate characters in the alphabet: {sorted(dups)!r}")
-        self.alphabet = alphabet
-        self.unk = bool(unk)
-        self._ids = {c: i + 1 for i, c in enumerate(alphabet)}
-
-    # ----- sizes and ids
-    @property
-    def blank_id(self) -> int:
-        return BLANK_ID
-
-    @property
-    def unk_id(self) -> int | None:
-        return len(self.alphabet) + 1 if self.unk else None
-
-    @property
-    def size(self) -> int:
-        """Number of CTC classes: blank + characters (+ unk)."""
-        return 1 + len(self.alphabet) + int(self.unk)
-
-    def padded_size(self, multiple: int) -> int:
-        """`size` rounded up to `multiple` (e.g. the 'tensor' mesh size the head's 'vocab'
-        axis is sharded over); the extra classes are never targets."""
-        return -(-self.size // multiple) * multiple
-
-    @property
-    def lowercase_only(self) -> bool:
-        return all(c.lower() == c for c in self.alphabet)
-
-    @property
-    def char_to_id(self) -> dict[str, int]:
-        return dict(self._ids)
-
-    # ----- text <-> ids
-    def normalize(self, text: str) -> str:
-        return text.lower() if self.lowercase_only else text
-
-    def encode(self, text: str) -> list[int]:
-        text = self.normalize(text)
-        unknown = sorted({c for c in text if c not in self._ids})
-        if unknown and not self.unk:
-            raise ValueError(f"CharVocabulary.encode: characters outside the vocabulary: {unknown!r} "
-                             f"in {text!r}")
-        unk_id = self.unk_id
-        return [self._ids.get(c, unk_id) for c in text]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """ids -> text; blanks are dropped, `<unk>` is rendered as the string '<unk>'."""
-        out = []
-        for i in np.asarray(list(ids), dtype=np.int64).tolist():
-            if i == BLANK_ID:
-                continue
-            if 1 <= i <= len(self.alphabet):
-                out.append(self.alphabet[i - 1])
-            elif self.unk and i == self.unk_id:
-                out.append(UNK_STR)
-            else:
-                raise ValueError(f"CharVocabulary.decode: id {i} outside [0, {self.size})")
-        return "".join(out)
-
-    # ----- construction / persistence
-    @classmethod
-    def from_texts(cls, texts: Iterable[str], unk: bool = False, lowercase: bool = False) -> CharVocabulary:
-        """Alphabet = the sorted set of characters of `texts` (lowercased first if asked)."""
-        chars: set[str] = set()
-        for t in texts:
-            chars.update(t.lower() if lowercase else t)
-        if not chars:
-            raise ValueError("CharVocabulary.from_texts: no characters in the given texts")
-        return cls("".join(sorted(chars)), unk=unk)
-
-    def to_json(self) -> str:
-        return json.dumps({"type": "CharVocabulary", "version": 1, "alphabet": self.alphabet,
-                           "unk": self.unk}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> CharVocabulary:
-        d = json.loads(text)
-        if not isinstance(d, dict) or d.get("type") != "CharVocabulary" or "alphabet" not in d:
-            raise ValueError(f"CharVocabulary.from_json: not a CharVocabulary JSON: {text[:200]!r}")
-        return cls(d["alphabet"], unk=bool(d.get("unk", False)))
-
-    def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-
-    @classmethod
-    def load(cls, path: str) -> CharVocabulary:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read())
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, CharVocabulary) and (self.alphabet, self.unk) == (other.alphabet, other.unk)
-
-    def __hash__(self) -> int:
-        return hash((self.alphabet, self.unk))
-
-    def __repr__(self) -> str:
-        return f"CharVocabulary(alphabet={self.alphabet!r}, unk={self.unk})"
+BLANK_ID = CTC_BLANK_ID  # class 0 of every CTC head (slm_jax.data.tokenizers.chars.CharVocabulary)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,10 +244,10 @@ def ctc_loss_from_batch(logits: jax.Array, batch: Mapping[str, jax.Array], *, wh
     CTCHead's outputs on the decoder's hidden states. Returns (loss_sum, num_segments)
     (+ stats with `return_stats=True`); the caller normalises, e.g. loss_sum / max(num, 1).
     """
-    modality = batch["decoder_modality"]
-    seg = batch.get("decoder_segment_ids")
+    modality = batch[contract.DECODER_MODALITY]
+    seg = batch.get(contract.DECODER_SEGMENT_IDS)
     if seg is None:
-        seg = (batch["decoder_target_tokens"] != 0).astype(jnp.int32)
+        seg = (batch[contract.DECODER_TARGET_TOKENS] != 0).astype(jnp.int32)
     mask = speech_frame_mask(modality, seg, which)
     return ctc_loss_per_segment(logits, mask, seg, batch["ctc_targets"], batch["ctc_target_lengths"], **kwargs)
 
@@ -452,20 +322,3 @@ def ctc_greedy_decode_segments(logits: jax.Array, speech_mask: jax.Array, segmen
     b, s, f, c = frames.shape
     ids, lengths = ctc_greedy_decode(frames.reshape(b * s, f, c), paddings.reshape(b * s, f), blank_id)
     return ids.reshape(b, s, f), lengths.reshape(b, s)
-
-
-def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Total Levenshtein distance / total reference characters."""
-    if len(refs) != len(hyps):
-        raise ValueError(f"char_error_rate: {len(refs)} references vs {len(hyps)} hypotheses")
-    edits = total = 0
-    for r, h in zip(refs, hyps):
-        row = list(range(len(h) + 1))
-        for i, rc in enumerate(r, 1):
-            new = [i]
-            for j, hc in enumerate(h, 1):
-                new.append(min(row[j] + 1, new[j - 1] + 1, row[j - 1] + (rc != hc)))
-            row = new
-        edits += row[-1]
-        total += len(r)
-    return edits / max(total, 1)
