@@ -145,6 +145,7 @@ def _reference_loss(logits, speech, seg, targets, lengths):
     return total, jnp.asarray(count)
 
 
+@pytest.mark.slow
 def test_ctc_loss_per_segment_matches_optax_per_segment():
     logits, speech, seg, targets, lengths = _packed_case()
 
@@ -371,6 +372,7 @@ class _ToyCTCModel(nn.Module):
         return CTCHead(self.num_classes, self.cfg.embed_dim, init_std=0.1, dtype=jnp.float32, name="ctc")(hidden)
 
 
+@pytest.mark.slow
 def test_ctc_loss_falls_on_toy_paired_set():
     vocab = CharVocabulary(TOY_ALPHABET)
     units = _toy_units()

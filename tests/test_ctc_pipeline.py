@@ -44,6 +44,7 @@ def _rows(ds):
 
 
 # --- (a) packed rows -> per-segment character ids -------------------------------------------------
+@pytest.mark.slow
 def test_packed_ctc_targets_recovered_per_segment():
     (row,) = _rows(SLMFeatureConverter(pack=True)(_ds(), {"targets": 10, "ctc_targets": 12}))
     assert row["decoder_target_tokens"].tolist() == [5, 6, 7, 1, 8, 9, 1, 4, 1, 0]
@@ -105,6 +106,7 @@ def test_overlong_ctc_targets_fail_naming_the_example(pack):
         _rows(conv(_ds(), {"targets": 10, "ctc_targets": 4}))
 
 
+@pytest.mark.slow
 def test_ctc_length_and_values_errors():
     conv = SLMFeatureConverter(pack=True)
     with pytest.raises(ValueError, match="has a 'ctc_targets' feature but task_feature_lengths has no 'ctc_targets'"):
@@ -166,6 +168,7 @@ def test_task_without_ctc_gives_the_same_batches(pack):
         get_dataset(DatasetConfig(name, sequence_length=10, batch_size=2, ctc_length=8))
 
 
+@pytest.mark.slow
 def test_get_dataset_passes_ctc_keys_for_tasks_and_mixtures():
     name = _register("ctc_pipeline_paired", with_ctc=True)
     from slm_jax.data.registration import register_mixture

@@ -57,6 +57,7 @@ DENSE = DecoderConfig(vocab_size=32, embed_dim=32, mlp_dim=64, num_layers=2, num
 
 
 @pytest.mark.parametrize("kind", ["dense", "lst"])
+@pytest.mark.slow
 def test_ctc_loss_falls_in_the_trainer(kind):
     cfg = DENSE if kind == "dense" else LSTConfig(global_model=DENSE, local_embed_dim=32, local_mlp_dim=64,
                                                   local_num_heads=2, patch_size=2, pooling_impl="reference")
@@ -80,6 +81,7 @@ def test_ctc_weight_needs_a_head_and_ctc_batches():
         trainer.global_batch({k: v for k, v in batch.items() if "ctc" not in k})
 
 
+@pytest.mark.slow
 def test_transcripts_that_do_not_fit_are_counted():
     trainer = _trainer(DENSE)
     batch = _paired_batch(np.random.default_rng(2), chars=3)

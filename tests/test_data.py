@@ -219,6 +219,7 @@ def _assert_batches_equal(xs, ys):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_batches_keys_dtypes_and_determinism():
     it1 = DataIterator.from_config(_cfg())
     it2 = DataIterator.from_config(_cfg())
@@ -264,6 +265,7 @@ def test_shards_are_disjoint(split, expected):
     assert len(set(a) | set(b)) == expected
 
 
+@pytest.mark.slow
 def test_sharded_batches_differ_and_are_per_process():
     b0 = next(DataIterator.from_config(_cfg(batch_size=8), seqio.ShardInfo(0, 2)))
     b1 = next(DataIterator.from_config(_cfg(batch_size=8), seqio.ShardInfo(1, 2)))

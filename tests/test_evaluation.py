@@ -124,6 +124,7 @@ def naive_sums(params, seq: ScoredSequence):
     return np.array([logp.sum(), len(ids), logp[ending].sum(), ending.sum()])
 
 
+@pytest.mark.slow
 def test_scores_equal_naive_numpy_in_every_mode(dense):
     pairs = random_pairs(7, seed=1)
     fmt = SequenceFormat(VOCAB)
@@ -180,6 +181,7 @@ def test_planted_model_scores_one_its_mirror_zero_and_ties_half():
     assert cloze.pair_accuracy([1.0, 2.0, 3.0, 4.0], [0.5, 2.0, 5.0, 4.0]) == 0.5
 
 
+@pytest.mark.slow
 def test_lst_scores_equal_one_call_per_sequence():
     from slm_jax.models.lst import LSTConfig, LSTModel
     cfg = LSTConfig(global_model=dataclasses.replace(CFG, num_layers=1), local_embed_dim=16, local_mlp_dim=32,
@@ -336,6 +338,7 @@ def fake_demo_corpus(data_dir, rng):
     return root
 
 
+@pytest.mark.slow
 def test_run_benchmarks_on_the_trainer_mesh_and_demo_table(tmp_path, monkeypatch, dense):
     monkeypatch.delenv("SLM_JAX_DEMO_NUM_STORIES", raising=False)
     fake_demo_corpus(tmp_path, np.random.default_rng(7))
@@ -353,6 +356,7 @@ def test_run_benchmarks_on_the_trainer_mesh_and_demo_table(tmp_path, monkeypatch
     assert table.splitlines()[1].split()[3] == f"{100 * results['ssc_en_fr']:.1f}" and "cos parallel" in table
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     from slm_jax.cli import eval as eval_cli
     from slm_jax.evaluation.results import plot_accuracy

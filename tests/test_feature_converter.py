@@ -96,6 +96,7 @@ def test_missing_optional_defaults_and_vocab_modality():
     assert row["decoder_modality"] == [2, 2, 2, 3, 2, 2, 3, 2, 3, 0]
 
 
+@pytest.mark.slow
 def test_lengths_and_errors():
     conv = SLMFeatureConverter(pack=True)
     assert conv.get_model_feature_lengths({"targets": 8}) == {
@@ -118,6 +119,7 @@ def test_lengths_and_errors():
         _rows(conv(_ds(examples=bad), {"targets": 8}))
 
 
+@pytest.mark.slow
 def test_long_optional_features_trimmed_with_targets():
     """A task trims `targets` (its output feature) but maybe not the others: they are trimmed too."""
     long = [{"targets": [5, 6, 1], "modality": [3, 2, 3, 3, 3], "loss_mask": [1] * 5, "patch_ids": [0] * 5}]
@@ -126,6 +128,7 @@ def test_long_optional_features_trimmed_with_targets():
     np.testing.assert_array_equal(row["decoder_loss_weights"], [1, 1, 1])
 
 
+@pytest.mark.slow
 def test_ctc_targets_own_length_and_no_state_between_calls():
     """`ctc_targets` is the one task feature with its own length; the three decoder_ctc_*
     model features appear only for datasets that have it (tests/test_ctc_pipeline.py has more)."""

@@ -30,6 +30,7 @@ def dense(request):
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.slow
 def test_cached_greedy_equals_no_cache_generation_token_for_token(dense, padding):
     n = 12
     out = gen.generate(dense, PROMPTS, n, padding=padding)
@@ -65,6 +66,7 @@ def test_stop_ids_end_each_row_on_its_own(dense):
     assert out.stopped[0] and len(out.tokens[0]) <= 3
 
 
+@pytest.mark.slow
 def test_modality_forcing_never_emits_a_banned_id(dense):
     text_prompt = [VOCAB.text_marker_id, 1, 2]
     prompts, banned = gen.forced_modality_prompts([*PROMPTS, text_prompt], "speech", VOCAB)
@@ -93,6 +95,7 @@ def test_sampling_filters():
         gen.SamplingConfig(temperature=1.0, top_p=0.0)
 
 
+@pytest.mark.slow
 def test_generation_on_the_trainer_mesh_equals_single_device():
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.partitioning import DEFAULT_RULES, MeshConfig, make_mesh
@@ -106,6 +109,7 @@ def test_generation_on_the_trainer_mesh_equals_single_device():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_lst_generation_uses_the_no_cache_sampler_per_prompt_length():
     from slm_jax.models.lst import LSTConfig, LSTModel
     cfg = LSTConfig(global_model=dataclasses.replace(CFG, num_layers=1), local_embed_dim=16, local_mlp_dim=32,

@@ -117,6 +117,7 @@ def assert_close(got, want):
     ("qwen2", True, False, False),
     ("qwen2", False, True, True),
 ])
+@pytest.mark.slow
 def test_import_and_export_match_transformers(tmp_path, family, tie, scan, sharded):
     save_kwargs = {"max_shard_size": "40KB"} if sharded else {}
     hf_dir = save_hf_model(tmp_path / "hf", family, tie, **save_kwargs)
@@ -241,6 +242,7 @@ def test_spiritlm_layout(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_trainer_restores_the_import_and_its_training_exports(tmp_path):
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.partitioning import MeshConfig, make_mesh
@@ -376,6 +378,7 @@ def test_export_refuses_a_model_dir_without_a_checkpoint(tmp_path, capsys):
     assert "model_config.json: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_slm_jax_train_continues_from_the_import(demo_data_dir, tmp_path):
     """`slm-jax train`'s loop restores the imported step 0 (which has no data position) and trains on."""
     from slm_jax import gin_utils

@@ -341,6 +341,7 @@ def _mask_from_targets(v, targets, starts, ends, units, rate):
 
 
 @pytest.mark.parametrize("policy", ["random", "span", "poisson"])
+@pytest.mark.slow
 def test_word_interleave_pinned_modalities(vocab, policy):
     v = vocab
     rec = _twelve_word_record()
@@ -386,6 +387,7 @@ def test_markers_only_where_modality_changes(vocab):
     assert len({tuple(o["targets"]) for o in outs}) > 10  # examples get different seeds
 
 
+@pytest.mark.slow
 def test_word_interleave_record_without_words_is_eos(vocab):
     rec = _record([1, 2, 3], 10.0, [], [], [], "empty")
     for policy in wi.POLICIES:
@@ -501,6 +503,7 @@ def _xl(v, **kwargs):
     return _built(lambda: il.crosslingual_interleave(_ds(_pair_record()), v, **kwargs))[0]["targets"]
 
 
+@pytest.mark.slow
 def test_crosslingual_strict_alternation_and_never_switch(vocab):
     v = vocab
     S, E, EN, FR = v.speech_marker_id, v.eos_id, v.lang_tag_id("en"), v.lang_tag_id("fr")

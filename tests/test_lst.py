@@ -68,6 +68,7 @@ def _cfg(**kw):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
+@pytest.mark.slow
 def test_no_position_sees_its_future(pooling):
     """Changing input token j changes no logit at positions < j (causal through patches)."""
     rng = np.random.default_rng(0)
@@ -102,6 +103,7 @@ def _dense_params_into_lst(dense, lst_params):
     return p
 
 
+@pytest.mark.slow
 def test_patch_size_one_reduces_to_the_dense_decoder():
     rng = np.random.default_rng(1)
     batch = _batch(rng)
@@ -127,6 +129,7 @@ def test_patch_size_one_reduces_to_the_dense_decoder():
     assert abs(float(loss(got)) - float(loss(want))) < 1e-3 * abs(float(loss(want)))
 
 
+@pytest.mark.slow
 def test_rows_longer_than_the_global_length_are_reported_not_wrong():
     rng = np.random.default_rng(2)
     batch = _batch(rng)
@@ -147,6 +150,7 @@ def test_config_errors_name_the_field():
         _cfg(patch_size=0)
 
 
+@pytest.mark.slow
 def test_lst_trains_in_the_trainer_and_reports_per_modality_loss():
     """Loss falls on a learnable speech/text toy stream; uncovered_tokens is reported."""
     from jax.sharding import Mesh
@@ -188,6 +192,7 @@ def _trained_like_params(model, tokens, seed):
     return jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(seed + 1), x.shape), params)
 
 
+@pytest.mark.slow
 def test_dense_greedy_sampling_is_stepwise_argmax():
     from slm_jax.models import sampling
     cfg = _cfg().global_model
@@ -202,6 +207,7 @@ def test_dense_greedy_sampling_is_stepwise_argmax():
     assert got.tolist() == seq[:, 4:].tolist()
 
 
+@pytest.mark.slow
 def test_lst_sampling_completes_patches_and_matches_teacher_forcing():
     from slm_jax.models import sampling
     cfg = _cfg(patch_size=3)
@@ -227,6 +233,7 @@ def test_lst_sampling_completes_patches_and_matches_teacher_forcing():
             assert seq[r, n + 1] == np.argmax(np.where(allowed, logits[r, n], -np.inf)), (r, n)
 
 
+@pytest.mark.slow
 def test_lst_step_is_the_same_on_sharded_meshes():
     """One train step on 1 device and on (data, fsdp) meshes of 8 fake devices: same loss; the
     pooling kernel runs per device inside shard_map (interpret mode here)."""
@@ -254,6 +261,8 @@ def test_lst_step_is_the_same_on_sharded_meshes():
     np.testing.assert_allclose(losses[1:], losses[0], rtol=1e-5)
 
 
+@pytest.mark.tpu_aot
+@pytest.mark.slow
 def test_lst_train_step_compiles_for_tpu_with_the_mosaic_kernel():
     """`slm-jax compile`'s path for gin/runs/lst_demo_cpu.gin on v5e:2x2: the compiled TPU program
     contains the Pallas pooling kernel (a Mosaic tpu_custom_call), not the reference."""
@@ -315,6 +324,7 @@ def test_curriculum_schedule_and_deterministic_choices():
     assert model._slots(seg, mod, pid, None).tolist() == lst.patch_slots(seg, mod, "static", 2).tolist()
 
 
+@pytest.mark.slow
 def test_curriculum_trains_and_batches_without_patch_ids_get_static_fallback():
     from slm_jax.training import partitioning
     from slm_jax.training.optimizer import OptimizerConfig

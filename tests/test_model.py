@@ -49,6 +49,7 @@ def to_scanned(params, num_layers):
 
 
 @pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.slow
 def test_unscanned_fp32_equals_naive(tie):
     cfg = dataclasses.replace(BASE, tie_embeddings=tie)
     tokens, seg, pos = packed_batch()
@@ -95,6 +96,7 @@ def test_param_count_formula():
 
 
 @pytest.mark.parametrize("impl", ["xla", "dot_product_attention", "auto"])
+@pytest.mark.slow
 def test_no_leak_across_packed_segments(impl):
     cfg = dataclasses.replace(BASE, attention_impl=impl, scan_layers=True)
     tokens, seg, pos = packed_batch(seed=5)
@@ -109,6 +111,7 @@ def test_no_leak_across_packed_segments(impl):
     assert not np.allclose(after[np.asarray(seg) == 1], base[np.asarray(seg) == 1])
 
 
+@pytest.mark.slow
 def test_packed_segment_equals_segment_alone():
     """Positions restart per segment: a packed segment = the same sequence run alone."""
     tokens, seg, pos = packed_batch(seed=7)
@@ -138,6 +141,7 @@ def test_auto_attention_falls_back_to_xla_without_cudnn():
         attention.resolve_attention_impl("flash9000")
 
 
+@pytest.mark.slow
 def test_gradients_scanned_remat_equal_unscanned():
     tokens, seg, pos = packed_batch(seed=11)
     params = unbox(init_params(BASE, tokens))

@@ -79,6 +79,8 @@ def two_process_run(demo_data_dir, tmp_path_factory):
     return TwoProcessRun(model_dir, preempted, stop_step, steps, resumed)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(two_process_run):
     run = two_process_run
     assert [rc for rc, _, _ in run.preempted] == [0, 0], run.preempted[1][2][-3000:]
@@ -87,6 +89,7 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(two_process_
         assert f"Preemption notice (SIGTERM): saved step {run.stop_step} " in err
 
 
+@pytest.mark.multiprocess
 def test_both_processes_write_each_checkpoint(two_process_run):
     ckpt_dir = os.path.join(two_process_run.model_dir, "checkpoints")
     assert checkpoints.list_complete_steps(ckpt_dir) == [two_process_run.stop_step, two_process_run.final_step]
@@ -94,6 +97,7 @@ def test_both_processes_write_each_checkpoint(two_process_run):
     assert [f for f in data_files if f.endswith(".index")] == ["process_0_of_2.index", "process_1_of_2.index"]
 
 
+@pytest.mark.multiprocess
 def test_only_process_0_logs(two_process_run):
     # each step once (not once per process, and the relaunch replaced nothing twice)
     assert sorted(metrics_by_step(two_process_run.model_dir)) == list(range(1, two_process_run.final_step + 1))
@@ -132,6 +136,8 @@ def _eval_loss(trainer, params, run):
     return loss_sum / tokens
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_global_batches_come_from_per_process_shards_and_resume_exactly(two_process_run):
     model_dir, final_step = two_process_run.model_dir, two_process_run.final_step
     want_losses, want_params, want_eval = _one_process_reference(parse_run(model_dir, final_step))
@@ -152,6 +158,8 @@ def _restored_sha(run, devices):
     return checkpoints.params_sha256(jax.device_get(state["params"]))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_checkpoint_restores_on_8_devices_and_on_1(two_process_run):
     model_dir = two_process_run.model_dir
     run = parse_run(model_dir, two_process_run.final_step)

@@ -131,6 +131,7 @@ def test_gpu_flavour_interpreted(case):
     assert_close(got, results("reference", jnp.float32)[0], jnp.float32, ["mean", "attention", "broadcast"])
 
 
+@pytest.mark.slow
 def test_check_grads_kernel_path(case):
     c = case
     mean, att, bc = ops(INTERP)
@@ -227,6 +228,7 @@ def _program(b, t, d, p, dtype, impl):
     return fn, args
 
 
+@pytest.mark.tpu_aot
 def test_mosaic_tpu_aot_compile():
     """impl='pallas' lowers through Mosaic and compiles for a v5e chip (libtpu, no TPU):
     patch_mean, patch_broadcast and the gradients of all three ops in bf16, and the

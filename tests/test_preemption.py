@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from slm_jax import gin_utils
 from slm_jax.training import checkpoints
 from slm_jax.training.preemption import PreemptionWatcher
@@ -48,6 +50,8 @@ def final_params_sha(model_dir):
     return checkpoints.params_sha256(checkpoints.restore_params_to_host(os.path.join(model_dir, "checkpoints"))[1])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_checkpoints_the_step_and_the_relaunch_resumes_exactly(demo_data_dir, tmp_path):
     model_dir = str(tmp_path / "preempted")
     proc = start_training(model_dir, LONG_ENOUGH)

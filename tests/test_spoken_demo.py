@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                reason="espeak-ng not installed (apt-get install -y espeak-ng)")
+pytestmark = [pytest.mark.espeak,
+              pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                 reason="espeak-ng not installed (apt-get install -y espeak-ng)")]
 
 SMALL = dict(num_stories=12, num_units=32, spm_vocab_size=120, voices_per_lang=2, seed=3)
 
@@ -19,6 +20,7 @@ def small_corpus(tmp_path_factory):
     return ensure_spoken_demo_corpus(str(tmp_path_factory.mktemp("spoken")), DemoCorpusParams(**SMALL))
 
 
+@pytest.mark.slow
 def test_corpus_records_have_aligned_speech_and_text(small_corpus):
     from slm_jax.data import corpus
     utts = list(corpus.iter_utterances(os.path.join(small_corpus, "speech", "train-*.tfrecord")))
@@ -55,6 +57,7 @@ def test_cloze_pairs_cover_languages_and_directions(small_corpus):
         assert item["correct"]["text"] != item["wrong"]["text"]
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(small_corpus, tmp_path):
     from slm_jax.data import corpus
     from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
@@ -86,6 +89,7 @@ def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):
     assert np.all(batch["decoder_segment_ids"][batch["decoder_target_tokens"] > 0] > 0)
 
 
+@pytest.mark.slow
 def test_pretokenized_words_equal_in_graph_sentencepiece(small_corpus):
     """The corpus's per-word SentencePiece ids give exactly the in-graph tokenizer's output."""
     import functools
@@ -131,6 +135,7 @@ def test_pretokenized_words_from_another_model_are_refused(small_corpus):
         next(word_interleave.word_interleave(ds, vocabulary=other).as_numpy_iterator())
 
 
+@pytest.mark.slow
 def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
     """LST (static patches of 4 units) on the cross-lingual demo mixture: the loss falls."""
     import jax
@@ -162,6 +167,7 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["word_interleave", "speech_only", "text_only"])
+@pytest.mark.slow
 def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):
     """`register_corpus_task(batched=True)` (batched parse -> preprocess -> split, one unbatch)
     yields exactly the examples of the per-record chain, for the same seed."""
@@ -197,6 +203,7 @@ def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):
 
 
 @pytest.mark.parametrize("lang_tags", [False, True])
+@pytest.mark.slow
 def test_batched_crosslingual_matches_the_per_record_map(small_corpus, lang_tags):
     """`crosslingual_interleave_batches`: with a fixed start and strict alternation, exactly the
     per-record examples; with a random start, each example is the a-first or the b-first one."""

@@ -58,6 +58,7 @@ def uninterrupted(demo_data_dir, tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_writes_everything(uninterrupted):
     metrics = metrics_by_step(uninterrupted)
     assert sorted(metrics) == list(range(5, 61, 5))
@@ -72,6 +73,7 @@ def test_uninterrupted_run_writes_everything(uninterrupted):
         assert "TRAIN_STEPS = 60" in f.read()
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     model_dir = str(tmp_path / "killed")
     cmd, env = cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{model_dir}'")
@@ -93,6 +95,7 @@ def test_sigkill_and_resume_is_bit_identical(uninterrupted, tmp_path):
     assert sorted(metrics_by_step(model_dir)) == list(range(5, 61, 5))
 
 
+@pytest.mark.slow
 def test_resume_onto_a_different_mesh(uninterrupted, tmp_path):
     """Saved with fsdp=8 on 8 devices, continued on 1 device: same data, same losses."""
     model_dir = str(tmp_path / "remeshed")
@@ -106,6 +109,7 @@ def test_resume_onto_a_different_mesh(uninterrupted, tmp_path):
         assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=2e-3), step
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp_path):
     from slm_jax.training.train import NonFiniteLossError, TrainRun, run_training
 
@@ -127,6 +131,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp
     assert checkpoints.params_sha256(checkpoints.restore_params_to_host(ckpt_dir)[1]) == good_sha
 
 
+@pytest.mark.slow
 def test_incompatible_model_dir_is_refused_before_compiling(uninterrupted):
     proc = run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{uninterrupted}'", "--gin.DecoderConfig.num_layers=3",
                    check=False)
@@ -140,6 +145,8 @@ def test_unknown_binding_from_the_command_line():
     assert "--gin.train.no_such_flag = 1" in proc.stderr
 
 
+@pytest.mark.tpu_aot
+@pytest.mark.slow
 def test_compile_for_a_tpu_slice():
     proc = run_cli("compile", "--gin_file=gin/runs/test_cpu.gin", "--topology=v5e:2x2")
     assert "topology: v5e:2x2 (4 x TPU v5" in proc.stdout
@@ -157,6 +164,7 @@ register_mixture("user_mixture", ["user_units_fr"])
 '''
 
 
+@pytest.mark.slow
 def test_user_module_registers_a_trainable_mixture(demo_data_dir, tmp_path):
     (tmp_path / "my_tasks.py").write_text(USER_TASKS)
     model_dir = str(tmp_path / "user_run")
@@ -171,6 +179,7 @@ def test_user_module_registers_a_trainable_mixture(demo_data_dir, tmp_path):
         assert "user_mixture" in f.read()
 
 
+@pytest.mark.slow
 def test_model_vocabulary_must_cover_the_task(tmp_path):
     proc = run_cli("train", *RUN_FLAGS, f"--gin.MODEL_DIR='{tmp_path / 'small_vocab'}'",
                    "--gin.DecoderConfig.vocab_size=64", check=False)

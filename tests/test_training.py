@@ -47,6 +47,7 @@ def run_steps(trainer, n=2):
     return state, losses
 
 
+@pytest.mark.slow
 def test_same_loss_on_every_mesh():
     results = {shape: run_steps(make_trainer(shape)) for shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2)]}
     (ref_state, ref_losses) = results[(8, 1, 1)]
@@ -61,6 +62,7 @@ def test_same_loss_on_every_mesh():
     assert tuple(up.sharding.spec) == (None, "fsdp", "tensor")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
     _, plain = run_steps(make_trainer((8, 1, 1), accum=1))
     _, accumulated = run_steps(make_trainer((4, 1, 1) if False else (8, 1, 1), accum=2))
@@ -156,6 +158,7 @@ def test_incompatible_model_dir(tmp_path):
         check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, num_layers=3))
 
 
+@pytest.mark.slow
 def test_loss_is_reported_per_modality():
     trainer = make_trainer((8, 1, 1))
     batch = random_packed_batch(3)
