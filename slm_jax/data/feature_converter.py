@@ -82,7 +82,7 @@ OPTIONAL_FEATURES = {
 }
 
 
-CTC_KEY = "ctc_targets"
+CTC_KEY = c.CTC_TARGETS
 # Model features of the ctc stream, each [task_feature_lengths["ctc_targets"]] int32.
 CTC_MODEL_FEATURES = c.CTC_MODEL_FEATURES
 

@@ -12,7 +12,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-MODALITY_NAMES = {0: "pad", 1: "text", 2: "speech", 3: "marker"}
+from slm_jax import contract
+
+MODALITY_NAMES = contract.MODALITY_NAMES
 _COLOURS = {1: "\033[32m", 2: "\033[36m", 3: "\033[1;35m"}  # text green, speech cyan, markers magenta
 _RESET = "\033[0m"
 

@@ -21,14 +21,13 @@ training use `packing_sentinel=True` (every example starts with a non-zero senti
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-if TYPE_CHECKING:  # data/ does not import models/ at run time (no JAX needed to build pipelines)
-    from slm_jax.data.tokenizers.chars import CharVocabulary
+from slm_jax import contract
+from slm_jax.data.tokenizers.chars import CharVocabulary
 
-CTC_TARGETS_KEY = "ctc_targets"
+CTC_TARGETS_KEY = contract.CTC_TARGETS
 
 
 def sentinel_id(char_vocabulary: CharVocabulary) -> int:

@@ -53,6 +53,7 @@ import tensorflow as tf
 
 # Modality ids (per token; re-exported here for users of this module) come from the contract.
 from slm_jax.contract import MODALITY_MARKER, MODALITY_PAD, MODALITY_SPEECH, MODALITY_TEXT  # noqa: F401
+from slm_jax.contract import SPEECH_MARKER, TEXT_MARKER
 
 SPIRITLM_TEXT_VOCAB_SIZE = 32000
 UNK_STR = "<unk>"
@@ -489,7 +490,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
 
     def _fixed_tags(self) -> tuple[list[str], list[int]]:
         """Tags with a fixed id: the markers and the language tags."""
-        tags = ["[Text]", "[Speech]"] + self.lang_tags()
+        tags = [TEXT_MARKER, SPEECH_MARKER] + self.lang_tags()
         ids = [self.text_marker_id, self.speech_marker_id] + [
             self.lang_offset + i for i in range(len(self._langs))
         ]
