@@ -1,14 +1,14 @@
-"""Register a SeqIO task over a TFRecord unit corpus in a few lines.
+"""Register SeqIO tasks and mixtures over corpus TFRecords in a few lines.
 
-A user module (passed with `--module_import`) calls, e.g.:
+`register_corpus_task` is the general path: records in the corpus layout
+(`slm_jax.data.corpus.schema`, written by `slm-jax prepare import`), any preprocessors of
+`slm_jax.data.preprocessors`, a `SpeechTextVocabulary` (README "Your own data").
 
-    register_unit_task("my_units_en",
-                       {"train": "/data/en/train-*.tfrecord",
-                        "validation": "/data/en/valid-*.tfrecord"},
-                       num_units=500)
-
-Records follow the unit schema (`id`, `lang`, `units`; see demo_corpus.py). The task
-yields `targets` = unit token ids + EOS, split into chunks of the configured length.
+`register_unit_task` is the LEGACY unit-only path, kept because the synthetic test corpus
+(`slm_jax.testing.unit_corpus`: `id`, `lang`, `units`) and existing unit-only runs use its
+`UnitVocabulary` ids (pad 0, eos 1, unk 2, unit u -> 3 + u), which differ from
+`SpeechTextVocabulary`'s; new tasks should use `register_corpus_task`. It yields `targets`
+= unit token ids + EOS, split into chunks of the configured length.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def register_unit_task(
     shuffle_buffer_size: Optional[int] = 1000,
     num_input_examples: Optional[Mapping[str, int]] = None,
 ) -> seqio.Task:
-    """Registers (or re-registers) a SeqIO task reading unit records from TFRecords.
+    """LEGACY (module docstring): registers (or re-registers) a SeqIO task reading unit-only
+    records from TFRecords with `UnitVocabulary` ids; prefer `register_corpus_task`.
 
     Args:
       name: task name for `seqio.TaskRegistry`.

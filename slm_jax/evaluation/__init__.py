@@ -8,5 +8,5 @@
     generate.py     KV-cache generation, modality forcing, few-shot ASR / TTS
     metrics_text.py WER / CER / unit error rate (jiwer)
     benchmarks.py   benchmark names, BenchmarkSuite, run_benchmarks (in-training eval), tables
-    eval_cli.py     `slm-jax eval` / `slm-jax generate`
+    results.py      MODEL_DIR/eval/<step>.json records and the accuracy plot
 """

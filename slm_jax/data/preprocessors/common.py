@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
 
-# Feature description for unit TFRecords (see demo_corpus.py for the schema).
+# Feature description for unit TFRecords (see slm_jax.testing.unit_corpus for the schema).
 UNIT_FEATURE_DESCRIPTION = {
     "id": tf.io.FixedLenFeature([], tf.string),
     "lang": tf.io.FixedLenFeature([], tf.string, default_value=b""),
