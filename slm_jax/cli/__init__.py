@@ -1,5 +1,6 @@
 """`slm-jax`: the command line. One module per sub-command; the only place in slm_jax with
-argparse, printing and exit codes (0 ok, 2 bad input, 3 does not fit).
+argparse, printing and exit codes (0 ok; non-zero on bad input with a message naming the
+file, record or flag: 2 for most commands, 1 for `prepare import|spm`; 3: does not fit).
 
     slm-jax train   --gin_file=gin/runs/demo_cpu.gin [--gin.TRAIN_STEPS=100] [--module_import=my_tasks]
     slm-jax inspect MODEL_DIR [--step N]
@@ -42,6 +43,17 @@ def command(name: str):
     return getattr(importlib.import_module(f"slm_jax.cli.{module}"), func)
 
 
+# Commands configured by gin: `--help` shows their own flags plus the gin flags.
+GIN_FLAGS = ("gin flags (t5x style): --gin_file=FILE (repeatable; relative to . or gin/), "
+             "--gin.NAME=VALUE (any binding or macro), --module_import=MODULE (registers your tasks)")
+
+
+def _gin_command_help(name: str) -> str:
+    module = importlib.import_module(f"slm_jax.cli.{COMMANDS[name][0]}")
+    text = module.parser().format_help() if hasattr(module, "parser") else (module.__doc__ or "")
+    return f"{text.rstrip()}\n\n{GIN_FLAGS}"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,6 +64,9 @@ def main(argv=None) -> int:
         print(__doc__)
         print("commands:", ", ".join(COMMANDS))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] in ("train", "compile", "eval", "generate") and any(a in ("-h", "--help") for a in argv[1:]):
+        print(_gin_command_help(argv[0]))
+        return 0
     from slm_jax.gin_utils import ConfigError
     from slm_jax.training.partitioning import MeshError
     from slm_jax.training.run_dir import IncompatibleModelDirError

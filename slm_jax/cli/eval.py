@@ -61,7 +61,7 @@ def run_vocabulary(run):
     return bench.checked_task_vocabulary(run.train_dataset.mixture_or_task_name, run.model.vocab_size)
 
 
-def _eval_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slm-jax eval", description=bench.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmarks", required=True, help="comma-separated names (see above), or demo")
@@ -99,7 +99,7 @@ def cmd_eval(argv) -> int:
     from slm_jax.evaluation.runner import ModelRunner
     from slm_jax.training import run_dir
     run, trainer, rest = setup_run(argv)
-    args = _eval_parser().parse_args(rest)
+    args = parser().parse_args(rest)
     out_dir = args.out_dir or run_dir.eval_dir(run.model_dir)
     options = _eval_options(args, out_dir)
     suite = bench.BenchmarkSuite(bench.parse_benchmarks(args.benchmarks), run_vocabulary(run), options)

@@ -17,7 +17,7 @@ from slm_jax.speech.units import dedup_with_durations
 PROMPT_FLAGS = ("prompt", "prompt_units", "prompt_text", "prompts_from")
 
 
-def _generate_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slm-jax generate", description="Continuations or few-shot ASR/TTS.")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     src = p.add_mutually_exclusive_group()
@@ -49,7 +49,7 @@ def cmd_generate(argv) -> int:
     from slm_jax.evaluation import generate as gen
     from slm_jax.evaluation.runner import ModelRunner
     run, trainer, rest = setup_run(argv)
-    args = _generate_parser().parse_args(rest)
+    args = parser().parse_args(rest)
     vocabulary = run_vocabulary(run)
     try:
         sampling_config = gen.SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
