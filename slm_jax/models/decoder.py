@@ -231,14 +231,7 @@ class Decoder(nn.Module):
         layer_hidden = jnp.concatenate([embedded[None], layer_outputs], axis=0) if return_layer_hidden else None
 
         x = RMSNorm(cfg.norm_eps, dtype, pdtype, name="final_norm")(x)
-        logits = None
-        if return_logits or init:
-            if cfg.tie_embeddings:
-                logits = embed.attend(x)
-            else:
-                logits = DenseGeneral((cfg.embed_dim,), (cfg.vocab_size,), (AXIS_EMBED, AXIS_VOCAB), cfg.init_std,
-                                      dtype=dtype, param_dtype=pdtype, name="lm_head")(x)
-            logits = nn.with_logical_constraint(logits, (AXIS_BATCH, AXIS_LENGTH, AXIS_VOCAB)).astype(jnp.float32)
+        logits = lm_logits(cfg, x, embed, dtype, pdtype) if return_logits or init else None
         ctc = None
         if return_ctc_logits or (init and cfg.ctc_num_classes):
             ctc = ctc_logits(cfg, x, dtype, pdtype)
@@ -277,6 +270,17 @@ class Decoder(nn.Module):
             hidden.append(x)
         new_kv = jax.tree.map(lambda *a: jnp.stack(a), *new_kvs) if new_kvs else None
         return x, new_kv, (jnp.stack(hidden) if collect_hidden else None)
+
+
+def lm_logits(cfg: DecoderConfig, hidden, embed, dtype, pdtype):
+    """fp32 logits [b, t, vocab] of `hidden` [b, t, d]: the tied embedding's `attend`, or an
+    `lm_head` (params under `lm_head`, input width d) when `cfg.tie_embeddings` is False."""
+    if cfg.tie_embeddings:
+        logits = embed.attend(hidden)
+    else:
+        logits = DenseGeneral((hidden.shape[-1],), (cfg.vocab_size,), (AXIS_EMBED, AXIS_VOCAB), cfg.init_std,
+                              dtype=dtype, param_dtype=pdtype, name="lm_head")(hidden)
+    return nn.with_logical_constraint(logits, (AXIS_BATCH, AXIS_LENGTH, AXIS_VOCAB)).astype(jnp.float32)
 
 
 def ctc_logits(cfg: DecoderConfig, hidden, dtype, pdtype):

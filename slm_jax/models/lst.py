@@ -41,11 +41,11 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from slm_jax import contract
-from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_MLP, AXIS_VOCAB, MODALITY_SPEECH
+from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_MLP, MODALITY_SPEECH
 from slm_jax.kernels import patching
 from slm_jax.models import interface
 from slm_jax.models.attention import resolve_attention_impl
-from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock, ctc_logits
+from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock, ctc_logits, lm_logits
 from slm_jax.models.interface import ModelOutput
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
 
@@ -377,14 +377,7 @@ class LSTModel(nn.Module):
             d = _stack(cfg.local_config(cfg.local_decoder_layers), "local_decoder")(
                 d, group, _positions_within(group))
         d = RMSNorm(g.norm_eps, dtype, pdtype, name="final_norm")(d)
-        logits = None
-        if return_logits or init:
-            if g.tie_embeddings:
-                logits = embed.attend(d)
-            else:
-                logits = DenseGeneral((cfg.local_embed_dim,), (g.vocab_size,), (AXIS_EMBED, AXIS_VOCAB), g.init_std,
-                                      dtype=dtype, param_dtype=pdtype, name="lm_head")(d)
-            logits = nn.with_logical_constraint(logits, (AXIS_BATCH, AXIS_LENGTH, AXIS_VOCAB)).astype(jnp.float32)
+        logits = lm_logits(g, d, embed, dtype, pdtype) if return_logits or init else None
         ctc = None
         if return_ctc_logits or (init and g.ctc_num_classes):  # mSLAM CTC on the local decoder's states
             ctc = ctc_logits(g, d, dtype, pdtype)
