@@ -23,6 +23,7 @@ PACKAGES = ("slm_jax", "slm_jax_demo")
 RANKS = {
     "slm_jax.contract": 0,
     "slm_jax.gin_utils": 0,
+    "slm_jax.text_normalization": 0,
     "slm_jax.speech": 1,
     "slm_jax.data": 2,
     "slm_jax.kernels": 3,
