@@ -9,6 +9,7 @@ from typing import Sequence
 from slm_jax.data import corpus
 from slm_jax.data.corpus.importers import (
     FORMATS,
+    DEFAULT_NUM_UNITS,
     SPIRITLM_NUM_PITCH,
     SPIRITLM_NUM_STYLE,
     SPIRITLM_PITCH_RATE_HZ,
@@ -30,14 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en", help="language of records without a 'lang' key")
     p.add_argument("--num_shards", type=int, default=1)
     p.add_argument("--on_bad_record", default="error", choices=corpus.ON_BAD_RECORD_CHOICES)
-    p.add_argument("--num_units", type=int, default=500)
+    p.add_argument("--num_units", type=int, default=None,
+                   help=f"unit ids are in [0, num_units); default per format {DEFAULT_NUM_UNITS}")
     p.add_argument("--num_pitch", type=int, default=SPIRITLM_NUM_PITCH)
     p.add_argument("--num_style", type=int, default=SPIRITLM_NUM_STYLE)
     p.add_argument(
         "--unit_rate_hz",
         type=float,
         default=None,
-        help="slamkit: inferred from 'duration' when omitted; spiritlm: default 25",
+        help="for every record (a record's own 'unit_rate_hz' key must agree). Omitted: the record's key, "
+        "else slamkit: len(units)/duration snapped to a standard encoder rate (within 2 frames), "
+        "spiritlm: 25",
     )
     p.add_argument("--pitch_rate_hz", type=float, default=SPIRITLM_PITCH_RATE_HZ)
     p.add_argument("--style_rate_hz", type=float, default=SPIRITLM_STYLE_RATE_HZ)
@@ -69,4 +73,6 @@ def import_main(argv: Sequence[str]) -> int:
         f"wrote {summary['written']} record(s) to {len(summary['shards'])} shard(s) "
         f"({args.output}-*-of-{len(summary['shards']):05d}.tfrecord); skipped {summary['skipped']}"
     )
+    for what, count in summary["report"].items():
+        print(f"  {what}: {count}")
     return 0

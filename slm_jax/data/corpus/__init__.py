@@ -12,5 +12,6 @@ from slm_jax.data.corpus.io import (from_example, iter_jsonl_objects, iter_tfrec
 from slm_jax.data.corpus.paired import pair_parallel, read_paired_tfrecord, write_paired_tfrecord_shards
 from slm_jax.data.corpus.schema import (JSONL_SUFFIXES, MAX_REASONS_LOGGED, ON_BAD_RECORD_CHOICES,
                                         PAIRED_TFRECORD_FEATURES, SHARD_SUFFIX, TFRECORD_FEATURES,
-                                        BadRecordError, OnBadRecord, Utterance, check_on_bad_record,
-                                        log_skipped, validate, validate_all)
+                                        WORD_REPAIR_LIMIT_S, BadRecordError, OnBadRecord, Utterance,
+                                        check_on_bad_record, log_skipped, normalize_utterance, repair_words,
+                                        validate, validate_all)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from slm_jax.data.corpus.schema import (JSONL_SUFFIXES, PAIRED_TFRECORD_FEATURES, SHARD_SUFFIX, BadRecordError,
-                                        Utterance, _PAIRED_KINDS, _UTT_KINDS)
+                                        Utterance, _PAIRED_KINDS, _UTT_KINDS, normalize_utterance)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,12 @@ def _example(kinds: dict[str, str], values: dict[str, list]) -> tf.train.Example
 
 
 def to_example(utt: Utterance) -> tf.train.Example:
-    """The TFRecord form of `utt` (every key of `TFRECORD_FEATURES` present)."""
+    """The TFRecord form of `utt` (every key of `TFRECORD_FEATURES` present).
+
+    Text, word and sentence texts are written in `slm_jax.text_normalization.normalize_text`
+    form, so every corpus TFRecord holds normalised text whoever wrote it; a word that
+    normalises to an empty string raises BadRecordError naming the record and the field."""
+    utt, _ = normalize_utterance(utt)
     values = {
         "id": [utt.id],
         "lang": [utt.lang],
