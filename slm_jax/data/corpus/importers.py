@@ -498,7 +498,8 @@ def prepare_record(utt: Utterance, where: str, counts: collections.Counter, **li
     """Normalises text, repairs word times (`corpus.repair_words`) and validates one record,
     adding what changed to `counts`. `limits`: num_units / num_pitch / num_style of `validate`."""
     utt, changed = corpus.normalize_utterance(utt, where)
-    counts["text_fields_normalised"] += changed
+    if changed:
+        counts["text_fields_normalised"] += changed
     utt, repairs = corpus.repair_words(utt)
     counts.update({k: v for k, v in repairs.items() if v})
     corpus.validate(utt, source=where, **limits)
