@@ -309,7 +309,8 @@ ISSUE_RATES = [(12, 0.5, 25.0), (37, 1.5, 25.0), (75, 3.0, 25.0), (49, 1.0, 50.0
 @pytest.mark.parametrize("n,duration,rate", ISSUE_RATES)
 def test_unit_rate_snaps_to_the_encoder_rate(n, duration, rate):
     counts = importers.collections.Counter()
-    u = importers.from_slamkit({"id": "r", "units": list(range(n)), "duration": duration}, counts=counts)
+    units = [k // 2 for k in range(n)]  # frame-level units repeat
+    u = importers.from_slamkit({"id": "r", "units": units, "duration": duration}, counts=counts)
     assert u.unit_rate_hz == rate and len(u.units) == n
     assert counts == {f"rate_snapped_to_{rate:g}_hz": 1}
 
@@ -353,6 +354,17 @@ def test_unit_rate_refusals_name_record_and_flag():
     for bad in (0, -1.0, "1.0", float("nan")):
         with pytest.raises(BadRecordError, match=r"record 'd': duration=.*expected seconds > 0"):
             importers.from_slamkit({"id": "d", "units": [1], "duration": bad}, unit_rate_hz=25.0)
+
+
+def test_deduplicated_units_without_run_lengths_are_refused():
+    dedup = [k % 7 for k in range(50)]  # 50 Hz HuBERT deduplicated: ~25 per second, no repeats
+    with pytest.raises(BadRecordError, match=r"f:2: record 'dd': units: 50 units with no two equal neighbours "
+                                             r"look deduplicated.*'durations'.*--unit_rate_hz"):
+        importers.from_slamkit({"id": "dd", "units": dedup, "duration": 2.0}, source="f:2")
+    # one repeat, fewer than 50 units, or an explicit rate: read as frame-level
+    assert importers.from_slamkit({"id": "a", "units": dedup[:49] + [dedup[48]], "duration": 2.0}).unit_rate_hz == 25.0
+    assert importers.from_slamkit({"id": "b", "units": dedup[:49], "duration": 1.96}).unit_rate_hz == 25.0
+    assert importers.from_slamkit({"id": "c", "units": dedup, "duration": 2.0}, unit_rate_hz=25.0).units == dedup
 
 
 def test_textlesslib_durations_rebuild_frames_never_shrink():
@@ -435,16 +447,18 @@ def test_repair_words_rule():
 def test_import_counts_repairs_and_normalisation(tmp_path, capsys):
     src = tmp_path / "feats.jsonl"
     recs = [
-        {"file_name": "a", "units": list(range(49)), "duration": 1.0,
+        {"file_name": "a", "units": [k // 3 for k in range(49)], "duration": 1.0,
          "aligned_text": [["the", 0.0, 0.2], ["cat", 0.2, 0.2], ["sat", 0.9, 1.4]], "text": "the  cat sat"},
-        {"file_name": "b", "units": [1, 2], "durations": [30, 44], "duration": 1.5, "text": "caf\u0065\u0301"},
+        {"file_name": "b", "units": [1, 2], "durations": [30, 44], "duration": 1.5, "text": "caf\u0065\u0301",
+         "split_sentence": [["caf\u00e9", 0.0, 1.5]], "f0": [1.0, 2.0]},
     ]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n")
     out = str(tmp_path / "o" / "c")
     assert prepare_import.import_main(["--format=slamkit", f"--input={src}", f"--output={out}"]) == 0
     printed = capsys.readouterr().out
     for line in ("rate_snapped_to_50_hz: 2", "run_lengths_expanded: 1", "zero_length_words: 1",
-                 "words_clipped_to_audio: 1", "text_fields_normalised: 2"):
+                 "words_clipped_to_audio: 1", "text_fields_normalised: 2", "ignored_key_split_sentence: 1",
+                 "ignored_key_f0: 1"):
         assert f"  {line}" in printed
     a, b = corpus.read_tfrecord(out + "-*")
     assert a.words == [("the", 0.0, 0.2), ("cat", 0.2, 0.2), ("sat", 0.9, 0.98)] and a.text == "the cat sat"
@@ -526,10 +540,12 @@ def test_import_main_end_to_end(tmp_path, capsys, caplog):
 
 def test_spiritlm_501_hubert_ids_by_default(tmp_path, capsys):
     src = tmp_path / "sp.jsonl"
-    src.write_text(json.dumps({"id": "a", "units": "[Hu0][Hu499][Hu500]"}) + "\n")
+    src.write_text(json.dumps({"id": "a", "units": "[Hu0][Pi3][Hu499][Hu500]"}) + "\n")
     out = str(tmp_path / "o" / "sp")
     assert prepare_import.import_main(["--format=spiritlm", f"--input={src}", f"--output={out}"]) == 0
-    assert "spiritlm_strings_without_durations: 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "spiritlm_strings_without_durations: 1" in printed
+    assert "spiritlm_strings_without_pitch_durations: 1" in printed
     assert list(corpus.read_tfrecord(out + "-*"))[0].units == [0, 499, 500]
     src.write_text(json.dumps({"id": "b", "units": "[Hu501]"}) + "\n")
     assert prepare_import.import_main(["--format=spiritlm", f"--input={src}", f"--output={out}"]) == 1

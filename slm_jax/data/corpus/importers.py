@@ -24,7 +24,9 @@ Formats (one JSON object per line; blank lines are ignored):
     of frames n and `duration` (seconds) by `snap_unit_rate`: the standard encoder rate R
     (`STANDARD_RATES_HZ`) with |n - duration * R| <= 2 frames, when exactly one R qualifies
     (12 frames / 0.5 s, 37 / 1.5 s, 75 / 3.0 s -> 25 Hz; 49 / 1.0 s, 74 / 1.5 s -> 50 Hz);
-    none or several (short records) is an error naming the record and the flag. With a
+    none or several (short records) is an error naming the record and the flag; so are 50
+    or more units without two equal neighbours (deduplicated units without run lengths would
+    give half the rate and could snap to the wrong one). With a
     given rate and a `duration` in seconds, units covering a very different time (more than
     10% and 2 frames off) are refused: they are likely deduplicated without run lengths.
   - optional `aligned_text`: slamkit's word alignments `[[word, start_s, end_s], ...]`
@@ -34,15 +36,16 @@ Formats (one JSON object per line; blank lines are ignored):
   see `parse_spiritlm`. Optional `durations` / `pitch_durations` (run lengths), `text`,
   `lang`, `unit_rate_hz`. HuBERT ids are [Hu0]..[Hu500] (501 ids, `SPIRITLM_NUM_UNITS`).
   A string's tokens are deduplicated: without `durations` each counts one frame (counted
-  `spiritlm_strings_without_durations` in the report: times and the expressive merge of
-  such records are not the audio's). Also SpiritLM's `encode_units` dict, frame-level and
+  `spiritlm_strings_without_durations`, and `..._without_pitch_durations` for pitch, in the
+  report: times and the expressive merge of such records are not the audio's). Also SpiritLM's `encode_units` dict, frame-level and
   exact: `{"audio": ..., "hubert": "1 1 2 2 3", "pitch": "15 15 20", "style": "7"}`.
 
 At import every text field (`text`, every word) is normalised with
 `slm_jax.text_normalization.normalize_text`; word times are repaired by
 `corpus.repair_words` (zero-length words kept, out-of-audio words clipped into the audio);
 then every record is validated (`corpus.validate`); ids must be unique across the import.
-What was inferred, rebuilt, repaired or normalised is counted in the import report.
+What was inferred, rebuilt, repaired or normalised, and every record key the format does not
+read (`READ_KEYS`), is counted in the import report.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ SPIRITLM_STYLE_RATE_HZ = 1.0
 SPIRITLM_NUM_PITCH = 64
 SPIRITLM_NUM_STYLE = 100
 DEFAULT_NUM_UNITS = {"slamkit": SLAMKIT_NUM_UNITS, "spiritlm": SPIRITLM_NUM_UNITS}
+
+# The keys each format reads; any other key of a record is counted `ignored_key_<name>` in the
+# import report (e.g. slamkit's `split_sentence`, textlesslib's `f0`), so nothing is dropped unsaid.
+READ_KEYS = {
+    "slamkit": {*ID_KEYS, "units", "duration", "durations", "unit_rate_hz", "aligned_text", "text", "lang"},
+    "spiritlm": {*ID_KEYS, "units", "durations", "pitch_durations", "unit_rate_hz", "text", "lang", "hubert",
+                 "pitch", "style"},
+}
 
 _SPIRIT_TOKEN = re.compile(r"\[(Hu|Pi|St)(\d+)\]|\[(Text|Speech)\]|\s+")
 
@@ -207,6 +218,22 @@ def _check_covered_time(n: int, rate: float, duration_s: float, where: str) -> N
         )
 
 
+DEDUP_CHECK_MIN_FRAMES = 50  # frame-level units of real encoders repeat well within 50 frames
+
+
+def _check_not_deduplicated(units: list[int], where: str) -> None:
+    """Before inferring a rate from len(units) / duration: deduplicated units (no two equal
+    neighbours) without run lengths would give about half the rate and could snap to the wrong
+    standard one (50 Hz HuBERT deduplicated looks like 25 Hz)."""
+    arr = np.asarray(units)
+    if arr.size >= DEDUP_CHECK_MIN_FRAMES and not np.any(arr[1:] == arr[:-1]):
+        raise BadRecordError(
+            f"{where}: units: {arr.size} units with no two equal neighbours look deduplicated, so "
+            "len(units) / duration is not their frame rate; give their run lengths ('duration' as a list "
+            "or 'durations'), or pass --unit_rate_hz if they are frame-level"
+        )
+
+
 # --- slamkit / textlesslib ----------------------------------------------------------------
 def _slamkit_units(value, where: str) -> list[int]:
     if isinstance(value, str):
@@ -287,6 +314,8 @@ def from_slamkit(
     if not units:
         raise BadRecordError(f"{where}: units are empty; expected at least one unit")
     explicit = obj.get("unit_rate_hz") is not None or unit_rate_hz is not None
+    if not explicit and seconds is not None and counts["run_lengths_expanded"] == 0:
+        _check_not_deduplicated(units, where)
     rate = _resolve_rate(obj, unit_rate_hz, len(units), seconds, where, counts)
     if explicit and seconds is not None:
         _check_covered_time(len(units), rate, seconds, where)
@@ -419,6 +448,8 @@ def from_spiritlm(
         pitch_durations=obj.get("pitch_durations"),
         source=source,
     )
+    if utt.pitch and obj.get("pitch_durations") is None:
+        counts["spiritlm_strings_without_pitch_durations"] += 1
     utt.text = _record_text(obj, where, counts)
     return utt
 
@@ -479,6 +510,8 @@ def convert_line(
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise BadRecordError(f"{source}: invalid JSON ({e})") from None
+    if fmt in READ_KEYS and isinstance(obj, dict) and counts is not None:
+        counts.update(f"ignored_key_{k}" for k in sorted(set(obj) - READ_KEYS[fmt]))
     if fmt == "slamkit":
         return from_slamkit(obj, lang=lang, unit_rate_hz=unit_rate_hz, source=source, counts=counts)
     if fmt == "spiritlm":
@@ -530,7 +563,8 @@ def import_to_tfrecord(
     Returns {'written': n, 'skipped': k, 'shards': [paths], 'report': {what: count}}: the
     report counts how each unit rate was found (`rate_from_record`, `rate_from_flag`,
     `rate_snapped_to_<R>_hz`, `rate_spiritlm_default`), run lengths expanded, text fields
-    normalised, zero-length words and words clipped into the audio (`corpus.repair_words`).
+    normalised, zero-length words and words clipped into the audio (`corpus.repair_words`),
+    and record keys the format does not read (`ignored_key_<name>`, see `READ_KEYS`).
     Records that were skipped count nothing.
     """
     if fmt not in FORMATS:
