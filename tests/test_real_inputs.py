@@ -9,7 +9,8 @@ Layouts (sources, read for the schema only):
   (slamkit/utils/data_prep.py `parse_transcriptions`, cli/prepare_tokens.py). Words carry
   Whisper's leading space (slamkit joins them with '').
 * textlesslib `SpeechEncoder(deduplicate=True)`: `units` + `durations` in frames
-  (facebookresearch/textlesslib textless/data/speech_encoder.py), plus the clip's length in seconds.
+  (facebookresearch/textlesslib textless/data/speech_encoder.py), plus the clip's length in seconds;
+  and its dump script's text files OUT.units / OUT.durations (tools/distributed_transcribe/transcribe.py).
 * SpiritLM expressive strings (facebookresearch/spiritlm spiritlm/speech_tokenizer/spiritlm_tokenizer.py
   `units_to_string`: HuBERT at 24.99 Hz, pitch 12.5 Hz, style 1 Hz, HuBERT and pitch deduplicated).
 """
@@ -24,7 +25,7 @@ import tensorflow as tf
 from slm_jax import contract
 from slm_jax.cli import main as cli_main
 from slm_jax.data import corpus
-from slm_jax.data.corpus import importers
+from slm_jax.data.corpus import BadRecordError, importers
 from slm_jax.data.feature_converter import SLMFeatureConverter
 from slm_jax.data.preprocessors import interleave as il
 from slm_jax.data.preprocessors import word_interleave as wi
@@ -312,3 +313,71 @@ def test_cli_bad_peer_record_exit_1_one_line(tmp_path, capsys):
     assert err.count("\n") == 0
     assert f"{src}:2: record 'short.wav': unit_rate_hz: 3 units over duration 0.1 s" in err
     assert "pass --unit_rate_hz" in err
+
+
+def _transcribe_files(tmp_path, rng, names=True, durations=True):
+    """textlesslib tools/distributed_transcribe/transcribe.py output: OUT.units (+ OUT.durations),
+    one utterance per line, `name<TAB>` with --preserve_name, values joined by ' '."""
+    units_lines, dur_lines, frames_of = [], [], []
+    for k in range(3):
+        frames = _random_stream(rng, rng.randint(20, 60), 100, 2.5)
+        units, runs = _runs(frames) if durations else (frames, None)
+        prefix = f"/audio/utt{k}.flac\t" if names else ""
+        units_lines.append(prefix + " ".join(map(str, units)))
+        if durations:
+            dur_lines.append(prefix + " ".join(map(str, runs)))
+        frames_of.append(frames)
+    (tmp_path / "out.units").write_text("\n".join(units_lines) + "\n")
+    if durations:
+        (tmp_path / "out.durations").write_text("\n".join(dur_lines) + "\n")
+    return str(tmp_path / "out.units"), frames_of
+
+
+def test_textlesslib_transcribe_files_to_packed_batch(tmp_path, text_vocab, capsys):
+    units_path, frames_of = _transcribe_files(tmp_path, random.Random(5))
+    out = str(tmp_path / "c" / "tt")
+    assert cli_main(["prepare", "import", "--format=textlesslib", f"--input={units_path}", f"--output={out}",
+                     "--unit_rate_hz=50"]) == 0
+    printed = capsys.readouterr().out
+    assert "  run_lengths_expanded: 3" in printed and "ids_from_line_numbers" not in printed
+    utts = list(corpus.read_tfrecord(out + "-*"))
+    assert [u.id for u in utts] == [f"/audio/utt{k}.flac" for k in range(3)]
+    assert [u.units for u in utts] == frames_of and {u.unit_rate_hz for u in utts} == {50.0}
+    examples, rows = _task_rows("real_transcribe", out + "-*", il.speech_only_batches, text_vocab, 32)
+    for ex, frames in zip(examples, frames_of):
+        assert ex["targets"].tolist() == ([text_vocab.speech_marker_id]
+                                          + [text_vocab.unit_offset + u for u in _runs(frames)[0]] + [text_vocab.eos_id])
+    _check_packed(rows, examples, text_vocab, 32)
+
+
+def test_textlesslib_transcribe_files_neighbours(tmp_path, capsys):
+    # no names, frame-level units, no durations file: ids from line numbers
+    units_path, frames_of = _transcribe_files(tmp_path, random.Random(6), names=False, durations=False)
+    summary = importers.import_to_tfrecord("textlesslib", units_path, str(tmp_path / "c" / "a"), unit_rate_hz=50.0)
+    assert summary["report"]["ids_from_line_numbers"] == 3
+    assert [u.id for u in corpus.read_tfrecord(summary["shards"])] == ["out:1", "out:2", "out:3"]
+    # --deduplicate without --durations: 50+ units with no equal neighbours are refused
+    (tmp_path / "d.units").write_text("u1\t" + " ".join(str(k % 7) for k in range(60)) + "\n")
+    with pytest.raises(BadRecordError, match=r"d\.units:1: record 'u1': units: 60 units with no two equal "
+                                             r"neighbours look deduplicated"):
+        importers.import_to_tfrecord("textlesslib", str(tmp_path / "d.units"), str(tmp_path / "c" / "d"),
+                                     unit_rate_hz=50.0)
+    # a durations file out of step: line count, names, values
+    (tmp_path / "e.units").write_text("a\t1 2\nb\t3\n")
+    for durations, pattern in (("a\t1 2\n", r"e\.units has 2 utterance line\(s\) but .*e\.durations has 1"),
+                               ("a\t1 2\nc\t4\n", r"e\.units:2: record 'b': .*e\.durations:2 is named 'c'"),
+                               ("a\t1 x\nb\t4\n", r"e\.durations:1: record 'a': durations '1 x' are not"),
+                               ("a\t1 2 3\nb\t4\n", r"e\.units:1: record 'a': durations has 3 value\(s\); "
+                                                     r"expected a list of 2")):
+        (tmp_path / "e.durations").write_text(durations)
+        with pytest.raises(BadRecordError, match=pattern):
+            importers.import_to_tfrecord("textlesslib", str(tmp_path / "e.units"), str(tmp_path / "c" / "e"),
+                                         unit_rate_hz=50.0)
+    # no rate: textlesslib files carry no seconds
+    (tmp_path / "e.durations").write_text("a\t1 2\nb\t4\n")
+    assert cli_main(["prepare", "import", "--format=textlesslib", f"--input={tmp_path / 'e.units'}",
+                     f"--output={tmp_path / 'c' / 'f'}"]) == 1
+    assert "e.units:1: record 'a': unit_rate_hz: no 'unit_rate_hz' key and no 'duration'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"expected a textlesslib '.units' file"):
+        importers.import_to_tfrecord("textlesslib", str(tmp_path / "e.durations"), str(tmp_path / "c" / "g"),
+                                     unit_rate_hz=50.0)

@@ -1,4 +1,8 @@
-"""`slm-jax prepare import`: slamkit/textlesslib/SpiritLM unit JSONL -> validated corpus shards."""
+"""`slm-jax prepare import`: slamkit/textlesslib/SpiritLM unit dumps -> validated corpus shards.
+
+Prints what was written and the import report (how each unit rate was found, run lengths
+expanded, text normalised, words repaired, keys not read); exit 1 with one line naming the
+file:line, record, field and expectation on bad input (see slm_jax.data.corpus.importers)."""
 
 from __future__ import annotations
 
@@ -22,11 +26,13 @@ from slm_jax.data.corpus.importers import (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="slm-jax prepare import",
-        description="Convert slamkit/textlesslib or SpiritLM unit JSONL into "
+        description="Convert slamkit / textlesslib JSONL (--format=slamkit), textlesslib transcribe.py "
+        ".units/.durations files (--format=textlesslib) or SpiritLM strings (--format=spiritlm) into "
         "validated slm_jax TFRecord shards.",
     )
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--input", required=True, help="glob of JSONL files (gs:// works)")
+    p.add_argument("--input", required=True, help="glob of JSONL files, or of .units files for textlesslib "
+                   "(gs:// works)")
     p.add_argument("--output", required=True, help="DIR/PREFIX of the shards")
     p.add_argument("--lang", default="en", help="language of records without a 'lang' key")
     p.add_argument("--num_shards", type=int, default=1)

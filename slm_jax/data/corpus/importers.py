@@ -32,6 +32,15 @@ Formats (one JSON object per line; blank lines are ignored):
   - optional `aligned_text`: slamkit's word alignments `[[word, start_s, end_s], ...]`
     (source: slamkit/utils/data_prep.py `parse_transcriptions`), imported as the record's
     `words`; optional `text`; optional `lang` (overrides the default).
+* `textlesslib`: the text files of textlesslib's dump script
+  (tools/distributed_transcribe/transcribe.py): `--input` globs `OUT.units` files, one
+  utterance per line, units separated by spaces, prefixed by `name<TAB>` with
+  `--preserve_name` (else the record id is `<file stem>:<line>`, counted `ids_from_line_numbers`);
+  a sibling `OUT.durations` file (written with `--durations`) holds the run lengths line by
+  line and is read with it (same line count and names, else an error naming both files).
+  Without it the units must be frame-level (not `--deduplicate`d): 50 or more units without
+  two equal neighbours are refused. No seconds are written: pass --unit_rate_hz.
+  `OUT.f0s` is not read.
 * `spiritlm`: `{"file_name"|"audio"|"id": ..., "units": "[Hu12][Pi3][Hu7][St5]...", ...}`,
   see `parse_spiritlm`. Optional `durations` / `pitch_durations` (run lengths), `text`,
   `lang`, `unit_rate_hz`. HuBERT ids are [Hu0]..[Hu500] (501 ids, `SPIRITLM_NUM_UNITS`).
@@ -65,7 +74,7 @@ from slm_jax.text_normalization import normalize_text
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("slamkit", "spiritlm")
+FORMATS = ("slamkit", "spiritlm", "textlesslib")
 ID_KEYS = ("id", "file_name", "audio")  # first present wins
 # Frame rates (Hz) of published unit encoders that a measured len(units) / duration snaps to.
 STANDARD_RATES_HZ = {
@@ -85,7 +94,9 @@ SPIRITLM_PITCH_RATE_HZ = 12.5
 SPIRITLM_STYLE_RATE_HZ = 1.0
 SPIRITLM_NUM_PITCH = 64
 SPIRITLM_NUM_STYLE = 100
-DEFAULT_NUM_UNITS = {"slamkit": SLAMKIT_NUM_UNITS, "spiritlm": SPIRITLM_NUM_UNITS}
+TEXTLESSLIB_NUM_UNITS = 100  # tools/distributed_transcribe/transcribe.py --vocab_size default
+DEFAULT_NUM_UNITS = {"slamkit": SLAMKIT_NUM_UNITS, "spiritlm": SPIRITLM_NUM_UNITS,
+                     "textlesslib": TEXTLESSLIB_NUM_UNITS}
 
 # The keys each format reads; any other key of a record is counted `ignored_key_<name>` in the
 # import report (e.g. slamkit's `split_sentence`, textlesslib's `f0`), so nothing is dropped unsaid.
@@ -494,6 +505,66 @@ def _iter_lines(pattern: str):
                     yield f"{path}:{lineno}", line
 
 
+def _textlesslib_line(line: str, where: str) -> tuple[str | None, str]:
+    """(name or None, space-separated values) of one transcribe.py line (`name<TAB>values` or `values`)."""
+    if "\t" in line:
+        name, values = line.rstrip("\n").split("\t", 1)
+        if not name:
+            raise BadRecordError(f"{where}: empty name before the tab; expected 'name<TAB>units'")
+        return name, values
+    return None, line
+
+
+def _iter_textlesslib(pattern: str):
+    """Yields ("file:line", (record dict, whether the line was named)) for textlesslib `.units`
+    files (+ sibling `.durations`)."""
+    import tensorflow as tf
+
+    for path in corpus.list_files(pattern):
+        if not path.endswith(".units"):
+            raise ValueError(f"{path}: expected a textlesslib '.units' file (transcribe.py --output=OUT writes "
+                             "OUT.units and, with --durations, OUT.durations)")
+        dur_path = path[: -len(".units")] + ".durations"
+        with tf.io.gfile.GFile(path, "r") as f:
+            unit_lines = [(i, ln) for i, ln in enumerate(f, start=1) if ln.strip()]
+        dur_lines = None
+        if tf.io.gfile.exists(dur_path):
+            with tf.io.gfile.GFile(dur_path, "r") as f:
+                dur_lines = [(i, ln) for i, ln in enumerate(f, start=1) if ln.strip()]
+            if len(dur_lines) != len(unit_lines):
+                raise BadRecordError(f"{path} has {len(unit_lines)} utterance line(s) but {dur_path} has "
+                                     f"{len(dur_lines)}; expected one run-length line per units line")
+        stem = os.path.basename(path)[: -len(".units")]
+        for k, (lineno, line) in enumerate(unit_lines):
+            where = f"{path}:{lineno}"
+            name, values = _textlesslib_line(line, where)
+            obj = {"id": name if name is not None else f"{stem}:{lineno}", "units": values}
+            if dur_lines is not None:
+                d_lineno, d_line = dur_lines[k]
+                d_where = f"{dur_path}:{d_lineno}"
+                d_name, d_values = _textlesslib_line(d_line, d_where)
+                if d_name != name:
+                    raise BadRecordError(f"{where}: record {obj['id']!r}: {d_where} is named {d_name!r}; expected "
+                                         "the same name on both lines (files out of step)")
+                try:
+                    obj["durations"] = [int(v) for v in d_values.split()]
+                except ValueError:
+                    raise BadRecordError(f"{d_where}: record {obj['id']!r}: durations {d_values[:40]!r} are not "
+                                         "space-separated integers") from None
+            yield where, (obj, name is not None)
+
+
+def from_textlesslib(obj: dict, *, lang: str = "en", unit_rate_hz: float | None = None, source: str = "<input>",
+                     counts: collections.Counter | None = None) -> Utterance:
+    """One record of `_iter_textlesslib` ({id, units string, optional durations}) -> Utterance.
+    Without run lengths the units must look frame-level (`_check_not_deduplicated`)."""
+    counts = collections.Counter() if counts is None else counts
+    if obj.get("durations") is None:
+        _check_not_deduplicated(_slamkit_units(obj["units"], f"{source}: record {obj['id']!r}"),
+                                f"{source}: record {obj['id']!r}")
+    return from_slamkit(obj, lang=lang, unit_rate_hz=unit_rate_hz, source=source, counts=counts)
+
+
 def convert_line(
     fmt: str,
     line: str,
@@ -576,12 +647,19 @@ def import_to_tfrecord(
         raise ValueError(f"--output={output!r}: expected DIR/PREFIX (a file name prefix after the directory)")
     records, reasons, seen, total = [], [], {}, 0
     report: collections.Counter = collections.Counter()
-    for where, line in _iter_lines(input_pattern):
+    lines = _iter_textlesslib(input_pattern) if fmt == "textlesslib" else _iter_lines(input_pattern)
+    for where, line in lines:
         total += 1
         counts: collections.Counter = collections.Counter()
         try:
-            utt = convert_line(fmt, line, source=where, lang=lang, unit_rate_hz=unit_rate_hz,
-                               pitch_rate_hz=pitch_rate_hz, style_rate_hz=style_rate_hz, counts=counts)
+            if fmt == "textlesslib":
+                obj, named = line
+                if not named:
+                    counts["ids_from_line_numbers"] += 1
+                utt = from_textlesslib(obj, lang=lang, unit_rate_hz=unit_rate_hz, source=where, counts=counts)
+            else:
+                utt = convert_line(fmt, line, source=where, lang=lang, unit_rate_hz=unit_rate_hz,
+                                   pitch_rate_hz=pitch_rate_hz, style_rate_hz=style_rate_hz, counts=counts)
             utt = prepare_record(utt, where, counts, num_units=num_units, num_pitch=num_pitch,
                                  num_style=num_style)
             if utt.id in seen:
