@@ -482,6 +482,13 @@ def test_writer_normalises_text_and_refuses_empty_words(tmp_path):
     back = corpus.from_example(corpus.to_example(utt).SerializeToString())
     assert back.text == "ça coûte..." and [w[0] for w in back.words] == ["ça", "fin"]
     assert back.sentences[0][2] == "ça va"
+    jsonl = tmp_path / "n.jsonl"
+    corpus.write_jsonl(str(jsonl), [utt])
+    assert list(corpus.read_jsonl(str(jsonl))) == [back]
+    with_ids = Utterance(**{**utt.to_dict(), "word_token_ids": [[3], [4]], "word_token_model": "ab" * 32})
+    with pytest.raises(BadRecordError, match="record 'n1': words\\[0\\]\\[0\\]='c\u0327a' is not normalised but has "
+                                             r"word_token_ids; expected ids computed from normalize_text"):
+        corpus.to_example(with_ids)
     empty = Utterance(**{**utt.to_dict(), "words": [["ok", 0.0, 0.04], ["\u3000", 0.04, 0.08]]})
     with pytest.raises(BadRecordError, match=r"record 'n1': words\[1\]\[0\]='\\u3000' is empty after text "
                                              r"normalisation"):

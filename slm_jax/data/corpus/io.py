@@ -183,14 +183,15 @@ def list_files(pattern: str | Sequence[str]) -> list[str]:
 
 
 def write_jsonl(path: str, utts: Iterable[Utterance]) -> int:
-    """Writes one JSON object per line (the dataclass fields); returns the record count."""
+    """Writes one JSON object per line (the dataclass fields, text normalised as in `to_example`);
+    returns the record count."""
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     n = 0
     with tf.io.gfile.GFile(path, "w") as f:
         for utt in utts:
-            f.write(json.dumps(utt.to_dict(), ensure_ascii=False) + "\n")
+            f.write(json.dumps(normalize_utterance(utt)[0].to_dict(), ensure_ascii=False) + "\n")
             n += 1
     return n
 

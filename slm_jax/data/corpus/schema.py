@@ -407,8 +407,10 @@ def normalize_utterance(utt: Utterance, where: str | None = None) -> tuple[Utter
     """`utt` with `text`, every word and every sentence text in `normalize_text` form.
 
     Returns (utterance, number of text fields that changed). An empty `text` becomes None;
-    a word that normalises to an empty string raises BadRecordError naming `where` (default:
-    the record id), the record and the field. Source of the rule: slm_jax.text_normalization.
+    a word that normalises to an empty string, or a changed word that carries
+    `word_token_ids` (ids of the old spelling), raises BadRecordError naming `where`
+    (default: the record id), the record and the field. Source of the rule:
+    slm_jax.text_normalization.
     """
     where = where or f"record {utt.id!r}"
     if not where.endswith(f"record {utt.id!r}"):
@@ -421,6 +423,10 @@ def normalize_utterance(utt: Utterance, where: str | None = None) -> tuple[Utter
                + sum(a[2] != b[2] for a, b in zip(sentences, utt.sentences)))
     if not changed:
         return utt, 0
+    if utt.word_token_ids is not None and any(a[0] != b[0] for a, b in zip(words, utt.words)):
+        i = next(i for i, (a, b) in enumerate(zip(words, utt.words)) if a[0] != b[0])
+        raise BadRecordError(f"{where}: words[{i}][0]={utt.words[i][0]!r} is not normalised but has "
+                             f"word_token_ids; expected ids computed from normalize_text(word) = {words[i][0]!r}")
     return dataclasses.replace(utt, text=text or None, words=words, sentences=sentences), changed
 
 
