@@ -352,7 +352,7 @@ def test_textlesslib_transcribe_files_to_packed_batch(tmp_path, text_vocab, caps
 
 def test_textlesslib_transcribe_files_neighbours(tmp_path, capsys):
     # no names, frame-level units, no durations file: ids from line numbers
-    units_path, frames_of = _transcribe_files(tmp_path, random.Random(6), names=False, durations=False)
+    units_path, _ = _transcribe_files(tmp_path, random.Random(6), names=False, durations=False)
     summary = importers.import_to_tfrecord("textlesslib", units_path, str(tmp_path / "c" / "a"), unit_rate_hz=50.0)
     assert summary["report"]["ids_from_line_numbers"] == 3
     assert [u.id for u in corpus.read_tfrecord(summary["shards"])] == ["out:1", "out:2", "out:3"]
@@ -367,8 +367,8 @@ def test_textlesslib_transcribe_files_neighbours(tmp_path, capsys):
     for durations, pattern in (("a\t1 2\n", r"e\.units has 2 utterance line\(s\) but .*e\.durations has 1"),
                                ("a\t1 2\nc\t4\n", r"e\.units:2: record 'b': .*e\.durations:2 is named 'c'"),
                                ("a\t1 x\nb\t4\n", r"e\.durations:1: record 'a': durations '1 x' are not"),
-                               ("a\t1 2 3\nb\t4\n", r"e\.units:1: record 'a': durations has 3 value\(s\); "
-                                                     r"expected a list of 2")):
+                               ("a\t1 2 3\nb\t4\n", (r"e\.units:1: record 'a': durations has 3 value\(s\); "
+                                                      r"expected a list of 2"))):
         (tmp_path / "e.durations").write_text(durations)
         with pytest.raises(BadRecordError, match=pattern):
             importers.import_to_tfrecord("textlesslib", str(tmp_path / "e.units"), str(tmp_path / "c" / "e"),

@@ -1,5 +1,8 @@
 """The corpus room: the `Utterance` schema and validator (`schema`), its files (`io`),
-cross-lingual pairs (`paired`) and importers of other tools' unit dumps (`importers`).
+cross-lingual pairs (`paired`) and importers of other tools' unit dumps (`importers`: slamkit,
+textlesslib, SpiritLM). Text enters normalised (`slm_jax.text_normalization.normalize_text`):
+the importers and both writers (`to_example`, `write_jsonl`) apply it; word times from real
+aligners are made valid by `repair_words` (zero-length words kept, out-of-audio ones clipped).
 
 `from slm_jax.data import corpus` keeps working: the public names of `schema`, `io` and
 `paired` are re-exported here.
