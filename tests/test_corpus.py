@@ -161,7 +161,9 @@ BAD_CASES = {
     "missing id": (_with(id=""), "<missing id>.*id is missing"),
     "word after end": (_with(words=[["w", 0.0, 1.5]]), r"words\[0\] \(0.0, 1.5\) lies outside \[0, 0.2\]"),
     "word negative": (_with(words=[["w", -0.1, 0.1]]), r"words\[0\].*lies outside"),
-    "word start>=end": (_with(words=[["w", 0.1, 0.1]]), r"words\[0\] starts at 0.1 but ends at 0.1"),
+    "word start>end": (_with(words=[["w", 0.1, 0.09]]), r"words\[0\] starts at 0.1 but ends at 0.09; expected start <= end"),
+    "sentence start==end": (_with(sentences=[[0.1, 0.1, "s"]]), r"sentences\[0\] starts at 0.1 but ends at 0.1; expected start < end"),
+    "word empty after normalisation": (_with(words=[["\u202f ", 0.0, 0.1]]), r"words\[0\]\[0\]='\\u202f ' is empty after text normalisation"),
     "word overlap": (_with(words=[["a", 0.0, 0.1], ["b", 0.08, 0.12]]), r"words\[1\] starts at 0.08, before"),
     "sentence after end": (_with(sentences=[[0.0, 0.5, "s"]]), r"sentences\[0\].*lies outside"),
     "sentence overlap": (
@@ -284,21 +286,213 @@ def test_pair_parallel_errors(caplog):
 # --- importers ----------------------------------------------------------------------------
 def test_slamkit_records():
     u = importers.from_slamkit(
-        {"file_name": "a/1.flac", "units": "12 13 13 5", "duration": 0.0808}, lang="fr", source="s.jsonl:1"
+        {"file_name": "a/1.flac", "units": "12 13 13 5 5 5 6 6 1 2", "duration": 0.2}, lang="fr", source="s.jsonl:1"
     )
-    assert u == Utterance(id="a/1.flac", lang="fr", units=[12, 13, 13, 5], unit_rate_hz=50.0)  # 49.5 Hz -> 50
-    u = importers.from_slamkit({"id": "x", "units": [1, 2, 3], "duration": 0.125})
-    assert u.unit_rate_hz == 24.0  # far from 25/50/100: kept exact
+    assert u == Utterance(id="a/1.flac", lang="fr", units=[12, 13, 13, 5, 5, 5, 6, 6, 1, 2], unit_rate_hz=50.0)
     u = importers.from_slamkit(
         {"audio": "y", "units": [3, 9], "duration": [2, 3], "lang": "en"}, unit_rate_hz=25
     )
     assert u == Utterance(id="y", lang="en", units=[3, 3, 9, 9, 9], unit_rate_hz=25.0)
-    with pytest.raises(BadRecordError, match=r"s\.jsonl:4: record 'y'.*pass unit_rate_hz"):
+    with pytest.raises(BadRecordError, match=r"s\.jsonl:4: record 'y': unit_rate_hz: no 'unit_rate_hz' key.*"
+                                             r"pass --unit_rate_hz"):
         importers.from_slamkit({"audio": "y", "units": [3], "duration": [2]}, source="s.jsonl:4")
-    with pytest.raises(BadRecordError, match=r"record 'z'.*expected frame-level \(not deduplicated\)"):
+    with pytest.raises(BadRecordError, match=r"record 'z': units: 10 frames at 50 Hz cover 0.200 s but duration"):
         importers.from_slamkit({"id": "z", "units": [1] * 10, "duration": 1.0}, unit_rate_hz=50)
     with pytest.raises(BadRecordError, match=r"s\.jsonl:2: no record id"):
         importers.from_slamkit({"units": [1]}, source="s.jsonl:2")
+
+
+# The issue's records: real encoders emit a frame or so fewer than duration * rate.
+ISSUE_RATES = [(12, 0.5, 25.0), (37, 1.5, 25.0), (75, 3.0, 25.0), (49, 1.0, 50.0), (74, 1.5, 50.0)]
+
+
+@pytest.mark.parametrize("n,duration,rate", ISSUE_RATES)
+def test_unit_rate_snaps_to_the_encoder_rate(n, duration, rate):
+    counts = importers.collections.Counter()
+    units = [k // 2 for k in range(n)]  # frame-level units repeat
+    u = importers.from_slamkit({"id": "r", "units": units, "duration": duration}, counts=counts)
+    assert u.unit_rate_hz == rate and len(u.units) == n
+    assert counts == {f"rate_snapped_to_{rate:g}_hz": 1}
+
+
+def test_snap_rule_matches_its_plain_transcription():
+    """|n - d * R| <= 2 frames for exactly one standard R, else refused (random n, d)."""
+    import random
+
+    rng = random.Random(13)
+    for _ in range(2000):
+        rate = rng.choice([12.5, 25.0, 50.0, 100.0, 33.3, 75.0])
+        d = rng.choice([0.05, 0.1, 0.2, 0.32, 0.5, 1.0]) if rng.random() < 0.3 else rng.uniform(0.05, 30.0)
+        n = max(1, round(d * rate) + rng.randint(-3, 3))
+        near = [r for r in (12.5, 25.0, 50.0, 100.0) if abs(n - d * r) <= 2.0]
+        if len(near) == 1:
+            assert importers.snap_unit_rate(n, d) == near[0]
+        else:
+            with pytest.raises(BadRecordError, match="pass --unit_rate_hz"):
+                importers.snap_unit_rate(n, d, where="f.jsonl:3: record 'x'")
+
+
+def test_unit_rate_refusals_name_record_and_flag():
+    with pytest.raises(BadRecordError, match=r"f:1: record 'far': unit_rate_hz: 30 units over duration 1 s "
+                                             r"is 30 Hz, not within 2 frames.*pass --unit_rate_hz"):
+        importers.from_slamkit({"id": "far", "units": [1] * 30, "duration": 1.0}, source="f:1")
+    # 3 frames over 0.1 s: 12.5, 25 and 50 Hz (1.25, 2.5, 5 frames) are all within 2 frames
+    with pytest.raises(BadRecordError, match=r"record 'short'.*several standard rates \[12.5, 25.0, 50.0\].*"
+                                             r"--unit_rate_hz"):
+        importers.from_slamkit({"id": "short", "units": [1, 2, 3], "duration": 0.1})
+    # the record's own key wins (slm-jax units encode writes it), even far from a standard rate
+    counts = importers.collections.Counter()
+    u = importers.from_slamkit({"id": "own", "units": [1] * 30, "duration": 1.0, "unit_rate_hz": 30.0},
+                               counts=counts)
+    assert u.unit_rate_hz == 30.0 and counts == {"rate_from_record": 1}
+    with pytest.raises(BadRecordError, match=r"record 'own': unit_rate_hz=30.0 in the record but "
+                                             r"--unit_rate_hz=50.0"):
+        importers.from_slamkit({"id": "own", "units": [1] * 30, "unit_rate_hz": 30.0}, unit_rate_hz=50.0)
+    for bad in (0, -25.0, "25", True):
+        with pytest.raises(BadRecordError, match=r"record 'b': unit_rate_hz=.*expected a number of Hz > 0"):
+            importers.from_slamkit({"id": "b", "units": [1], "unit_rate_hz": bad})
+    for bad in (0, -1.0, "1.0", float("nan")):
+        with pytest.raises(BadRecordError, match=r"record 'd': duration=.*expected seconds > 0"):
+            importers.from_slamkit({"id": "d", "units": [1], "duration": bad}, unit_rate_hz=25.0)
+
+
+def test_deduplicated_units_without_run_lengths_are_refused():
+    dedup = [k % 7 for k in range(50)]  # 50 Hz HuBERT deduplicated: ~25 per second, no repeats
+    with pytest.raises(BadRecordError, match=r"f:2: record 'dd': units: 50 units with no two equal neighbours "
+                                             r"look deduplicated.*'durations'.*--unit_rate_hz"):
+        importers.from_slamkit({"id": "dd", "units": dedup, "duration": 2.0}, source="f:2")
+    # one repeat, fewer than 50 units, or an explicit rate: read as frame-level
+    assert importers.from_slamkit({"id": "a", "units": dedup[:49] + [dedup[48]], "duration": 2.0}).unit_rate_hz == 25.0
+    assert importers.from_slamkit({"id": "b", "units": dedup[:49], "duration": 1.96}).unit_rate_hz == 25.0
+    assert importers.from_slamkit({"id": "c", "units": dedup, "duration": 2.0}, unit_rate_hz=25.0).units == dedup
+
+
+def test_textlesslib_durations_rebuild_frames_never_shrink():
+    """textlesslib's SpeechEncoder(deduplicate=True): `units` + `durations` in frames."""
+    import random
+
+    rng = random.Random(7)
+    units = [rng.randrange(100)]
+    while len(units) < 15:
+        u = rng.randrange(100)
+        if u != units[-1]:
+            units.append(u)
+    runs = [1] * 15
+    for _ in range(36 - 15):
+        runs[rng.randrange(15)] += 1
+    assert sum(runs) == 36
+    counts = importers.collections.Counter()
+    u = importers.from_slamkit({"id": "t", "units": units, "durations": runs}, unit_rate_hz=50.0, counts=counts)
+    assert len(u.units) == 36 and u.units == [x for x, r in zip(units, runs) for _ in range(r)]
+    assert counts == {"run_lengths_expanded": 1, "rate_from_flag": 1}
+    # with the audio length in seconds too, the 36 frames give the rate (36 / 0.74 s -> 50 Hz)
+    u = importers.from_slamkit({"id": "t", "units": units, "durations": runs, "duration": 0.74})
+    assert u.unit_rate_hz == 50.0 and len(u.units) == 36
+
+
+TEXTLESS_BAD = {
+    "length mismatch": ({"units": [1, 2, 3], "durations": [1, 2]},
+                        r"durations has 2 value\(s\); expected a list of 3 run lengths"),
+    "zero run": ({"units": [1, 2], "durations": [1, 0]}, r"durations\[1\]=0; expected a positive integer"),
+    "float run": ({"units": [1, 2], "durations": [1, 2.5]}, r"durations\[1\]=2.5; expected a positive integer"),
+    "string runs": ({"units": [1, 2], "durations": "1 2"}, r"durations has str value\(s\)"),
+    "both run lengths": ({"units": [1, 2], "durations": [1, 2], "duration": [1, 2]},
+                         r"duration \(a list\) and durations: two sets of run lengths"),
+    "units as strings": ({"units": ["1", "2"], "durations": [1, 2]}, r"units\[0\]='1' is not an integer"),
+    "empty units": ({"units": [], "durations": []}, r"units are empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEXTLESS_BAD))
+def test_textlesslib_bad_records_are_named(case):
+    obj, pattern = TEXTLESS_BAD[case]
+    with pytest.raises(BadRecordError, match=r"t\.jsonl:5: record 'x': " + pattern):
+        importers.from_slamkit({"id": "x", **obj}, unit_rate_hz=25.0, source="t.jsonl:5")
+
+
+def test_slamkit_aligned_text_becomes_normalised_words():
+    rec = {"file_name": "a.flac", "units": [4, 5, 6], "duration": [10, 10, 5],
+           "text": " Ça  coûte 10\u202f000", "aligned_text": [[" Ça", 0.0, 0.3], [" cou\u0302te", 0.3, 0.6],
+                                                            [" 10\u202f000", 0.6, 0.6]]}
+    u = importers.from_slamkit(rec, unit_rate_hz=25.0)
+    assert u.words == [("Ça", 0.0, 0.3), ("coûte", 0.3, 0.6), ("10 000", 0.6, 0.6)]
+    assert u.text == "Ça coûte 10 000"
+    for bad, pattern in (([["a", 0.0]], r"aligned_text\[0\]=\['a', 0.0\]; expected \[word, start_s, end_s\]"),
+                         ([["a", "0", 1.0]], r"aligned_text\[0\]="),
+                         ([[" ", 0.0, 0.1]], r"aligned_text\[0\]\[0\]=' ' is empty after text normalisation"),
+                         ("the cat", r"aligned_text must be a list")):
+        with pytest.raises(BadRecordError, match=r"s:1: record 'a.flac': " + pattern):
+            importers.from_slamkit({**rec, "aligned_text": bad}, unit_rate_hz=25.0, source="s:1")
+
+
+def test_repair_words_rule():
+    # 1 s of units at 50 Hz (50 frames); tolerance one frame (0.02 s)
+    base = dict(id="w", lang="en", units=list(range(50)), unit_rate_hz=50.0)
+    inside = Utterance(**base, words=[("a", 0.0, 0.5), ("b", 0.5, 0.5), ("c", 0.98, 1.015)])
+    out, counts = corpus.repair_words(inside)
+    assert out == inside and counts == {"zero_length_words": 1, "words_clipped_to_audio": 0}
+    past = Utterance(**base, words=[("a", 0.0, 0.5), ("b", 0.6, 1.3), ("c", 1.4, 1.9)])
+    out, counts = corpus.repair_words(past)
+    assert out.words == [("a", 0.0, 0.5), ("b", 0.6, 1.0), ("c", 1.0, 1.0)]
+    assert counts == {"zero_length_words": 1, "words_clipped_to_audio": 2}
+    corpus.validate(out, num_units=50)
+    before = Utterance(**base, words=[("a", -0.2, 0.1), ("b", 0.1, 0.2)])
+    assert corpus.repair_words(before)[0].words == [("a", 0.0, 0.1), ("b", 0.1, 0.2)]
+    far = Utterance(**base, words=[("a", 0.0, 0.5), ("b", 0.6, 2.5)])  # 1.5 s past the end: other audio
+    assert corpus.repair_words(far)[0] == far
+    with pytest.raises(BadRecordError, match=r"words\[1\] \(0.6, 2.5\) lies outside"):
+        corpus.validate(far, num_units=50)
+
+
+def test_import_counts_repairs_and_normalisation(tmp_path, capsys):
+    src = tmp_path / "feats.jsonl"
+    recs = [
+        {"file_name": "a", "units": [k // 3 for k in range(49)], "duration": 1.0,
+         "aligned_text": [["the", 0.0, 0.2], ["cat", 0.2, 0.2], ["sat", 0.9, 1.4]], "text": "the  cat sat"},
+        {"file_name": "b", "units": [1, 2], "durations": [30, 44], "duration": 1.5, "text": "caf\u0065\u0301",
+         "split_sentence": [["caf\u00e9", 0.0, 1.5]], "f0": [1.0, 2.0]},
+    ]
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n")
+    out = str(tmp_path / "o" / "c")
+    assert prepare_import.import_main(["--format=slamkit", f"--input={src}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("rate_snapped_to_50_hz: 2", "run_lengths_expanded: 1", "zero_length_words: 1",
+                 "words_clipped_to_audio: 1", "text_fields_normalised: 2", "ignored_key_split_sentence: 1",
+                 "ignored_key_f0: 1"):
+        assert f"  {line}" in printed
+    a, b = corpus.read_tfrecord(out + "-*")
+    assert a.words == [("the", 0.0, 0.2), ("cat", 0.2, 0.2), ("sat", 0.9, 0.98)] and a.text == "the cat sat"
+    assert b.units == [1] * 30 + [2] * 44 and b.unit_rate_hz == 50.0 and b.text == "café"
+
+
+def test_import_bad_input_exit_1_names_file_line_record_field(tmp_path, capsys):
+    src = tmp_path / "feats.jsonl"
+    src.write_text(json.dumps({"file_name": "ok", "units": [1] * 25, "duration": 1.0}) + "\n\n"
+                   + json.dumps({"file_name": "bad", "units": [1, 2], "durations": [3]}) + "\n")
+    argv = ["--format=slamkit", f"--input={src}", f"--output={tmp_path / 'o' / 'c'}", "--unit_rate_hz=25"]
+    assert prepare_import.import_main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{src}:3: record 'bad': durations has 1 value(s); expected a list of 2 run lengths" in err
+    assert err.count("\n") == 1  # one line
+
+
+def test_writer_normalises_text_and_refuses_empty_words(tmp_path):
+    utt = Utterance(id="n1", lang="fr", units=[1, 2, 3, 4], unit_rate_hz=25.0, text="c\u0327a  cou\u0302te\u2026",
+                    words=[("c\u0327a", 0.0, 0.04), ("ﬁn", 0.04, 0.08)], sentences=[(0.0, 0.16, " ça\u00a0va ")])
+    back = corpus.from_example(corpus.to_example(utt).SerializeToString())
+    assert back.text == "ça coûte..." and [w[0] for w in back.words] == ["ça", "fin"]
+    assert back.sentences[0][2] == "ça va"
+    jsonl = tmp_path / "n.jsonl"
+    corpus.write_jsonl(str(jsonl), [utt])
+    assert list(corpus.read_jsonl(str(jsonl))) == [back]
+    with_ids = Utterance(**{**utt.to_dict(), "word_token_ids": [[3], [4]], "word_token_model": "ab" * 32})
+    with pytest.raises(BadRecordError, match="record 'n1': words\\[0\\]\\[0\\]='c\u0327a' is not normalised but has "
+                                             r"word_token_ids; expected ids computed from normalize_text"):
+        corpus.to_example(with_ids)
+    empty = Utterance(**{**utt.to_dict(), "words": [["ok", 0.0, 0.04], ["\u3000", 0.04, 0.08]]})
+    with pytest.raises(BadRecordError, match=r"record 'n1': words\[1\]\[0\]='\\u3000' is empty after text "
+                                             r"normalisation"):
+        corpus.write_tfrecord_shards(str(tmp_path), "x", [empty], num_shards=1)
 
 
 def test_spiritlm_strings():
@@ -349,6 +543,32 @@ def test_import_main_end_to_end(tmp_path, capsys, caplog):
     assert list(corpus.read_tfrecord(out + "-*")) == [
         Utterance(id="a", lang="fr", units=[1, 3], unit_rate_hz=25.0, pitch=[2], pitch_rate_hz=12.5)
     ]
+
+
+def test_spiritlm_501_hubert_ids_by_default(tmp_path, capsys):
+    src = tmp_path / "sp.jsonl"
+    src.write_text(json.dumps({"id": "a", "units": "[Hu0][Pi3][Hu499][Hu500]"}) + "\n")
+    out = str(tmp_path / "o" / "sp")
+    assert prepare_import.import_main(["--format=spiritlm", f"--input={src}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "spiritlm_strings_without_durations: 1" in printed
+    assert "spiritlm_strings_without_pitch_durations: 1" in printed
+    assert list(corpus.read_tfrecord(out + "-*"))[0].units == [0, 499, 500]
+    src.write_text(json.dumps({"id": "b", "units": "[Hu501]"}) + "\n")
+    assert prepare_import.import_main(["--format=spiritlm", f"--input={src}", f"--output={out}"]) == 1
+    assert "sp.jsonl:1: record 'b': units[0]=501 out of range; expected [0, 501)" in capsys.readouterr().err
+
+
+def test_spiritlm_encode_units_dict_is_frame_level():
+    """SpiritLMTokenizer.encode_units: space-separated frame-level streams, no dedup."""
+    counts = importers.collections.Counter()
+    u = importers.from_spiritlm({"audio": "x.wav", "hubert": "1 1 2 2 3", "pitch": "15 15 20", "style": "7",
+                                 "text": "a\u00a0b"}, counts=counts)
+    assert u == Utterance(id="x.wav", lang="en", units=[1, 1, 2, 2, 3], unit_rate_hz=25.0, pitch=[15, 15, 20],
+                          pitch_rate_hz=12.5, style=[7], style_rate_hz=1.0, text="a b")
+    assert counts == {"rate_spiritlm_default": 1, "text_fields_normalised": 1}
+    with pytest.raises(BadRecordError, match=r"record 'x.wav': pitch=\[15\]; expected space-separated"):
+        importers.from_spiritlm({"audio": "x.wav", "hubert": "1", "pitch": [15]})
 
 
 def test_import_slamkit_file(tmp_path):

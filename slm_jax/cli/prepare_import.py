@@ -1,4 +1,8 @@
-"""`slm-jax prepare import`: slamkit/textlesslib/SpiritLM unit JSONL -> validated corpus shards."""
+"""`slm-jax prepare import`: slamkit/textlesslib/SpiritLM unit dumps -> validated corpus shards.
+
+Prints what was written and the import report (how each unit rate was found, run lengths
+expanded, text normalised, words repaired, keys not read); exit 1 with one line naming the
+file:line, record, field and expectation on bad input (see slm_jax.data.corpus.importers)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Sequence
 from slm_jax.data import corpus
 from slm_jax.data.corpus.importers import (
     FORMATS,
+    DEFAULT_NUM_UNITS,
     SPIRITLM_NUM_PITCH,
     SPIRITLM_NUM_STYLE,
     SPIRITLM_PITCH_RATE_HZ,
@@ -21,23 +26,28 @@ from slm_jax.data.corpus.importers import (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="slm-jax prepare import",
-        description="Convert slamkit/textlesslib or SpiritLM unit JSONL into "
+        description="Convert slamkit / textlesslib JSONL (--format=slamkit), textlesslib transcribe.py "
+        ".units/.durations files (--format=textlesslib) or SpiritLM strings (--format=spiritlm) into "
         "validated slm_jax TFRecord shards.",
     )
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--input", required=True, help="glob of JSONL files (gs:// works)")
+    p.add_argument("--input", required=True, help="glob of JSONL files, or of .units files for textlesslib "
+                   "(gs:// works)")
     p.add_argument("--output", required=True, help="DIR/PREFIX of the shards")
     p.add_argument("--lang", default="en", help="language of records without a 'lang' key")
     p.add_argument("--num_shards", type=int, default=1)
     p.add_argument("--on_bad_record", default="error", choices=corpus.ON_BAD_RECORD_CHOICES)
-    p.add_argument("--num_units", type=int, default=500)
+    p.add_argument("--num_units", type=int, default=None,
+                   help=f"unit ids are in [0, num_units); default per format {DEFAULT_NUM_UNITS}")
     p.add_argument("--num_pitch", type=int, default=SPIRITLM_NUM_PITCH)
     p.add_argument("--num_style", type=int, default=SPIRITLM_NUM_STYLE)
     p.add_argument(
         "--unit_rate_hz",
         type=float,
         default=None,
-        help="slamkit: inferred from 'duration' when omitted; spiritlm: default 25",
+        help="for every record (a record's own 'unit_rate_hz' key must agree). Omitted: the record's key, "
+        "else slamkit: len(units)/duration snapped to a standard encoder rate (within 2 frames), "
+        "spiritlm: 25",
     )
     p.add_argument("--pitch_rate_hz", type=float, default=SPIRITLM_PITCH_RATE_HZ)
     p.add_argument("--style_rate_hz", type=float, default=SPIRITLM_STYLE_RATE_HZ)
@@ -69,4 +79,6 @@ def import_main(argv: Sequence[str]) -> int:
         f"wrote {summary['written']} record(s) to {len(summary['shards'])} shard(s) "
         f"({args.output}-*-of-{len(summary['shards']):05d}.tfrecord); skipped {summary['skipped']}"
     )
+    for what, count in summary["report"].items():
+        print(f"  {what}: {count}")
     return 0

@@ -18,7 +18,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from slm_jax.data.corpus.schema import (JSONL_SUFFIXES, PAIRED_TFRECORD_FEATURES, SHARD_SUFFIX, BadRecordError,
-                                        Utterance, _PAIRED_KINDS, _UTT_KINDS)
+                                        Utterance, _PAIRED_KINDS, _UTT_KINDS, normalize_utterance)
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,12 @@ def _example(kinds: dict[str, str], values: dict[str, list]) -> tf.train.Example
 
 
 def to_example(utt: Utterance) -> tf.train.Example:
-    """The TFRecord form of `utt` (every key of `TFRECORD_FEATURES` present)."""
+    """The TFRecord form of `utt` (every key of `TFRECORD_FEATURES` present).
+
+    Text, word and sentence texts are written in `slm_jax.text_normalization.normalize_text`
+    form, so every corpus TFRecord holds normalised text whoever wrote it; a word that
+    normalises to an empty string raises BadRecordError naming the record and the field."""
+    utt, _ = normalize_utterance(utt)
     values = {
         "id": [utt.id],
         "lang": [utt.lang],
@@ -178,14 +183,15 @@ def list_files(pattern: str | Sequence[str]) -> list[str]:
 
 
 def write_jsonl(path: str, utts: Iterable[Utterance]) -> int:
-    """Writes one JSON object per line (the dataclass fields); returns the record count."""
+    """Writes one JSON object per line (the dataclass fields, text normalised as in `to_example`);
+    returns the record count."""
     parent = os.path.dirname(path)
     if parent:
         tf.io.gfile.makedirs(parent)
     n = 0
     with tf.io.gfile.GFile(path, "w") as f:
         for utt in utts:
-            f.write(json.dumps(utt.to_dict(), ensure_ascii=False) + "\n")
+            f.write(json.dumps(normalize_utterance(utt)[0].to_dict(), ensure_ascii=False) + "\n")
             n += 1
     return n
 

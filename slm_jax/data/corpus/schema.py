@@ -44,6 +44,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from slm_jax.text_normalization import normalize_text
+
 
 logger = logging.getLogger(__name__)
 
@@ -276,8 +278,10 @@ def _check_rate(rate, name: str, where: str) -> None:
         raise BadRecordError(f"{where}: {name} must be a positive number, got {rate!r}")
 
 
-def _check_spans(spans: list[tuple[float, float]], name: str, duration: float, tol: float, where: str):
-    """Spans inside [0, duration] (+tol), start < end, each starting at/after the previous end."""
+def _check_spans(spans: list[tuple[float, float]], name: str, duration: float, tol: float, where: str,
+                 allow_empty: bool = False):
+    """Spans inside [0, duration] (+tol), start < end (start <= end with `allow_empty`), each
+    starting at/after the previous end."""
     prev_end = 0.0
     for i, (start, end) in enumerate(spans):
         if not (np.isfinite(start) and np.isfinite(end)):
@@ -287,9 +291,10 @@ def _check_spans(spans: list[tuple[float, float]], name: str, duration: float, t
                 f"{where}: {name}[{i}] ({start}, {end}) lies outside [0, {duration:g}] s "
                 f"(the units' duration, tolerance {tol:g} s)"
             )
-        if not start < end:
+        if not (start <= end if allow_empty else start < end):
+            expected = "start <= end" if allow_empty else "start < end"
             raise BadRecordError(
-                f"{where}: {name}[{i}] starts at {start} but ends at {end}; expected start < end"
+                f"{where}: {name}[{i}] starts at {start} but ends at {end}; expected {expected}"
             )
         if start < prev_end:
             raise BadRecordError(
@@ -312,9 +317,13 @@ def validate(
 
     Checks: id and lang present; units non-empty and in [0, num_units); pitch/style in
     range (when present, with a positive rate); word and sentence times inside
-    [0, duration_s] and strictly increasing. `time_tolerance_s` (default: one unit
-    frame, 1 / unit_rate_hz) lets an alignment end slightly after the last unit, as
-    forced aligners work on the audio, which is up to a frame longer than its units.
+    [0, duration_s], in order and not overlapping; sentences have start < end, words
+    start <= end (zero-length words, start == end, are what forced aligners write for
+    words they could not place: accepted, see `repair_words`); no word normalises to an
+    empty string (`normalize_text`). `time_tolerance_s` (default: one unit frame,
+    1 / unit_rate_hz) lets an alignment end slightly after the last unit, as forced
+    aligners work on the audio, which is up to a frame longer than its units. Words
+    further out are an error here; importers repair them first (`repair_words`).
     """
     where = f"{source}: record {utt.id!r}" if utt.id else f"{source}: record <missing id>"
     if not utt.id:
@@ -333,7 +342,8 @@ def validate(
             _check_rate(rate, f"{name}_rate_hz", where)
             _check_ids(values, name, num, where)
     tol = 1.0 / utt.unit_rate_hz if time_tolerance_s is None else time_tolerance_s
-    _check_spans([(w[1], w[2]) for w in utt.words], "words", utt.duration_s, tol, where)
+    _check_words_text(utt.words, where)
+    _check_spans([(w[1], w[2]) for w in utt.words], "words", utt.duration_s, tol, where, allow_empty=True)
     _check_spans([(s[0], s[1]) for s in utt.sentences], "sentences", utt.duration_s, tol, where)
     if utt.word_token_ids is not None:
         if len(utt.word_token_ids) != len(utt.words):
@@ -342,6 +352,82 @@ def validate(
         if not utt.word_token_model:
             raise BadRecordError(f"{where}: word_token_ids without word_token_model; expected the sha256 "
                                  "of the SentencePiece model that produced them")
+
+
+def _check_words_text(words, where: str) -> None:
+    for i, w in enumerate(words):
+        if not normalize_text(w[0]):
+            raise BadRecordError(f"{where}: words[{i}][0]={w[0]!r} is empty after text normalisation "
+                                 "(slm_jax.text_normalization.normalize_text); expected a word")
+
+
+# --- repairs and normalisation at the corpus boundary -----------------------------------------
+# Words further than this beyond the units' end (or before 0) are an error, not a repair: the
+# alignment then belongs to other audio. Within it the aligner saw audio the encoder did not
+# cover (its final partial frame, padding, a trimmed tail).
+WORD_REPAIR_LIMIT_S = 1.0
+
+
+def repair_words(utt: Utterance, *, time_tolerance_s: float | None = None) -> tuple[Utterance, dict[str, int]]:
+    """Word times as real aligners write them -> times `validate` accepts; returns (utt, counts).
+
+    The rule (documented in README "Your own data"), with D = `utt.duration_s` (len(units) /
+    unit_rate_hz, seconds) and tol = `time_tolerance_s` (default one frame, 1 / unit_rate_hz):
+
+    * zero-length words (start == end) are kept as they are (`validate` accepts them; the
+      word-level preprocessors decide how such a word is spoken); counted `zero_length_words`.
+    * out-of-audio words: when some word time lies outside [0, D + tol] but within
+      `WORD_REPAIR_LIMIT_S` of [0, D], EVERY word time of the record is clipped into [0, D]
+      (clipping is monotone, so order and non-overlap are kept; a word wholly past the end
+      becomes a zero-length word at D and keeps its text); counted `words_clipped_to_audio`
+      (words whose times changed). Times further out are left for `validate` to refuse.
+
+    Nothing is dropped or reordered. Sentences are not touched.
+    """
+    counts = {"zero_length_words": 0, "words_clipped_to_audio": 0}
+    if not utt.words or not utt.unit_rate_hz or utt.unit_rate_hz <= 0:
+        return utt, counts
+    duration = utt.duration_s
+    tol = 1.0 / utt.unit_rate_hz if time_tolerance_s is None else time_tolerance_s
+    times = [t for _, s, e in utt.words for t in (s, e)]
+    finite = all(np.isfinite(t) for t in times)
+    outside = finite and any(t < 0 or t > duration + tol for t in times)
+    repairable = finite and all(-WORD_REPAIR_LIMIT_S <= t <= duration + WORD_REPAIR_LIMIT_S for t in times)
+    words = utt.words
+    if outside and repairable:
+        clip = lambda t: min(max(t, 0.0), duration)  # noqa: E731
+        words = [(w, clip(s), clip(e)) for w, s, e in utt.words]
+        counts["words_clipped_to_audio"] = sum(a != b for a, b in zip(utt.words, words))
+        utt = dataclasses.replace(utt, words=words)
+    counts["zero_length_words"] = sum(s == e for _, s, e in words)
+    return utt, counts
+
+
+def normalize_utterance(utt: Utterance, where: str | None = None) -> tuple[Utterance, int]:
+    """`utt` with `text`, every word and every sentence text in `normalize_text` form.
+
+    Returns (utterance, number of text fields that changed). An empty `text` becomes None;
+    a word that normalises to an empty string, or a changed word that carries
+    `word_token_ids` (ids of the old spelling), raises BadRecordError naming `where`
+    (default: the record id), the record and the field. Source of the rule:
+    slm_jax.text_normalization.
+    """
+    where = where or f"record {utt.id!r}"
+    if not where.endswith(f"record {utt.id!r}"):
+        where = f"{where}: record {utt.id!r}"
+    _check_words_text(utt.words, where)
+    text = normalize_text(utt.text) if utt.text is not None else None
+    words = [(normalize_text(w), s, e) for w, s, e in utt.words]
+    sentences = [(s, e, normalize_text(t)) for s, e, t in utt.sentences]
+    changed = (int(text != utt.text) + sum(a[0] != b[0] for a, b in zip(words, utt.words))
+               + sum(a[2] != b[2] for a, b in zip(sentences, utt.sentences)))
+    if not changed:
+        return utt, 0
+    if utt.word_token_ids is not None and any(a[0] != b[0] for a, b in zip(words, utt.words)):
+        i = next(i for i, (a, b) in enumerate(zip(words, utt.words)) if a[0] != b[0])
+        raise BadRecordError(f"{where}: words[{i}][0]={utt.words[i][0]!r} is not normalised but has "
+                             f"word_token_ids; expected ids computed from normalize_text(word) = {words[i][0]!r}")
+    return dataclasses.replace(utt, text=text or None, words=words, sentences=sentences), changed
 
 
 def check_on_bad_record(on_bad_record: str) -> None:

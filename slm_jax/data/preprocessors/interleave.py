@@ -459,60 +459,108 @@ def both_sides(
 
 
 # --- SpiritLM expressive merge ---------------------------------------------------------------
-def expressive_tokens(
-    units,
-    pitch,
-    style,
-    vocabulary,
-    hubert_rate: float = 25.0,
-    pitch_rate: float = 12.5,
-    style_rate: float = 1.0,
-) -> tf.Tensor:
-    """HuBERT, pitch and style streams merged into one id sequence by timestamp (no marker/EOS).
+# SpiritLM's own rates for ORDERING its expressive strings (source: facebookresearch/spiritlm
+# spiritlm/speech_tokenizer/spiritlm_tokenizer.py, `units_to_string` and `SpiritLMTokenizer`
+# defaults: hubert_rate=24.99, pitch_rate=12.5, style_rate=1). 24.99 is SpiritLM's, not the
+# audio's: mHuBERT-25Hz frames are 40 ms (25 Hz, the corpus `unit_rate_hz`); with 25.0 the
+# order differs from SpiritLM's strings from 100 s of audio on.
+SPIRITLM_HUBERT_ORDER_RATE_HZ = 24.99
+SPIRITLM_PITCH_ORDER_RATE_HZ = 12.5
+SPIRITLM_STYLE_ORDER_RATE_HZ = 1.0
 
-    A token's timestamp is its frame index BEFORE dedup / its stream's rate. HuBERT and
-    pitch are run-length deduplicated (a kept token has the time of its run's first
-    frame); style is not. A stable sort by time over the concatenation
-    [style, pitch, HuBERT] gives, at equal times, the order style, pitch, HuBERT, and
-    keeps each stream's own order. Times are float64 divisions, which are exact for
-    equal rational times (k / 25 == j / 12.5 whenever k == 2j).
-    """
-    streams = []
+
+def _expressive_rows(units: tf.RaggedTensor, pitch: tf.RaggedTensor, style: tf.RaggedTensor, vocabulary,
+                     hubert_rate: float, pitch_rate: float, style_rate: float) -> tf.RaggedTensor:
+    """int32 ragged [B, None]: each row's three streams merged by time (`expressive_tokens`' rule)."""
+    times, rows, ids = [], [], []
     for values, rate, dedup, to_ids in (
         (style, style_rate, False, vocabulary.style_to_ids_tf),
         (pitch, pitch_rate, True, vocabulary.pitch_to_ids_tf),
         (units, hubert_rate, True, vocabulary.units_to_ids_tf),
     ):
-        values = _dense(values)
-        index = run_starts(values) if dedup else tf.range(tf.size(values))
-        times = tf.cast(index, tf.float64) / tf.constant(float(rate), tf.float64)
-        streams.append((times, tf.cast(to_ids(tf.gather(values, index)), tf.int32)))
-    times = tf.concat([t for t, _ in streams], 0)
-    ids = tf.concat([i for _, i in streams], 0)
-    return tf.gather(ids, tf.argsort(times, stable=True))
+        values = values.with_row_splits_dtype(tf.int64)
+        flat, row = values.flat_values, values.value_rowids()
+        index = tf.range(tf.size(flat, out_type=tf.int64)) - tf.gather(values.row_starts(), row)  # frame in row
+        keep = dedup_rows(flat, row) if dedup else tf.ones_like(flat, tf.bool)
+        index, row, flat = (tf.boolean_mask(x, keep) for x in (index, row, flat))
+        times.append(tf.cast(index, tf.float64) / tf.constant(float(rate), tf.float64))
+        rows.append(row)
+        ids.append(tf.cast(to_ids(flat), tf.int32))
+    times, rows, ids = tf.concat(times, 0), tf.concat(rows, 0), tf.concat(ids, 0)
+    # (row, time) order; ties keep the concatenation order style, pitch, HuBERT (two stable sorts)
+    order = tf.argsort(times, stable=True)
+    order = tf.gather(order, tf.argsort(tf.gather(rows, order), stable=True))
+    return tf.RaggedTensor.from_value_rowids(tf.gather(ids, order), tf.gather(rows, order),
+                                             nrows=units.nrows(out_type=tf.int64), validate=False)
+
+
+def expressive_tokens(
+    units,
+    pitch,
+    style,
+    vocabulary,
+    hubert_rate: float = SPIRITLM_HUBERT_ORDER_RATE_HZ,
+    pitch_rate: float = SPIRITLM_PITCH_ORDER_RATE_HZ,
+    style_rate: float = SPIRITLM_STYLE_ORDER_RATE_HZ,
+) -> tf.Tensor:
+    """int32 [n]: ONE record's HuBERT, pitch and style streams (int [frames] each, BEFORE dedup)
+    merged into one id sequence by time (no marker/EOS); `expressive_merge`'s rule on a batch of one.
+
+    SpiritLM's rule (`units_to_string`, source: spiritlm/speech_tokenizer/spiritlm_tokenizer.py):
+    a token's time is its frame index i (in its own stream, before dedup) divided by its
+    stream's rate, `i / rate` in float64; HuBERT and pitch are run-length deduplicated (a
+    kept token has the time of its run's first frame), style is not; a stable sort by time
+    over the concatenation [style, pitch, HuBERT] gives, at equal times, the order style,
+    pitch, HuBERT. Rates are ORDERING rates: by default SpiritLM's (HuBERT 24.99 Hz, pitch
+    12.5 Hz, style 1 Hz), so the ids are those of SpiritLM's strings exactly; pass
+    `hubert_rate=25.0` for the true mHuBERT rate (orders differ from 100 s of audio on).
+    """
+    rows = [tf.RaggedTensor.from_tensor(tf.reshape(_dense(x), [1, -1])) for x in (units, pitch, style)]
+    return _expressive_rows(*rows, vocabulary, hubert_rate, pitch_rate, style_rate).flat_values
+
+
+def _check_rates(who: str, **rates) -> None:
+    for name, rate in rates.items():
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+            raise ValueError(f"{who}: {name} must be a number > 0, got {rate!r}")
 
 
 def expressive_merge(
     dataset: tf.data.Dataset,
     vocabulary=None,
-    hubert_rate: float = 25.0,
-    pitch_rate: float = 12.5,
-    style_rate: float = 1.0,
+    hubert_rate: float = SPIRITLM_HUBERT_ORDER_RATE_HZ,
+    pitch_rate: float = SPIRITLM_PITCH_ORDER_RATE_HZ,
+    style_rate: float = SPIRITLM_STYLE_ORDER_RATE_HZ,
     output_features=None,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
 ) -> tf.data.Dataset:
     """SpiritLM EXPRESSIVE sequences: `[Speech] <style/pitch/HuBERT merged by time> EOS` from a
-    record's `units`, `pitch` and `style` (see `expressive_tokens`). Rates default to
-    SpiritLM's (mHuBERT 25 Hz, pitch 12.5 Hz, style 1 Hz)."""
-    for name, rate in (("hubert_rate", hubert_rate), ("pitch_rate", pitch_rate), ("style_rate", style_rate)):
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
-            raise ValueError(f"expressive_merge: {name} must be a number > 0, got {rate!r}")
-    vocabulary = _vocab(vocabulary, output_features, "expressive_merge")
+    record's frame-level `units`, `pitch` and `style` (int64 [frames] each; rule and rates:
+    `expressive_tokens`; defaults reproduce SpiritLM's strings: HuBERT 24.99 Hz as SpiritLM
+    orders, not the true 25 Hz). Runs `expressive_merge_batches` over `batch_records`
+    records at a time (`vectorized`). ValueError for a rate <= 0 or records lacking a stream."""
+    return vectorized(dataset, lambda batches: expressive_merge_batches(
+        batches, vocabulary, hubert_rate, pitch_rate, style_rate, output_features), batch_records)
 
-    def fn(ex):
-        _require(ex, ["units", "pitch", "style"], "expressive_merge")
-        merged = expressive_tokens(
-            ex["units"], ex["pitch"], ex["style"], vocabulary, hubert_rate, pitch_rate, style_rate
-        )
-        return finish_example(ex, tf.concat([_one(vocabulary.speech_marker_id), merged], 0), vocabulary)
 
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+def expressive_merge_batches(
+    batches: tf.data.Dataset,
+    vocabulary=None,
+    hubert_rate: float = SPIRITLM_HUBERT_ORDER_RATE_HZ,
+    pitch_rate: float = SPIRITLM_PITCH_ORDER_RATE_HZ,
+    style_rate: float = SPIRITLM_STYLE_ORDER_RATE_HZ,
+    output_features=None,
+) -> tf.data.Dataset:
+    """`expressive_merge` on a dataset of ragged record batches (`register_corpus_task(batched=True)`):
+    each batch becomes the batch of its records' examples (id, targets, modality, loss_mask)."""
+    who = "expressive_merge"
+    _check_rates(who, hubert_rate=hubert_rate, pitch_rate=pitch_rate, style_rate=style_rate)
+    vocabulary = _vocab(vocabulary, output_features, who)
+    _require(batches.element_spec, ["units", "pitch", "style"], who)
+
+    def fn(batch):
+        streams = [as_ragged(batch[k]) for k in ("units", "pitch", "style")]
+        body = _expressive_rows(*streams, vocabulary, hubert_rate, pitch_rate, style_rate)
+        return _batch_examples(batch, body, vocabulary, vocabulary.speech_marker_id)
+
+    return batches.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
