@@ -28,13 +28,20 @@ from slm_jax.evaluation.results import plot_accuracy, write_eval_json
 log = logging.getLogger("slm_jax")
 
 
-def setup_run(argv):
-    """t5x-style gin flags -> (TrainRun, Trainer, the other args); the run's MODEL_DIR must match its model."""
+def describe_run(argv):
+    """t5x-style gin flags -> (TrainRun, the other args); the run's MODEL_DIR must match its model."""
     from slm_jax.training import run_dir
-    from slm_jax.training.train import TrainRun, build_trainer
+    from slm_jax.training.train import TrainRun
     rest = gin_utils.setup(argv, what="the run's gin file")
     run = TrainRun()
     run_dir.check_compatible(run.model_dir, run.model)
+    return run, rest
+
+
+def setup_run(argv):
+    """t5x-style gin flags -> (TrainRun, Trainer, the other args)."""
+    from slm_jax.training.train import build_trainer
+    run, rest = describe_run(argv)
     return run, build_trainer(run), rest
 
 
@@ -103,12 +110,16 @@ def _eval_options(args, out_dir: str) -> bench.EvalOptions:
 def cmd_eval(argv) -> int:
     from slm_jax.evaluation.runner import ModelRunner
     from slm_jax.training import run_dir
-    run, trainer, rest = setup_run(argv)
+    from slm_jax.training.train import build_trainer
+    run, rest = describe_run(argv)
     args = parser().parse_args(rest)
     out_dir = args.out_dir or run_dir.eval_dir(run.model_dir)
     options = _eval_options(args, out_dir)
-    suite = bench.BenchmarkSuite(bench.parse_benchmarks(args.benchmarks), run_vocabulary(run), options)
+    # cheap checks first: names and folder layouts, checkpoints; then audio is encoded, then the model built
+    specs = bench.parse_benchmarks(args.benchmarks)
     steps = steps_to_evaluate(run.model_dir, args.step, args.all_checkpoints)
+    suite = bench.BenchmarkSuite(specs, run_vocabulary(run), options)
+    trainer = build_trainer(run)
     by_step = {}
     for step in steps:
         runner = ModelRunner.from_trainer(trainer, restore_params(trainer, run.model_dir, step))
