@@ -173,18 +173,23 @@ def test_swuggy_pairs_word_and_non_word_on_voice_and_id_whatever_the_row_order(t
         assert dict(pair.labels)["voice"] == voice
 
 
-def zerospeech_official(rows_of_pairs):
-    """Plain transcription of ZeroSpeech's by-pair score: mean over voices per item, then over items."""
+def _per_item(rows_of_pairs):
     per_item = collections.OrderedDict()
     for item, win in rows_of_pairs:
         per_item.setdefault(item, []).append(win)
-    return sum(sum(v) / len(v) for v in per_item.values()) / len(per_item)
+    return {item: sum(v) / len(v) for item, v in per_item.items()}
+
+
+def zerospeech_official(rows_of_pairs):
+    """Plain transcription of ZeroSpeech's by-pair score: mean over voices per item, then over items."""
+    per_item = _per_item(rows_of_pairs)
+    return sum(per_item.values()) / len(per_item)
 
 
 def test_swuggy_official_score_averages_voices_per_id_and_pair_mean_is_flat(tmp_path):
     rng = np.random.default_rng(1)
     ids = [str(i) for i in range(7)]
-    freqs = rng.integers(0, 4, len(ids))  # some OOV (0) words
+    freqs = rng.choice([0, 1, 4, 5, 19, 20, 150], len(ids))  # OOV (0) words and band edges
     rows = []
     for row in swuggy_rows(rng, ids=ids, voices=("Alex", "Victoria", "Daniel"), frequencies=freqs):
         if not (row["id"] in ("2", "5") and row["voice"] == "Daniel"):  # items with fewer voices
@@ -199,6 +204,12 @@ def test_swuggy_official_score_averages_voices_per_id_and_pair_mean_is_flat(tmp_
         in_vocab = [(g, w) for g, w in pairs if freqs[int(g)] >= 1]
         assert metrics["in_vocab"] == pytest.approx(zerospeech_official(in_vocab))
         assert details["num_groups"] == len(ids)
+        bands = collections.defaultdict(list)  # pandas.cut([0, 1, 5, 20, 100, inf], right=False)
+        for g, score in _per_item(pairs).items():
+            f = int(freqs[int(g)])
+            bands["oov" if f < 1 else "1-5" if f < 5 else "6-20" if f < 20 else "21-100" if f < 100 else ">100"].append(
+                score)
+        assert details["by_frequency"] == pytest.approx({b: np.mean(v) for b, v in bands.items()})
     # the two aggregations differ when items have unequal voice counts
     wins = np.array([1.0 if p.group == "2" else 0.0 for p in layout.pairs])
     metrics, _ = bl.aggregate(layout, wins)

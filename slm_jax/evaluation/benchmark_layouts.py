@@ -474,7 +474,7 @@ def read_swuggy(folder: str) -> BenchmarkLayout:
         word, non_word = sides[True][0], sides[False][0]
         labels = (("voice", voice), ("word", word.values.get("word")),
                   ("non_word", non_word.values.get("word") or non_word.values.get("phones")),
-                  ("frequency", _frequency(word.values.get("frequency"))),
+                  ("frequency", _frequency(word.values.get("frequency"))), ("length", word.values.get("length")),
                   ("files", [word["filename"], non_word["filename"]]))
         pairs.append((word.line, LayoutPair(f"{item}/{voice}", Side(_abs(folder, word["filename"] + AUDIO_EXT)),
                                             Side(_abs(folder, non_word["filename"] + AUDIO_EXT)),
@@ -510,6 +510,26 @@ def read_sblimp(folder: str) -> BenchmarkLayout:
 
 
 # --- official aggregation ------------------------------------------------------------------
+# ZeroSpeech's frequency bands: pandas.cut(frequency, [0, 1, 5, 20, 100, inf], right=False) with
+# these labels (zerospeech/benchmarks tasks/lm/lexical.py `eval_by_frequency`), kept as published.
+FREQUENCY_BANDS = ((1, "oov"), (5, "1-5"), (20, "6-20"), (100, "21-100"), (float("inf"), ">100"))
+
+
+def _frequency_band(frequency: int | None) -> str | None:
+    if frequency is None or frequency < 0:
+        return None
+    return next(label for upper, label in FREQUENCY_BANDS if frequency < upper)
+
+
+def _binned(groups: dict[str, float], bin_of: dict[str, Any]) -> dict[str, float]:
+    """Mean group score per bin (groups without a bin are left out, as pandas groupby does)."""
+    bins: dict[str, list[float]] = {}
+    for g, score in groups.items():
+        if bin_of[g] not in (None, ""):
+            bins.setdefault(str(bin_of[g]), []).append(score)
+    return {k: float(np.mean(v)) for k, v in bins.items()}
+
+
 def _group_means(pairs: Sequence[LayoutPair], wins: np.ndarray) -> dict[str, float]:
     """group -> mean win over its pairs (ZeroSpeech: over voices), groups in first-seen order."""
     sums: dict[str, list[float]] = {}
@@ -522,8 +542,9 @@ def aggregate(layout: BenchmarkLayout, wins: np.ndarray) -> tuple[dict[str, floa
     """(metrics, details) from per-pair wins (1, 0.5, 0; in `layout.pairs` order).
 
     metrics: `""` the official score, `"pair_mean"` the flat mean over pairs, and for sWUGGY
-    `"in_vocab"` (words of frequency >= 1, when gold.csv has frequencies). details: sBLIMP
-    `by_type` / `by_subtype` (official score within each), `num_groups`."""
+    `"in_vocab"` (words of frequency >= 1, when gold.csv has frequencies). details:
+    `num_groups`; sWUGGY `by_frequency` (ZeroSpeech's bands) and `by_length` (phones); sBLIMP
+    `by_type` / `by_subtype` (the official score within each)."""
     wins = np.asarray(wins, np.float64)
     if len(wins) != len(layout.pairs):
         raise ValueError(f"aggregate: {len(wins)} wins for {len(layout.pairs)} pairs")
@@ -541,6 +562,8 @@ def aggregate(layout: BenchmarkLayout, wins: np.ndarray) -> tuple[dict[str, floa
         known = [score for g, score in groups.items() if (first[g].get("frequency") or 0) >= 1]
         if known:
             metrics["in_vocab"] = float(np.mean(known))
+        details["by_frequency"] = _binned(groups, {g: _frequency_band(first[g].get("frequency")) for g in groups})
+        details["by_length"] = _binned(groups, {g: first[g].get("length") for g in groups})
         return metrics, details
     for level, keys in (("by_type", ("type",)), ("by_subtype", ("type", "subtype"))):
         bins: dict[str, list[float]] = {}
