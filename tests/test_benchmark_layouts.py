@@ -519,3 +519,23 @@ def test_suite_encodes_audio_with_the_codebook_and_caches_under_the_given_folder
     bench.BenchmarkSuite(bench.parse_benchmarks(folder), VOCAB, dataclasses.replace(options, units_cache_dir=None))
     assert os.listdir(os.path.join(folder, ".slm_jax_units"))
     assert [s.name for s in bench.parse_benchmarks(folder)] == [folder]
+
+
+def test_cross_modal_storycloze_text_prompt_and_text_only_through_the_suite(tmp_path):
+    from tests.test_token_space import make_tiny_spm
+    vocab = SpeechTextVocabulary(make_tiny_spm(tmp_path), num_units=NUM_UNITS, langs=("en", "fr"))
+    folder = write_cm_storycloze(tmp_path / "cross_ms_sSC", keys=("0", "1", "2"))
+    encoder = CountingEncoder()
+    suite = bench.BenchmarkSuite(bench.parse_benchmarks(f"{folder}:ts"), vocab, bench.EvalOptions(),
+                                 audio_encoder=encoder)
+    pair = suite.items[f"{folder}:ts"][0]
+    assert pair.prompt[0].content == "mutual text 0" and pair.prompt[0].modality == "text"
+    assert pair.correct[0].modality == "speech" and encoder.files == 6  # endings only: no mutual.wav
+    encoded = suite.fmt.encode(pair.prompt, pair.correct)  # what the scorer reads: [Text] prompt [Speech] units
+    assert encoded.ids[0] == vocab.text_marker_id
+    assert encoded.ids[encoded.ending_start - 1] == vocab.speech_marker_id
+    for name in ("0", "1", "2"):  # text only: no audio, so no codebook needed
+        for side in ("correct", "incorrect", "mutual"):
+            os.remove(os.path.join(folder, f"{name}_{side}.wav"))
+    text_only = bench.BenchmarkSuite(bench.parse_benchmarks(f"{folder}:tt"), vocab, bench.EvalOptions())
+    assert text_only.items[f"{folder}:tt"][2].wrong[0].content == "incorrect text 2"

@@ -150,7 +150,9 @@ class _Listing:
 
     @property
     def has_members(self) -> bool:
-        return bool(self.wavs or self.has_gold or self.other_audio)
+        """Benchmark files here: WAV (or other audio, to refuse it), gold.csv, cloze-named .txt."""
+        return bool(self.wavs or self.has_gold or self.other_audio
+                    or any(CLOZE_RE.match(_stem(t)) for t in self.texts))
 
 
 def _list(folder: str) -> _Listing:

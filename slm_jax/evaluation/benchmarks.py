@@ -234,7 +234,7 @@ class BenchmarkSuite:
                                   lang_tags=options.lang_tags)
         read = {spec.name: self._read(spec) for spec in self.specs}
         self.layouts = {name: r for name, r in read.items() if isinstance(r, benchmark_layouts.BenchmarkLayout)}
-        if self.layouts and audio_encoder is None:
+        if audio_encoder is None and any(layout.audio_files() for layout in self.layouts.values()):
             audio_encoder = self._default_encoder()
         self.items = {name: self._pairs_from_layout(r, audio_encoder) if name in self.layouts else r
                       for name, r in read.items()}
@@ -286,7 +286,8 @@ class BenchmarkSuite:
     @staticmethod
     def _pairs_from_layout(layout: benchmark_layouts.BenchmarkLayout, encoder) -> list[cloze.ClozePair]:
         """Phase 2: units of every audio side (one encoder call per benchmark) -> ClozePairs."""
-        units = encoder(layout.audio_files())
+        files = layout.audio_files()
+        units = encoder(files) if files else {}  # text-only (cross-modal :tt) needs no codebook
 
         def segment(side):
             if side.text is not None:
