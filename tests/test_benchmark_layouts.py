@@ -539,3 +539,34 @@ def test_cross_modal_storycloze_text_prompt_and_text_only_through_the_suite(tmp_
             os.remove(os.path.join(folder, f"{name}_{side}.wav"))
     text_only = bench.BenchmarkSuite(bench.parse_benchmarks(f"{folder}:tt"), vocab, bench.EvalOptions())
     assert text_only.items[f"{folder}:tt"][2].wrong[0].content == "incorrect text 2"
+
+
+def test_units_cache_key_digests_a_model_encoders_folder(tmp_path):
+    model = tmp_path / "mhubert"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_hidden_layers": 2}')
+    (model / "model.safetensors").write_bytes(b"x" * 10)
+    first = cloze._model_dir_digest(f"hubert:{model}:11")
+    assert first and cloze._model_dir_digest(f"whisper:{model}") == first
+    assert cloze._model_dir_digest("logmel") is None
+    (model / "config.json").write_text('{"num_hidden_layers": 3}')
+    assert cloze._model_dir_digest(f"hubert:{model}:11") != first
+
+
+def test_units_cache_is_written_and_repaired_by_process_0_only(tmp_path, monkeypatch):
+    rng = np.random.default_rng(13)
+    files = [write_wav(tmp_path / f"{i}_correct.wav", seconds=0.15, seed=i) for i in range(2)]
+    np.save(tmp_path / "km.npy", rng.standard_normal((6, 80)).astype(np.float32))
+    monkeypatch.setattr(cloze, "_is_first_process", lambda: False)
+    other = cloze.AudioUnitsEncoder(str(tmp_path / "km.npy"), "logmel", frame_stack=4, cache_dir=str(tmp_path / "c"))
+    units = other(files)
+    assert other.encoded == 2 and not os.path.exists(other.cache_path)
+    monkeypatch.setattr(cloze, "_is_first_process", lambda: True)
+    first = cloze.AudioUnitsEncoder(str(tmp_path / "km.npy"), "logmel", frame_stack=4, cache_dir=str(tmp_path / "c"))
+    assert first(files) == units
+    with open(first.cache_path, "ab") as f:
+        f.write(b'{"path": "/being/writ')  # process 0 is mid-line
+    size = os.path.getsize(first.cache_path)
+    monkeypatch.setattr(cloze, "_is_first_process", lambda: False)
+    reader = cloze.AudioUnitsEncoder(str(tmp_path / "km.npy"), "logmel", frame_stack=4, cache_dir=str(tmp_path / "c"))
+    assert reader(files) == units and reader.encoded == 0 and os.path.getsize(first.cache_path) == size

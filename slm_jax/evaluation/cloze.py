@@ -192,20 +192,47 @@ def evaluate_pairs(scorer: LikelihoodScorer, pairs: Sequence[ClozePair], fmt: Se
 # --- audio -> units, cached by what made them ------------------------------------------------
 def units_cache_key(centroids: np.ndarray, featurizer, features: str) -> dict[str, Any]:
     """What decides the units of a WAV file: the codebook (sha256 of its float32 [k, dim] values),
-    the `--features` spec, frames per unit, the unit rate (Hz) and the featurizer's input
-    sample rate (Hz; audio is resampled to it)."""
+    the `--features` spec, frames per unit, the unit rate (Hz), the featurizer's input sample
+    rate (Hz; audio is resampled to it) and, for a model encoder (`hubert:PATH:L`,
+    `whisper:PATH`), a digest of its model folder (file names and sizes, config.json bytes)."""
     c = np.ascontiguousarray(centroids, np.float32)
     digest = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
     inner = getattr(featurizer, "inner", featurizer)  # a FrameStack wraps the featurizer
     sample_rate = getattr(inner, "sample_rate", None) or getattr(getattr(inner, "config", None), "sample_rate", None)
     return {"format": UNITS_CACHE_FORMAT, "codebook_sha256": digest, "codebook_shape": list(c.shape),
             "features": features, "frame_stack": int(getattr(featurizer, "n", 1)),
-            "unit_rate_hz": float(featurizer.rate_hz), "sample_rate_hz": None if sample_rate is None else int(sample_rate)}
+            "unit_rate_hz": float(featurizer.rate_hz), "sample_rate_hz": None if sample_rate is None else int(sample_rate),
+            "encoder_sha256": _model_dir_digest(features)}
+
+
+def _model_dir_digest(features: str) -> str | None:
+    """sha256 over a model folder's file names, sizes and config.json (None for logmel / mfcc)."""
+    kind, _, rest = features.partition(":")
+    if kind not in ("hubert", "whisper") or not rest:
+        return None
+    path = rest.rpartition(":")[0] if kind == "hubert" or rest.rpartition(":")[2].isdigit() else rest
+    if not os.path.isdir(path):
+        return None
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            h.update(f"{name}:{os.path.getsize(full)};".encode())
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def key_digest(key: dict[str, Any]) -> str:
     """sha256 (hex) of a cache key's canonical JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _is_first_process() -> bool:
+    import jax
+    return jax.process_index() == 0
 
 
 class UnitsCacheError(ValueError):
@@ -223,7 +250,9 @@ class AudioUnitsEncoder:
     `{"cache_key": {...}}`; a file whose key differs (copied or renamed by hand) is refused
     with the differing fields named (UnitsCacheError). Each record is `{"path", "size",
     "mtime_ns", "units"}`: a WAV file whose size or mtime changed is encoded again (the
-    last record of a path wins); a line cut off by a kill is dropped and re-encoded.
+    last record of a path wins); a line cut off by a kill is dropped and re-encoded. With
+    several JAX processes only process 0 writes (and repairs) the file; every process encodes
+    what the cache lacks.
 
     Errors at construction, before any audio is read: FileNotFoundError / ValueError for the
     codebook, ValueError when its dim differs from the features' (`kmeans.load_centroids`).
@@ -240,6 +269,7 @@ class AudioUnitsEncoder:
         self.cache_path = (os.path.join(cache_dir, f"units-{key_digest(self.key)[:16]}.jsonl")
                            if cache_dir else None)
         self.encoded = 0  # files this object encoded (not read from the cache)
+        self.writer = _is_first_process()  # several processes share one cache file: one writes it
 
     def __call__(self, paths: Sequence[str]) -> dict[str, list[int]]:
         cached = self._read_cache()
@@ -264,7 +294,7 @@ class AudioUnitsEncoder:
     def _encode_all(self, todo) -> dict[str, list[int]]:
         out = {}
         sink = None
-        if self.cache_path:
+        if self.cache_path and self.writer:
             os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
             fresh = not os.path.exists(self.cache_path)
             sink = open(self.cache_path, "a", encoding="utf-8")
@@ -294,14 +324,15 @@ class AudioUnitsEncoder:
                     if line.endswith(b"\n"):
                         raise UnitsCacheError(f"{self.cache_path}:{line_no}: not JSON; delete the file to "
                                               f"re-encode") from None
-                    log.warning("%s:%d: dropping a line cut off by an interrupted run", self.cache_path, line_no)
+                    if self.writer:  # another process may be writing it: only the writer repairs
+                        log.warning("%s:%d: dropping a line cut off by an interrupted run", self.cache_path, line_no)
                     break
                 if line_no == 1:
                     self._check_header(record)
                 else:
                     records[record["path"]] = record
                 good_end += len(line)
-        if good_end < os.path.getsize(self.cache_path):
+        if self.writer and good_end < os.path.getsize(self.cache_path):
             os.truncate(self.cache_path, good_end)
         return records
 
