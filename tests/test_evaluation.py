@@ -1,9 +1,8 @@
 """Pair benchmarks (sSC/sTC-style), their token format, scores vs a naive numpy model, sharded
-scoring, LST, audio pairing by name, alignment metrics, run_benchmarks and `slm-jax eval`."""
+scoring, LST, alignment metrics, run_benchmarks and `slm-jax eval`."""
 import dataclasses
 import json
 import os
-import random
 
 import flax.linen as nn
 import jax
@@ -251,34 +250,8 @@ def test_unknown_or_malformed_benchmark_names_name_the_flag(tmp_path):
         ("cloze", "text", "speech", "utterance"), ("alignment", "speech", "speech", "sentence")]
 
 
-def test_audio_pairs_are_matched_by_name_whatever_the_order():
-    ids = [f"sSC/{k}_{side}" for k in ("10", "2", "story_a") for side in ("incorrect", "correct")]
-    want = [("sSC/10", "sSC/10_correct", "sSC/10_incorrect"), ("sSC/2", "sSC/2_correct", "sSC/2_incorrect"),
-            ("sSC/story_a", "sSC/story_a_correct", "sSC/story_a_incorrect")]
-    for seed in range(4):
-        random.Random(seed).shuffle(ids)
-        assert cloze.pair_audio_ids(ids) == want
-    with pytest.raises(cloze.BadPairError, match="'sSC/10_correct' has no incorrect partner"):
-        cloze.pair_audio_ids(["sSC/10_correct", "sSC/2_correct", "sSC/2_incorrect"], "dir")
-    with pytest.raises(cloze.BadPairError, match="'x/readme' is not named <key>_correct"):
-        cloze.pair_audio_ids(["x/readme"])
-
-
-def test_audio_folder_is_encoded_and_paired(tmp_path):
-    from scipy.io import wavfile
-    rng = np.random.default_rng(6)
-    folder = tmp_path / "sSC"
-    folder.mkdir()
-    for key in ("1", "0"):
-        for side, freq in (("incorrect", 300.0), ("correct", 500.0)):
-            wave = 0.3 * np.sin(2 * np.pi * freq * np.arange(4000) / 16000) + 0.01 * rng.standard_normal(4000)
-            wavfile.write(folder / f"{key}_{side}.wav", 16000, wave.astype(np.float32))
-    centroids = tmp_path / "km.npy"
-    np.save(centroids, rng.standard_normal((8, 80)).astype(np.float32))
-    pairs = cloze.load_audio_pairs(str(folder), str(centroids), str(tmp_path / "units.jsonl"), frame_stack=4)
-    assert [p.id for p in pairs] == ["0", "1"]
-    lengths = {len(side[0].content) for p in pairs for side in (p.correct, p.wrong)}
-    assert len(lengths) == 1 and 5 <= lengths.pop() <= 8  # 0.25 s at 100 Hz / 4
+# Benchmark folders (sSC/tSC, cross-modal StoryCloze, sWUGGY, sBLIMP, SALMon) and the units
+# cache: tests/test_benchmark_layouts.py.
 
 
 # --- alignment ------------------------------------------------------------------------------
@@ -376,6 +349,10 @@ def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     record = json.loads((model_dir / "eval" / "20.json").read_text())
     assert record["step"] == 20 and record["options"]["score"] == "ending" and pairs in record["metrics"]
     assert record["details"][f"{pairs}/num_pairs"] == 4
+    audit = record["details"][f"{pairs}/pairs"]  # every pair's id and both scores
+    assert [p["id"] for p in audit] == ["u0", "u1", "u2", "u3"]
+    assert record["metrics"][pairs] == np.mean([1.0 if p["correct"] > p["wrong"] else
+                                                0.5 if p["correct"] == p["wrong"] else 0.0 for p in audit])
     assert (model_dir / "eval" / "10.json").exists()
     out = capsys.readouterr().out
     assert "steps: 10 20" in out and pairs in out
@@ -385,3 +362,20 @@ def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
     assert eval_cli.cmd_eval([*gin_args, f"--benchmarks={pairs}", "--step=15"]) == 2
     assert "--step=15" in capsys.readouterr().err
+    # a benchmark folder as published (a SALMon root): one result per part, units cached in eval/units
+    from tests.test_benchmark_layouts import write_salmon_part, write_storycloze
+    salmon = tmp_path / "salmon"
+    for k, part in enumerate(("bg_alignment", "speaker_consistency")):
+        write_salmon_part(str(salmon / part), indices=range(3), seed=10 * k)
+    np.save(tmp_path / "km.npy", rng.standard_normal((8, 80)).astype(np.float32))
+    folder_args = [*gin_args, f"--benchmarks={salmon}", f"--centroids={tmp_path / 'km.npy'}", "--frame_stack=4"]
+    assert eval_cli.cmd_eval(folder_args) == 0
+    record = json.loads((model_dir / "eval" / "20.json").read_text())
+    assert sorted(k for k in record["metrics"] if not k.endswith("pair_mean")) == [
+        f"{salmon}/bg_alignment", f"{salmon}/speaker_consistency"]
+    assert [p["id"] for p in record["details"][f"{salmon}/bg_alignment/pairs"]] == ["sample_0", "sample_1", "sample_2"]
+    assert len(os.listdir(model_dir / "eval" / "units")) == 1
+    capsys.readouterr()
+    write_storycloze(str(salmon / "bg_alignment"), keys=("0",))  # now a mixed folder: refused, one line
+    assert eval_cli.cmd_eval(folder_args) == 2
+    assert "LayoutError" in capsys.readouterr().err

@@ -2,11 +2,14 @@
 
     slm-jax eval --gin_file=gin/runs/demo_cpu.gin [--gin.MODEL_DIR="'runs/demo'"] --benchmarks=demo
                  [--all_checkpoints | --step=N] [--score=mean|sum|ending|ending_sum] [--renormalize]
+    slm-jax eval --gin_file=... --benchmarks=/data/zerospeech2021,/data/salmon,/data/sSC --centroids=km.npy
 
 The gin files are the run's own (the model, mesh and task they describe are what is
 evaluated; the token format is the task's). `eval` restores the latest complete checkpoint
 (or each of them), writes `MODEL_DIR/eval/<step>.json`, plots benchmark accuracy over
-checkpoints to `MODEL_DIR/eval/accuracy.png` (with matplotlib) and prints a table.
+checkpoints to `MODEL_DIR/eval/accuracy.png` (with matplotlib) and prints a table. Each
+`<step>.json` lists, per pair benchmark, every pair's id and both scores (`details`).
+Benchmark folders are read and paired before any audio is encoded.
 """
 from __future__ import annotations
 
@@ -19,19 +22,26 @@ import jax
 from slm_jax import gin_utils
 from slm_jax.cli.common import reports
 from slm_jax.evaluation import benchmarks as bench
-from slm_jax.evaluation.cloze import SCORE_MODES, BadPairError
+from slm_jax.evaluation.cloze import SCORE_MODES, BadPairError, UnitsCacheError
 from slm_jax.evaluation.results import plot_accuracy, write_eval_json
 
 log = logging.getLogger("slm_jax")
 
 
-def setup_run(argv):
-    """t5x-style gin flags -> (TrainRun, Trainer, the other args); the run's MODEL_DIR must match its model."""
+def describe_run(argv):
+    """t5x-style gin flags -> (TrainRun, the other args); the run's MODEL_DIR must match its model."""
     from slm_jax.training import run_dir
-    from slm_jax.training.train import TrainRun, build_trainer
+    from slm_jax.training.train import TrainRun
     rest = gin_utils.setup(argv, what="the run's gin file")
     run = TrainRun()
     run_dir.check_compatible(run.model_dir, run.model)
+    return run, rest
+
+
+def setup_run(argv):
+    """t5x-style gin flags -> (TrainRun, Trainer, the other args)."""
+    from slm_jax.training.train import build_trainer
+    run, rest = describe_run(argv)
     return run, build_trainer(run), rest
 
 
@@ -77,10 +87,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no_dedup", action="store_true", help="the task keeps repeated units")
     p.add_argument("--no_markers", action="store_true", help="the task writes no [Speech]/[Text] markers")
     p.add_argument("--data_dir", default=None, help="data dir of registered benchmarks (default $SLM_JAX_DATA_DIR)")
-    p.add_argument("--centroids", default=None, help="audio benchmarks: the k-means codebook (.npy)")
-    p.add_argument("--features", default="logmel", help="audio benchmarks: features (see slm-jax units)")
-    p.add_argument("--frame_stack", type=int, default=None, help="audio benchmarks: frames averaged per unit")
-    p.add_argument("--rate_hz", type=float, default=None, help="audio benchmarks: unit rate")
+    p.add_argument("--centroids", default=None, help="benchmark folders: the k-means codebook (.npy) of the "
+                   "model's units; units are cached in OUT_DIR/units, keyed by codebook digest, features, "
+                   "frame stack, unit rate and sample rate")
+    p.add_argument("--features", default="logmel", help="benchmark folders: features (see slm-jax units)")
+    p.add_argument("--frame_stack", type=int, default=None, help="benchmark folders: frames averaged per unit")
+    p.add_argument("--rate_hz", type=float, default=None, help="benchmark folders: unit rate")
     p.add_argument("--out_dir", default=None, help="where <step>.json and the plot go (default MODEL_DIR/eval)")
     p.add_argument("--no_plot", action="store_true")
     return p
@@ -94,16 +106,20 @@ def _eval_options(args, out_dir: str) -> bench.EvalOptions:
                              units_cache_dir=os.path.join(out_dir, "units"))
 
 
-@reports("slm-jax eval", bench.BenchmarkError, BadPairError, FileNotFoundError)
+@reports("slm-jax eval", bench.BenchmarkError, BadPairError, UnitsCacheError, FileNotFoundError)
 def cmd_eval(argv) -> int:
     from slm_jax.evaluation.runner import ModelRunner
     from slm_jax.training import run_dir
-    run, trainer, rest = setup_run(argv)
+    from slm_jax.training.train import build_trainer
+    run, rest = describe_run(argv)
     args = parser().parse_args(rest)
     out_dir = args.out_dir or run_dir.eval_dir(run.model_dir)
     options = _eval_options(args, out_dir)
-    suite = bench.BenchmarkSuite(bench.parse_benchmarks(args.benchmarks), run_vocabulary(run), options)
+    # cheap checks first: names and folder layouts, checkpoints; then audio is encoded, then the model built
+    specs = bench.parse_benchmarks(args.benchmarks)
     steps = steps_to_evaluate(run.model_dir, args.step, args.all_checkpoints)
+    suite = bench.BenchmarkSuite(specs, run_vocabulary(run), options)
+    trainer = build_trainer(run)
     by_step = {}
     for step in steps:
         runner = ModelRunner.from_trainer(trainer, restore_params(trainer, run.model_dir, step))

@@ -3,7 +3,9 @@
     sequences.py    evaluation inputs as token ids, exactly as the training tasks write them
     runner.py       ModelRunner: model + params (+ the Trainer's mesh, rules and shardings)
     likelihood.py   batched, bucketed, sharded per-sequence log-likelihoods
-    cloze.py        pair benchmarks (sSC / sTC / sWUGGY / sBLIMP-style): JSONL, audio folders, scores
+    cloze.py        pair benchmarks: JSONL pairs, scores, the audio -> units encoder and its keyed cache
+    benchmark_layouts.py  published benchmark folders (sSC/tSC, cross-modal StoryCloze, ZeroSpeech
+                    sWUGGY / sBLIMP, SALMon): detection, pairing and official aggregation, no audio read
     alignment.py    cross-lingual hidden-state alignment of parallel utterances
     generate.py     KV-cache generation, modality forcing, few-shot ASR / TTS
     metrics_text.py WER / CER / unit error rate (jiwer)

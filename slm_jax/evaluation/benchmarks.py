@@ -7,30 +7,45 @@ Names (`--benchmarks=a,b,...`):
                             align_en_fr when `slm_jax_demo.tasks` is imported)
     SUITE                   a registered suite of names (the demo's `demo`)
     PATH.jsonl              any pair file (`cloze.py` formats)
-    DIR                     a folder of SpokenStoryCloze-named audio (needs a codebook)
+    DIR                     a benchmark folder as published (needs --centroids): sSC / tSC
+                            (<key>_correct.wav, <key>_incorrect.wav), slamkit's cross-modal
+                            StoryCloze (<key>_{correct,incorrect,mutual}.{wav,txt}), ZeroSpeech
+                            2021 sWUGGY / sBLIMP (lexical|syntactic/dev + gold.csv), a SALMon
+                            part (sample_<i>_0.wav / sample_<i>_1.wav); or a parent of such
+                            folders (a ZeroSpeech or SALMon root, sSC/ + tSC/ ...): one result
+                            per benchmark folder, named DIR/<sub-folder>, never merged
+                            (`benchmark_layouts.py` has the rules and their sources)
 
 A cloze name may end in `:XY` with X the prompt's and Y the endings' modality, `s`
 (speech, the default `:ss`) or `t` (text): `ssc_en:ts` scores spoken endings after a text
-prompt (cross-modal; text needs a vocabulary with a SentencePiece model). An alignment
-name may end in `:sentence` (per aligned sentence) or `:utterance` (the default).
+prompt (cross-modal; text needs a vocabulary with a SentencePiece model). Of the folder
+layouts only the cross-modal StoryCloze takes a suffix. An alignment name may end in
+`:sentence` (per aligned sentence) or `:utterance` (the default).
 
 Results are flat `{name: value}` dicts: a cloze benchmark gives its accuracy under its
-name, alignment gives `<name>/cos_parallel`, `<name>/cos_random`, `<name>/r1_en_fr`,
-`<name>/r1_fr_en` (means over the transformer layers).
+name (for a folder, the benchmark's official aggregation: ZeroSpeech averages the pairs of
+an item over its voices, then over items), `<name>/pair_mean` the flat mean over pairs
+(slamkit's), sWUGGY `<name>/in_vocab`; alignment gives `<name>/cos_parallel`,
+`<name>/cos_random`, `<name>/r1_en_fr`, `<name>/r1_fr_en` (means over the transformer
+layers). `run_detailed` adds `<name>/num_pairs` and `<name>/pairs`, every pair's id, both
+scores and its published labels, so a result can be audited (and sBLIMP `<name>/by_type`,
+`<name>/by_subtype`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import glob
+import logging
 import os
 from typing import Any, Callable, Sequence
 
-from slm_jax.evaluation import alignment, cloze
+from slm_jax.evaluation import alignment, benchmark_layouts, cloze
 from slm_jax.evaluation.likelihood import LikelihoodScorer
 from slm_jax.evaluation.runner import ModelRunner
-from slm_jax.evaluation.sequences import SPEECH, TEXT, SequenceFormat, modality_of_ids, real_vocabulary
+from slm_jax.evaluation.sequences import SPEECH, TEXT, Segment, SequenceFormat, modality_of_ids, real_vocabulary
 
+log = logging.getLogger("slm_jax")
 MODALITY_LETTERS = {"s": SPEECH, "t": TEXT}
 RootFn = Callable[[str | None], str]  # data_dir (None: the default) -> the folder a source is relative to
 
@@ -48,6 +63,7 @@ class BenchmarkSpec:
     prompt_modality: str = SPEECH
     ending_modality: str = SPEECH
     level: str = "utterance"
+    layout: str = ""  # audio_cloze: one of benchmark_layouts.LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +83,8 @@ class EvalOptions:
     features: str = "logmel"
     frame_stack: int | None = None
     rate_hz: float | None = None
+    # where units are cached (`cloze.AudioUnitsEncoder`: one file per codebook / features key);
+    # None: `<first benchmark folder>/.slm_jax_units` (`slm-jax eval`: MODEL_DIR/eval/units)
     units_cache_dir: str | None = None
 
     def __post_init__(self):
@@ -132,7 +150,8 @@ def parse_benchmarks(value: str | Sequence[str]) -> list[BenchmarkSpec]:
         raise BenchmarkError("--benchmarks: no benchmark given (e.g. --benchmarks=ssc_en,stc_en or demo)")
     specs = []
     for name in names:
-        specs += [_parse_one(n) for n in _SUITES.get(name, [name])]
+        for member in _SUITES.get(name, [name]):
+            specs += _parse_one(member)
     duplicated = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
     if duplicated:
         raise BenchmarkError(f"--benchmarks: {duplicated} given more than once")
@@ -143,25 +162,42 @@ def benchmark_names(value: str | Sequence[str]) -> list[str]:
     return [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
 
 
-def _parse_one(name: str) -> BenchmarkSpec:
+def _parse_one(name: str) -> list[BenchmarkSpec]:
     base, _, suffix = name.partition(":")
     reg = _BENCHMARKS.get(base)
     if reg is not None and reg.kind == "alignment":
         if suffix not in ("", *alignment.LEVELS):
             raise BenchmarkError(f"--benchmarks: {name!r}: the suffix of {base} is one of {alignment.LEVELS}")
-        return BenchmarkSpec(name, "alignment", reg.source, reg.root_fn, level=suffix or "utterance")
+        return [BenchmarkSpec(name, "alignment", reg.source, reg.root_fn, level=suffix or "utterance")]
     prompt, ending = _modalities(name, suffix)
     if reg is not None:
-        return BenchmarkSpec(name, "cloze", reg.source, reg.root_fn, prompt, ending)
+        return [BenchmarkSpec(name, "cloze", reg.source, reg.root_fn, prompt, ending)]
     if base.endswith((".jsonl", ".json")) and os.path.isfile(base):
-        return BenchmarkSpec(name, "cloze", base, None, prompt, ending)
+        return [BenchmarkSpec(name, "cloze", base, None, prompt, ending)]
     if os.path.isdir(base):
-        if (prompt, ending) != (SPEECH, SPEECH):
-            raise BenchmarkError(f"--benchmarks: {name!r}: an audio folder is speech only")
-        return BenchmarkSpec(name, "audio_cloze", base)
+        return _folder_specs(name, base, suffix, prompt, ending)
     known = ", ".join([*registered_names(), *sorted(_SUITES)]) or "(none registered)"
     raise BenchmarkError(f"--benchmarks: unknown benchmark {base!r}; known: {known}, a pair "
-                         f"file (.jsonl) or a folder of <key>_correct/<key>_incorrect audio")
+                         f"file (.jsonl) or a benchmark folder (sSC/tSC, sWUGGY, sBLIMP, SALMon, ...)")
+
+
+def _folder_specs(name: str, base: str, suffix: str, prompt: str, ending: str) -> list[BenchmarkSpec]:
+    """One spec per benchmark folder found in `base` (named `base/<sub-folder>` when `base` is
+    a parent); a layout that cannot take the modalities is refused now."""
+    found = benchmark_layouts.find_benchmarks(base)
+    for rel, why in found.skipped:
+        log.warning("--benchmarks=%s: not reading %s: %s", name, rel, why)
+    speech_only = [f"{os.path.normpath(os.path.join(base, rel))} ({layout})" for rel, layout in found.benchmarks if layout != "cm_storycloze"]
+    if (prompt, ending) != (SPEECH, SPEECH) and speech_only:
+        raise BenchmarkError(f"--benchmarks: {name!r}: the :{suffix} suffix needs slamkit's cross-modal StoryCloze "
+                             f"layout; speech only here: {', '.join(speech_only)}")
+    tail = f":{suffix}" if suffix else ""
+    specs = []
+    for rel, layout in found.benchmarks:
+        spec_name = name if rel == "." else f"{base.rstrip('/')}/{rel}{tail}"
+        specs.append(BenchmarkSpec(spec_name, "audio_cloze", os.path.join(base, rel), None, prompt, ending,
+                                   layout=layout))
+    return specs
 
 
 def _modalities(name: str, suffix: str) -> tuple[str, str]:
@@ -181,45 +217,97 @@ def task_vocabulary(mixture_or_task_name: str):
 
 
 class BenchmarkSuite:
-    """Benchmarks read and tokenized once, then run on any number of checkpoints."""
+    """Benchmarks read and tokenized once, then run on any number of checkpoints.
 
-    def __init__(self, specs: Sequence[BenchmarkSpec], vocabulary, options: EvalOptions = EvalOptions()):
+    Loading has two phases: every benchmark is read and checked first (pair files, folder
+    layouts and pairing, text tokenization, the codebook against the features), and only
+    then is any audio encoded, so a broken benchmark fails in seconds whatever its size.
+    `audio_encoder` (`paths -> {path: units}`) replaces the default
+    `cloze.AudioUnitsEncoder(options.centroids, ...)`, e.g. in tests.
+    """
+
+    def __init__(self, specs: Sequence[BenchmarkSpec], vocabulary, options: EvalOptions = EvalOptions(),
+                 audio_encoder: Callable[[Sequence[str]], dict[str, list[int]]] | None = None):
         self.specs, self.options = list(specs), options
         self.vocabulary = real_vocabulary(vocabulary)
         self.fmt = SequenceFormat(self.vocabulary, dedup=options.dedup, markers=options.markers,
                                   lang_tags=options.lang_tags)
-        self.items = {spec.name: self._load(spec) for spec in self.specs}
+        read = {spec.name: self._read(spec) for spec in self.specs}
+        self.layouts = {name: r for name, r in read.items() if isinstance(r, benchmark_layouts.BenchmarkLayout)}
+        if audio_encoder is None and any(layout.audio_files() for layout in self.layouts.values()):
+            audio_encoder = self._default_encoder()
+        self.items = {name: self._pairs_from_layout(r, audio_encoder) if name in self.layouts else r
+                      for name, r in read.items()}
 
     def _source(self, spec: BenchmarkSpec) -> str:
         return os.path.join(spec.root_fn(self.options.data_dir), spec.source) if spec.root_fn else spec.source
 
-    def _load(self, spec: BenchmarkSpec):
+    def _read(self, spec: BenchmarkSpec):
+        """Phase 1: everything that needs no audio encoded."""
         o, source = self.options, self._source(spec)
         if spec.kind == "alignment":
             if not glob.glob(source):
                 raise BenchmarkError(f"--benchmarks={spec.name}: no paired records at {source}")
             return alignment.load_parallel(source, level=spec.level, max_items=o.max_pairs)
         if spec.kind == "audio_cloze":
-            if not o.centroids:
-                raise BenchmarkError(f"--benchmarks={spec.name}: an audio folder needs --centroids (the codebook of "
-                                 f"the model's units) and the same --features/--frame_stack as its corpus")
-            cache_dir = o.units_cache_dir or os.path.join(source, ".slm_jax_units")
-            os.makedirs(cache_dir, exist_ok=True)
-            return cloze.load_audio_pairs(source, o.centroids, cloze.audio_units_path(cache_dir, source),
-                                          features=o.features, frame_stack=o.frame_stack, rate_hz=o.rate_hz,
-                                          max_pairs=o.max_pairs)
+            layout = benchmark_layouts.read_layout(source, spec.layout or None, spec.prompt_modality,
+                                                   spec.ending_modality).head(o.max_pairs)
+            self._check_texts(spec, layout)
+            return layout
         if not os.path.isfile(source):
             raise BenchmarkError(f"--benchmarks={spec.name}: no pair file at {source}")
         pairs = cloze.load_pairs_jsonl(source, spec.prompt_modality, spec.ending_modality, o.max_pairs)
         cloze.encode_pairs(pairs[:1], self.fmt)  # tokenization errors (text without a text model...) now
         return pairs
 
+    def _check_texts(self, spec: BenchmarkSpec, layout: benchmark_layouts.BenchmarkLayout) -> None:
+        """Text sides tokenize (e.g. a text model exists) before any audio is encoded."""
+        pair = layout.pairs[0]
+        for side in (pair.prompt, pair.correct, pair.wrong):
+            if side is not None and side.text is not None:
+                try:
+                    self.fmt.encode((), (Segment.text(side.text),))
+                except ValueError as err:
+                    raise BenchmarkError(f"--benchmarks={spec.name}: pair {pair.id!r}: {err}") from err
+
+    def _default_encoder(self):
+        o = self.options
+        if not o.centroids:
+            raise BenchmarkError(f"--benchmarks={', '.join(self.layouts)}: a benchmark folder needs --centroids (the "
+                                 f"codebook of the model's units) and the same --features/--frame_stack as its corpus")
+        cache_dir = o.units_cache_dir
+        if cache_dir is None:  # library default: beside the first benchmark folder
+            cache_dir = os.path.join(next(iter(self.layouts.values())).folder, ".slm_jax_units")
+        try:
+            return cloze.AudioUnitsEncoder(o.centroids, o.features, o.frame_stack, o.rate_hz, cache_dir)
+        except ValueError as err:  # codebook unreadable or of another dim than the features
+            raise BenchmarkError(f"--centroids={o.centroids} --features={o.features}: {err}") from err
+
+    @staticmethod
+    def _pairs_from_layout(layout: benchmark_layouts.BenchmarkLayout, encoder) -> list[cloze.ClozePair]:
+        """Phase 2: units of every audio side (one encoder call per benchmark) -> ClozePairs."""
+        files = layout.audio_files()
+        units = encoder(files) if files else {}  # text-only (cross-modal :tt) needs no codebook
+
+        def segment(side):
+            if side.text is not None:
+                return (Segment.text(side.text),)
+            found = units.get(os.path.abspath(side.audio))
+            if found is None:
+                raise BenchmarkError(f"{layout.folder}: the audio encoder returned no units for {side.audio}")
+            if not found:
+                raise cloze.BadPairError(f"{side.audio}: encodes to no units (empty or too short audio)")
+            return (Segment.speech(found),)
+
+        return [cloze.ClozePair(p.id, segment(p.prompt) if p.prompt else (), segment(p.correct), segment(p.wrong))
+                for p in layout.pairs]
+
     def run(self, runner: ModelRunner) -> dict[str, float]:
         """Flat metrics (module docstring)."""
         return {k: v for k, v in self.run_detailed(runner).items() if isinstance(v, float)}
 
     def run_detailed(self, runner: ModelRunner) -> dict[str, Any]:
-        """Flat metrics plus `<alignment name>/per_layer` lists and pair counts."""
+        """Flat metrics plus `<alignment name>/per_layer` lists, pair counts and every pair's scores."""
         o = self.options
         kinds = modality_of_ids(self.vocabulary, runner.config.vocab_size)
         scorer = LikelihoodScorer(runner, kinds, batch_size=o.batch_size)
@@ -229,10 +317,25 @@ class BenchmarkSuite:
             if spec.kind == "alignment":
                 result = alignment.evaluate_alignment(runner, self.fmt, items, o.batch_size)
                 out.update({f"{spec.name}/{k}": v for k, v in result.items()})
-            else:
-                result = cloze.evaluate_pairs(scorer, items, self.fmt, o.score, o.renormalize)
-                out[spec.name] = result.accuracy
-                out[f"{spec.name}/num_pairs"] = result.num_pairs
+                continue
+            result = cloze.evaluate_pairs(scorer, items, self.fmt, o.score, o.renormalize)
+            out.update(self._cloze_outputs(spec.name, result))
+        return out
+
+    def _cloze_outputs(self, name: str, result: cloze.ClozeResult) -> dict[str, Any]:
+        """The accuracy (a folder's: its official aggregation) and the audit trail of one benchmark."""
+        layout = self.layouts.get(name)
+        labels = [dict(p.labels) for p in layout.pairs] if layout else [{}] * result.num_pairs
+        out: dict[str, Any] = {name: result.accuracy, f"{name}/num_pairs": result.num_pairs}
+        out[f"{name}/pairs"] = [{"id": pid, "correct": float(c), "wrong": float(w), **extra}
+                                for pid, c, w, extra in zip(result.ids, result.correct_scores,
+                                                            result.wrong_scores, labels)]
+        if layout is not None:
+            metrics, details = benchmark_layouts.aggregate(
+                layout, cloze.pair_wins(result.correct_scores, result.wrong_scores))
+            out.update({(f"{name}/{k}" if k else name): v for k, v in metrics.items()})
+            out.update({f"{name}/{k}": v for k, v in details.items()})
+            out[f"{name}/layout"] = layout.layout
         return out
 
 

@@ -19,15 +19,17 @@ Inputs, all paired by record id / file name, never by order:
   which gives the cross-modal variants; en_fr / fr_en files are the cross-lingual ones.
 - simple JSONL pairs `{"id", "correct", "wrong"}` (+ optional "prompt"): a side is a list
   of unit ints, a string (text) or a dict as above.
-- a folder of audio in the SpokenStoryCloze naming (`<key>_correct.wav` /
-  `<key>_incorrect.wav`, any sub-folders), encoded to units by `slm_jax.speech.pipeline`.
+- a benchmark folder as its authors publish it (sSC/tSC, slamkit's cross-modal StoryCloze,
+  ZeroSpeech 2021 sWUGGY / sBLIMP, SALMon): read and paired by `benchmark_layouts`, its WAV
+  files turned into units by `AudioUnitsEncoder` (cached, keyed by what made the units).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
-import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,10 +38,11 @@ from slm_jax.evaluation.likelihood import COUNT_ALL, COUNT_ENDING, SUM_ALL, SUM_
     ScoredSequence
 from slm_jax.evaluation.sequences import MODALITIES, MODALITY_CODE, SPEECH, Segment, SequenceFormat
 
+log = logging.getLogger("slm_jax")
+
 SCORE_MODES = ("mean", "sum", "ending", "ending_sum")
 SIDES = ("correct", "wrong")
-# SpokenStoryCloze file naming: <key>_correct.wav and <key>_incorrect.wav
-AUDIO_SIDE_RE = re.compile(r"^(?P<key>.+)_(?P<side>correct|incorrect)$", re.IGNORECASE)
+UNITS_CACHE_FORMAT = 1  # bump when the cache records change meaning
 
 
 class BadPairError(ValueError):
@@ -131,54 +134,6 @@ def load_pairs_jsonl(path: str, prompt_modality: str = SPEECH, ending_modality: 
     return pairs
 
 
-def pair_audio_ids(ids: Sequence[str], source: str = "<audio>") -> list[tuple[str, str, str]]:
-    """(key, correct id, incorrect id) for ids named `<key>_correct` / `<key>_incorrect`, sorted
-    by key; the input order does not matter. A stray or unpaired name is an error naming it."""
-    sides: dict[str, dict[str, str]] = {}
-    for audio_id in ids:
-        m = AUDIO_SIDE_RE.match(audio_id)
-        if not m:
-            raise BadPairError(f"{source}: {audio_id!r} is not named <key>_correct or <key>_incorrect "
-                               f"(SpokenStoryCloze naming)")
-        side = m.group("side").lower()
-        by_side = sides.setdefault(m.group("key"), {})
-        if side in by_side:
-            raise BadPairError(f"{source}: {by_side[side]!r} and {audio_id!r} are both the {side} side of "
-                               f"{m.group('key')!r}")
-        by_side[side] = audio_id
-    for key, by_side in sides.items():
-        for side in ("correct", "incorrect"):
-            if side not in by_side:
-                other = next(iter(by_side.values()))
-                raise BadPairError(f"{source}: {other!r} has no {side} partner ({key}_{side})")
-    return [(key, s["correct"], s["incorrect"]) for key, s in sorted(sides.items())]
-
-
-def load_audio_pairs(folder: str, centroids: str, units_path: str, *, features: str = "logmel",
-                     frame_stack: int | None = None, rate_hz: float | None = None,
-                     max_pairs: int | None = None) -> list[ClozePair]:
-    """Encodes a SpokenStoryCloze-style folder to units (`units_path`, resumable JSONL) and pairs
-    its files by name. The units must come from the codebook and features the model was trained on."""
-    from slm_jax.speech.pipeline import encode_folder
-    encode_folder(folder, centroids, units_path, features=features, frame_stack=frame_stack, rate_hz=rate_hz,
-                  progress=False)
-    units = {}
-    with open(units_path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                units[record["id"]] = record["units"]
-    pairs = []
-    for key, correct, wrong in pair_audio_ids(list(units), source=folder)[:max_pairs]:
-        sides = []
-        for audio_id in (correct, wrong):
-            if not units[audio_id]:
-                raise BadPairError(f"{folder}: {audio_id!r} encodes to no units (empty or too short audio)")
-            sides.append((Segment.speech(units[audio_id]),))
-        pairs.append(ClozePair(key, (), *sides))
-    return pairs
-
-
 # --- scoring ------------------------------------------------------------------------------
 def encode_pairs(pairs: Sequence[ClozePair], fmt: SequenceFormat, renormalize: bool = False) -> list[ScoredSequence]:
     """Two scored sequences per pair (correct, wrong), in pair order."""
@@ -210,11 +165,15 @@ def scores_from_sums(sums: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"score mode {mode!r}: expected one of {SCORE_MODES}")
 
 
-def pair_accuracy(correct: np.ndarray, wrong: np.ndarray) -> float:
-    """Mean of 1 (correct scores higher), 0.5 (tie), 0 (wrong scores higher)."""
+def pair_wins(correct: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    """float64 [pairs]: 1 where correct scores higher, 0.5 on a tie, 0 where wrong scores higher."""
     correct, wrong = np.asarray(correct), np.asarray(wrong)
-    wins = np.where(correct > wrong, 1.0, np.where(correct == wrong, 0.5, 0.0))
-    return float(wins.mean())
+    return np.where(correct > wrong, 1.0, np.where(correct == wrong, 0.5, 0.0))
+
+
+def pair_accuracy(correct: np.ndarray, wrong: np.ndarray) -> float:
+    """Mean of `pair_wins`."""
+    return float(pair_wins(correct, wrong).mean())
 
 
 def evaluate_pairs(scorer: LikelihoodScorer, pairs: Sequence[ClozePair], fmt: SequenceFormat,
@@ -228,8 +187,159 @@ def evaluate_pairs(scorer: LikelihoodScorer, pairs: Sequence[ClozePair], fmt: Se
     return ClozeResult(pair_accuracy(correct, wrong), len(pairs), correct, wrong, tuple(p.id for p in pairs))
 
 
-def audio_units_path(cache_dir: str, folder: str) -> str:
-    """Where the units of an audio benchmark folder are cached."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.abspath(folder).strip("/"))
-    return os.path.join(cache_dir, f"{name}.units.jsonl")
 
+
+# --- audio -> units, cached by what made them ------------------------------------------------
+def units_cache_key(centroids: np.ndarray, featurizer, features: str) -> dict[str, Any]:
+    """What decides the units of a WAV file: the codebook (sha256 of its float32 [k, dim] values),
+    the `--features` spec, frames per unit, the unit rate (Hz), the featurizer's input sample
+    rate (Hz; audio is resampled to it) and, for a model encoder (`hubert:PATH:L`,
+    `whisper:PATH`), a digest of its model folder (file names and sizes, config.json bytes)."""
+    c = np.ascontiguousarray(centroids, np.float32)
+    digest = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
+    inner = getattr(featurizer, "inner", featurizer)  # a FrameStack wraps the featurizer
+    sample_rate = getattr(inner, "sample_rate", None) or getattr(getattr(inner, "config", None), "sample_rate", None)
+    return {"format": UNITS_CACHE_FORMAT, "codebook_sha256": digest, "codebook_shape": list(c.shape),
+            "features": features, "frame_stack": int(getattr(featurizer, "n", 1)),
+            "unit_rate_hz": float(featurizer.rate_hz), "sample_rate_hz": None if sample_rate is None else int(sample_rate),
+            "encoder_sha256": _model_dir_digest(features)}
+
+
+def _model_dir_digest(features: str) -> str | None:
+    """sha256 over a model folder's file names, sizes and config.json (None for logmel / mfcc)."""
+    kind, _, rest = features.partition(":")
+    if kind not in ("hubert", "whisper") or not rest:
+        return None
+    path = rest.rpartition(":")[0] if kind == "hubert" or rest.rpartition(":")[2].isdigit() else rest
+    if not os.path.isdir(path):
+        return None
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            h.update(f"{name}:{os.path.getsize(full)};".encode())
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """sha256 (hex) of a cache key's canonical JSON."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _is_first_process() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+class UnitsCacheError(ValueError):
+    """A units cache that does not belong to this codebook / featurizer, or is unreadable."""
+
+
+class AudioUnitsEncoder:
+    """WAV files -> frame-level units with the codebook and features of the model's corpus.
+
+    Calling it with file paths returns `{path: [unit ints]}` (not deduplicated; the sequence
+    format dedups as training does). With a `cache_dir` the units are kept in
+    `<cache_dir>/units-<digest16>.jsonl`, the digest being that of `units_cache_key`: another
+    codebook, feature type, frame stack, unit rate or sample rate reads and writes another
+    file, so old units are never reused for a new setting. The file's first line is
+    `{"cache_key": {...}}`; a file whose key differs (copied or renamed by hand) is refused
+    with the differing fields named (UnitsCacheError). Each record is `{"path", "size",
+    "mtime_ns", "units"}`: a WAV file whose size or mtime changed is encoded again (the
+    last record of a path wins); a line cut off by a kill is dropped and re-encoded. With
+    several JAX processes only process 0 writes (and repairs) the file; every process encodes
+    what the cache lacks.
+
+    Errors at construction, before any audio is read: FileNotFoundError / ValueError for the
+    codebook, ValueError when its dim differs from the features' (`kmeans.load_centroids`).
+    """
+
+    def __init__(self, centroids_path: str, features: str = "logmel", frame_stack: int | None = None,
+                 rate_hz: float | None = None, cache_dir: str | None = None, device: str | None = None,
+                 featurizer=None):
+        from slm_jax.speech import kmeans, pipeline
+        self.featurizer = featurizer or pipeline.make_featurizer(features, frame_stack=frame_stack, rate_hz=rate_hz,
+                                                                 device=device)
+        self.centroids = kmeans.load_centroids(centroids_path, dim=self.featurizer.dim)
+        self.key = units_cache_key(self.centroids, self.featurizer, features)
+        self.cache_path = (os.path.join(cache_dir, f"units-{key_digest(self.key)[:16]}.jsonl")
+                           if cache_dir else None)
+        self.encoded = 0  # files this object encoded (not read from the cache)
+        self.writer = _is_first_process()  # several processes share one cache file: one writes it
+
+    def __call__(self, paths: Sequence[str]) -> dict[str, list[int]]:
+        cached = self._read_cache()
+        out, todo = {}, []
+        for path in dict.fromkeys(os.path.abspath(p) for p in paths):
+            record, stat = cached.get(path), os.stat(path)
+            if record is not None and (record["size"], record["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+                out[path] = record["units"]
+            else:
+                todo.append((path, stat))
+        if todo:
+            log.info("encoding %d audio file(s) to units (%d cached)", len(todo), len(out))
+            out.update(self._encode_all(todo))
+        return out
+
+    def encode_file(self, path: str) -> list[int]:
+        from slm_jax.speech import audio, kmeans
+        wave, sample_rate = audio.load_audio(path)
+        self.encoded += 1
+        return kmeans.assign(self.featurizer(wave, sample_rate), self.centroids).tolist()
+
+    def _encode_all(self, todo) -> dict[str, list[int]]:
+        out = {}
+        sink = None
+        if self.cache_path and self.writer:
+            os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+            fresh = not os.path.exists(self.cache_path)
+            sink = open(self.cache_path, "a", encoding="utf-8")
+            if fresh:
+                sink.write(json.dumps({"cache_key": self.key}) + "\n")
+        try:
+            for path, stat in todo:
+                out[path] = self.encode_file(path)
+                if sink:
+                    sink.write(json.dumps({"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                           "units": out[path]}) + "\n")
+                    sink.flush()
+        finally:
+            if sink:
+                sink.close()
+        return out
+
+    def _read_cache(self) -> dict[str, dict]:
+        if not self.cache_path or not os.path.exists(self.cache_path):
+            return {}
+        records, good_end = {}, 0
+        with open(self.cache_path, "rb") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    if line.endswith(b"\n"):
+                        raise UnitsCacheError(f"{self.cache_path}:{line_no}: not JSON; delete the file to "
+                                              f"re-encode") from None
+                    if self.writer:  # another process may be writing it: only the writer repairs
+                        log.warning("%s:%d: dropping a line cut off by an interrupted run", self.cache_path, line_no)
+                    break
+                if line_no == 1:
+                    self._check_header(record)
+                else:
+                    records[record["path"]] = record
+                good_end += len(line)
+        if self.writer and good_end < os.path.getsize(self.cache_path):
+            os.truncate(self.cache_path, good_end)
+        return records
+
+    def _check_header(self, record) -> None:
+        key = record.get("cache_key") if isinstance(record, dict) else None
+        if key != self.key:
+            diff = [f"{k}: cache {None if key is None else key.get(k)!r} vs now {v!r}" for k, v in self.key.items()
+                    if key is None or key.get(k) != v]
+            raise UnitsCacheError(f"{self.cache_path}: made by another codebook / featurizer ({'; '.join(diff)}); "
+                                  f"delete it or use another cache folder")
