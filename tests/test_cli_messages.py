@@ -144,6 +144,31 @@ def test_a_missing_model_dir_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "No complete checkpoint found" in err and str(tmp_path / "no_run") in err
 
 
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "/runs/locked/config.gin"),
+                                   OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run")])
+def test_an_unwritable_path_is_one_line_and_other_errors_keep_their_traceback(error, monkeypatch, capsys):
+    def command_raising(_name):
+        def main(_argv):
+            raise error
+        return main
+    monkeypatch.setattr(cli, "command", command_raising)
+    assert cli.main(["train", RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("slm-jax train: ") and error.filename in err
+    monkeypatch.setattr(cli, "command", lambda _name: lambda _argv: {}["a bug"])
+    with pytest.raises(KeyError):
+        cli.main(["train", RUN])
+
+
+def test_tensorflow_permission_denied_is_one_line(monkeypatch, capsys):
+    import tensorflow as tf
+    def main(_argv):
+        raise tf.errors.PermissionDeniedError(None, None, "/runs/locked/config.gin; Permission denied")
+    monkeypatch.setattr(cli, "command", lambda _name: main)
+    assert cli.main(["train", RUN]) == 2
+    assert "PermissionDeniedError: /runs/locked/config.gin; Permission denied" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ a full disk during a checkpoint
 
 TRAIN = [RUN, "--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=2", "--gin.SEQUENCE_LENGTH=64", "--gin.BATCH_SIZE=8",

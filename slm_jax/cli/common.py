@@ -67,6 +67,10 @@ def is_probe_line(line: str) -> bool:
     return any(p.search(line) for p in PROBE_LINE_PATTERNS)
 
 
+def _drop_probe_records(record: logging.LogRecord) -> bool:
+    return not is_probe_line(record.getMessage())
+
+
 @contextlib.contextmanager
 def filtered_stderr():
     """Sends file descriptor 2 (C++ logs too) to a temporary file for the block, then writes
@@ -121,6 +125,6 @@ def quiet_start(environ=os.environ) -> None:
     if has_accelerator():
         return
     environ.setdefault("JAX_PLATFORMS", "cpu")
-    logging.getLogger("jax._src.xla_bridge").addFilter(lambda r: not is_probe_line(r.getMessage()))
+    logging.getLogger("jax._src.xla_bridge").addFilter(_drop_probe_records)  # a no-op when already added
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
