@@ -416,3 +416,28 @@ def test_other_save_errors_are_not_translated(tmp_path, monkeypatch):
     with pytest.raises(KeyError):
         mngr.save(5, make_state(seed=1), TinyIterator())
     assert ckpt.list_complete_steps(str(tmp_path)) == []
+
+
+def test_full_disk_in_the_background_commit_is_reported_by_wait(tmp_path, monkeypatch, caplog):
+    """ENOSPC raised in orbax's background save thread: wait_until_finished raises
+    CheckpointWriteError for that step, and orbax's own traceback records are not logged."""
+    class FullDisk:
+        def result(self, timeout=None):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real = ocp.StandardCheckpointHandler.async_save
+
+    async def failing_commit(self, *args, **kwargs):
+        return list(await real(self, *args, **kwargs) or []) + [FullDisk()]
+
+    mngr = ckpt.CheckpointManager(str(tmp_path), save_period=5)
+    mngr.save(5, make_state(seed=1), TinyIterator())
+    mngr.wait_until_finished()
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing_commit)
+    assert mngr.save(10, make_state(seed=2), TinyIterator())  # the failure comes later
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        mngr.wait_until_finished()
+    mngr.close()
+    assert (info.value.step, info.value.resume_step) == (10, 5) and "ENOSPC" in str(info.value)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert ckpt.list_complete_steps(str(tmp_path)) == [5]

@@ -98,6 +98,13 @@ def _io_failure_reason(err: BaseException) -> str | None:
     return None
 
 
+def _drop_orbax_io_failure_logs(record: logging.LogRecord) -> bool:
+    """Drops orbax's own ERROR records (with a traceback) of a save thread that failed on an
+    I/O error: CheckpointManager raises CheckpointWriteError for it, with the cause chained."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and "orbax" in (record.pathname or "") and _io_failure_reason(exc) is not None)
+
+
 class DataIterator(Protocol):
     """What the manager needs from a data iterator: write/read its position."""
 
@@ -334,6 +341,7 @@ class CheckpointManager:
         self.save_period = save_period
         self._pending_step: int | None = None
         self._failed = False
+        logging.getLogger("absl").addFilter(_drop_orbax_io_failure_logs)  # orbax logs through absl; idempotent
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             step_name_format=_NAME_FORMAT,
