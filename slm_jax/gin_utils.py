@@ -93,6 +93,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], module_imports:
     closest known macro), a macro value of another type than the file's value, and a
     required macro left unset.
     """
+    resolved_files = [(path, _resolve_gin_file(path)) for path in gin_files]  # before the slow imports
     gin.clear_config()
     import_modules(CONFIGURABLE_MODULES)
     import_modules(module_imports)
@@ -100,8 +101,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], module_imports:
     gin.add_config_file_search_path(str(GIN_DIR))
     gin.add_config_file_search_path(str(GIN_DIR.parent))
     gin.add_config_file_search_path(os.getcwd())
-    for path in gin_files:
-        resolved = _resolve_gin_file(path)
+    for path, resolved in resolved_files:
         try:
             gin.parse_config_file(resolved)
         except Exception as err:  # gin raises ValueError/ParseError/... with its own context
