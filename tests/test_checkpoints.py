@@ -1,10 +1,13 @@
 """Tests for slm_jax.training.checkpoints (CPU, 8 fake devices from conftest)."""
+import errno
+import os
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -352,3 +355,89 @@ def test_relative_directory_works_for_save_and_host_restore(tmp_path, monkeypatc
     mgr.close()
     step, host = ckpt.restore_params_to_host("rel/checkpoints")
     assert step == 1 and np.array_equal(host["w"], np.asarray(params["w"]))
+
+
+# ------------------------------------------------------------- a full disk during a save
+
+
+def _enospc(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_full_disk_in_the_data_item_names_step_reason_and_resume_step(tmp_path, monkeypatch, async_save):
+    """ENOSPC while writing step 20's iterator: CheckpointWriteError (step 20, ENOSPC, resume
+    from 10); step 20 is not counted; a new manager restores step 10 and its input exactly."""
+    it = TinyIterator()
+    it.take(2)
+    state10, state20 = make_state(seed=3), make_state(seed=4)
+    mngr = ckpt.CheckpointManager(str(tmp_path / "checkpoints"), save_period=10, async_save=async_save)
+    mngr.save(10, state10, it)
+    after10 = it.take(3)
+    monkeypatch.setattr(TinyIterator, "save", _enospc)
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        mngr.save(20, state20, it)
+    mngr.close()  # does not raise a second time
+    err = info.value
+    assert (err.step, err.resume_step, err.model_dir) == (20, 10, str(tmp_path))
+    assert "ENOSPC" in err.reason and "No space left on device" in str(err)
+    assert str(err).count("\n") == 0 and "step 20" in str(err) and "resumes from step 10" in str(err)
+    assert ckpt.list_complete_steps(str(tmp_path / "checkpoints")) == [10]
+
+    monkeypatch.undo()
+    fresh = TinyIterator()
+    again = ckpt.CheckpointManager(str(tmp_path / "checkpoints"), save_period=10)
+    assert again.latest_step() == 10
+    assert_trees_equal(to_host(again.restore(abstract_of(state10), data_iterator=fresh)), to_host(state10))
+    for want in after10:
+        np.testing.assert_array_equal(next(fresh), want)
+    assert again.save(20, state20, fresh)
+    again.close()
+    assert ckpt.list_complete_steps(str(tmp_path / "checkpoints")) == [10, 20]
+
+
+def test_full_disk_in_the_state_item_and_before_any_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC from the parameter writer on the first save: no complete step to resume from."""
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", _enospc)
+    mngr = ckpt.CheckpointManager(str(tmp_path), save_period=5)
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        mngr.save(5, make_state(seed=1), TinyIterator())
+    mngr.close()
+    assert info.value.step == 5 and info.value.resume_step is None
+    assert "ENOSPC" in str(info.value) and "starts from step 0" in str(info.value)
+    assert ckpt.list_complete_steps(str(tmp_path)) == []
+
+
+def test_other_save_errors_are_not_translated(tmp_path, monkeypatch):
+    def boom(*_a, **_k):
+        raise KeyError("a bug, not a disk")
+    monkeypatch.setattr(TinyIterator, "save", boom)
+    mngr = ckpt.CheckpointManager(str(tmp_path), save_period=5, async_save=False)
+    with pytest.raises(KeyError):
+        mngr.save(5, make_state(seed=1), TinyIterator())
+    assert ckpt.list_complete_steps(str(tmp_path)) == []
+
+
+def test_full_disk_in_the_background_commit_is_reported_by_wait(tmp_path, monkeypatch, caplog):
+    """ENOSPC raised in orbax's background save thread: wait_until_finished raises
+    CheckpointWriteError for that step, and orbax's own traceback records are not logged."""
+    class FullDisk:
+        def result(self, timeout=None):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real = ocp.StandardCheckpointHandler.async_save
+
+    async def failing_commit(self, *args, **kwargs):
+        return list(await real(self, *args, **kwargs) or []) + [FullDisk()]
+
+    mngr = ckpt.CheckpointManager(str(tmp_path), save_period=5)
+    mngr.save(5, make_state(seed=1), TinyIterator())
+    mngr.wait_until_finished()
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing_commit)
+    assert mngr.save(10, make_state(seed=2), TinyIterator())  # the failure comes later
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        mngr.wait_until_finished()
+    mngr.close()
+    assert (info.value.step, info.value.resume_step) == (10, 5) and "ENOSPC" in str(info.value)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert ckpt.list_complete_steps(str(tmp_path)) == [5]

@@ -1,6 +1,8 @@
 """`slm-jax`: the command line. One module per sub-command; the only place in slm_jax with
 argparse, printing and exit codes (0 ok; non-zero on bad input with a message naming the
-file, record or flag: 2 for most commands, 1 for `prepare import|spm`; 3: does not fit).
+file, record or flag: 2 for most commands, 1 for `prepare import|spm`; 3: does not fit;
+1 when a checkpoint could not be written (full disk): the one line names the step, the
+reason, MODEL_DIR and the complete step a rerun resumes from).
 
     slm-jax train   --gin_file=gin/runs/demo_cpu.gin [--gin.TRAIN_STEPS=100] [--module_import=my_tasks]
     slm-jax inspect MODEL_DIR [--step N]
@@ -15,6 +17,7 @@ file, record or flag: 2 for most commands, 1 for `prepare import|spm`; 3: does n
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -56,6 +59,8 @@ def _gin_command_help(name: str) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from slm_jax.cli.common import quiet_start
+    quiet_start()  # before any command imports TensorFlow or initialises JAX
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("slm_jax").setLevel(logging.INFO)
     # gin logs every search-path miss while resolving `include`; not a user-facing error.
@@ -68,14 +73,39 @@ def main(argv=None) -> int:
         print(_gin_command_help(argv[0]))
         return 0
     from slm_jax.gin_utils import ConfigError
+    from slm_jax.training.checkpoints import CheckpointWriteError
     from slm_jax.training.partitioning import MeshError
-    from slm_jax.training.run_dir import IncompatibleModelDirError
+    from slm_jax.training.run_dir import IncompatibleModelDirError, ModelDirError
     from slm_jax.training.train import ModelDataMismatchError, NonFiniteLossError
     try:
         return command(argv[0])(argv[1:])
-    except (ConfigError, MeshError, IncompatibleModelDirError, ModelDataMismatchError, NonFiniteLossError) as err:
+    except (ConfigError, MeshError, IncompatibleModelDirError, ModelDirError, ModelDataMismatchError,
+            NonFiniteLossError) as err:
         print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    except CheckpointWriteError as err:  # the run stopped; a rerun after freeing space resumes exactly
+        print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - only a file-system refusal becomes one line
+        reason = _file_system_refusal(err)
+        if reason is None:
+            raise
+        print(f"slm-jax {argv[0]}: {reason}", file=sys.stderr)
+        return 2
+
+
+def _file_system_refusal(err: BaseException) -> str | None:
+    """One line for an input path that is missing or not writable (FileNotFoundError,
+    PermissionError, a read-only file system, TensorFlow's NotFound/PermissionDenied from
+    tf.io.gfile); None for any other error, which keeps its traceback."""
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) \
+            or (isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES, errno.ENOSPC, errno.EDQUOT)):
+        return f"{type(err).__name__}: {err}"
+    if type(err).__module__.startswith("tensorflow") and type(err).__name__ in ("NotFoundError",
+                                                                                 "PermissionDeniedError"):
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{type(err).__name__}: {message}"
+    return None
 
 
 if __name__ == "__main__":

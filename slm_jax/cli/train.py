@@ -13,7 +13,7 @@ from slm_jax.training.train import TrainRun, run_training
 
 
 def main(argv) -> int:
-    gin_utils.setup(argv)
+    gin_utils.setup(argv, other_args=False)
     run = TrainRun()
     benchmark_fn = None
     if run.benchmarks and run.benchmark_period:

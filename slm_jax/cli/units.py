@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("encode", help="encode audio to a units JSONL (resumable)")
     _add_common(enc)
     enc.add_argument("--centroids", required=True, help="codebook .npy from `units fit` (or an exported one)")
-    enc.add_argument("--out", required=True, help="units JSONL; existing ids are skipped, new lines appended")
+    enc.add_argument("--out", required=True, help="units JSONL; existing ids are skipped, new lines appended "
+                     "(OUT.meta.json records the codebook digest, features and rates; a resume must match them)")
+    enc.add_argument("--reencode", action="store_true",
+                     help="discard --out (and OUT.meta.json) and encode every file with this run's settings")
     return parser
 
 
@@ -58,10 +61,10 @@ def units_main(argv: list[str]) -> int:
             print(f"fit: {stats.files} files, {stats.frames_seen} frames ({stats.frames_used} used), "
                   f"k={args.k} -> {args.out}; bad records skipped: {stats.bad_records}")
         else:
-            stats = encode_folder(args.audio, args.centroids, args.out, **common)
+            stats = encode_folder(args.audio, args.centroids, args.out, reencode=args.reencode, **common)
             print(f"encode: {stats.encoded} files encoded, {stats.already_done} already in {args.out}; "
                   f"bad records skipped: {stats.bad_records}")
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"slm-jax units {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError) as err:  # UnitsCacheMismatchError is a ValueError
+        print(f"slm-jax units {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -15,11 +15,25 @@ Units JSONL, one line per audio file, in sorted file order:
 extension; `duration` is in seconds; units are NOT deduplicated (see `speech.units`).
 Encoding is resumable: ids already in the output are skipped, each new line is flushed as
 soon as its file is done, and a line cut off by a kill is removed before appending.
+
+What made the units is kept beside them, in a sidecar `OUT.meta.json` (the JSONL lines stay
+plain units records, so every JSONL reader is unaffected):
+    {"format": "slm_jax.units/1", "features": "logmel", "frame_stack": 2, "unit_rate_hz": 50.0,
+     "sample_rate_hz": 16000, "codebook_sha256": "...", "codebook_shape": [500, 80],
+     "codebook_path": "/abs/km.npy"}
+A resume compares every field but `codebook_path` with this run's and stops with a
+`UnitsCacheMismatchError` naming each difference (another codebook, feature type, frame rate
+or sample rate) unless `reencode=True` (`--reencode`), which starts the output over. An
+output with records but no sidecar (written before sidecars existed) is refused the same way.
+`fit` writes `km.npy.meta.json` (features, frame stack, rates, k, seed); `encode` refuses a
+codebook whose sidecar names other features or another rate than the run's (same dims do not
+mean same features: HuBERT layer 6 vs 11, logmel at 50 vs 25 Hz).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -226,6 +240,126 @@ class _Reservoir:
         return self.frames[0]
 
 
+# --- what made a codebook / a units file (sidecars) ----------------------------------------
+
+UNITS_FORMAT = "slm_jax.units/1"
+CODEBOOK_FORMAT = "slm_jax.codebook/1"
+# Fields of a units sidecar that must match for a resume (codebook_path is informational).
+UNITS_KEY_FIELDS = ("format", "features", "frame_stack", "unit_rate_hz", "sample_rate_hz", "codebook_sha256",
+                    "codebook_shape")
+# Fields of a codebook sidecar that an encode run must share with its fit run.
+CODEBOOK_KEY_FIELDS = ("features", "frame_stack", "unit_rate_hz", "sample_rate_hz")
+
+
+class UnitsCacheMismatchError(ValueError):
+    """Existing units (or a codebook) were made with other settings than this run's; the
+    message names every differing field, both values, and the way out (`--reencode`)."""
+
+
+def sidecar_path(path: str) -> str:
+    """`PATH.meta.json`: where the settings that made `path` are recorded."""
+    return f"{os.fspath(path)}.meta.json"
+
+
+def codebook_digest(centroids: np.ndarray) -> str:
+    """sha256 (hex) of a codebook's float32 values and shape: the same codebook from any path
+    or file format gives the same digest; any changed value gives another."""
+    c = np.ascontiguousarray(np.asarray(centroids, np.float32))
+    h = hashlib.sha256(f"{c.shape}".encode())
+    h.update(c.tobytes())
+    return h.hexdigest()
+
+
+def canonical_features(spec: str) -> str:
+    """`--features` with a model path made absolute (the same model from another working
+    directory is the same features): `hubert:m/h:11` -> `hubert:/abs/m/h:11`."""
+    kind, _, rest = spec.partition(":")
+    if kind == "hubert" and rest:
+        path, sep, layer = rest.rpartition(":")
+        return f"{kind}:{os.path.abspath(path)}{sep}{layer}" if path else spec
+    if kind == "whisper" and rest:
+        head, sep, tail = rest.rpartition(":")
+        if sep and tail.isdigit() and head:
+            return f"{kind}:{os.path.abspath(head)}:{tail}"
+        return f"{kind}:{os.path.abspath(rest)}"
+    return spec
+
+
+def featurizer_settings(features: str, featurizer) -> dict:
+    """The settings of a featurizer that decide its frames: canonical `features`, frame stack,
+    unit rate (Hz) and the sample rate (Hz) audio is resampled to before featurizing."""
+    inner = getattr(featurizer, "inner", featurizer)
+    config = getattr(inner, "config", None)
+    sample_rate = getattr(inner, "sample_rate", None) or getattr(config, "sample_rate", None)
+    return {"features": canonical_features(features), "frame_stack": int(getattr(featurizer, "n", 1)),
+            "unit_rate_hz": float(featurizer.rate_hz), "sample_rate_hz": int(sample_rate) if sample_rate else None}
+
+
+def read_sidecar(path: str) -> dict | None:
+    """The sidecar of `path` as a dict, None when there is none; ValueError naming the file
+    when it does not parse."""
+    meta = sidecar_path(path)
+    if not os.path.exists(meta):
+        return None
+    try:
+        with open(meta, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{meta}: not valid JSON ({err}); delete it or pass --reencode") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{meta}: expected a JSON object")
+    return data
+
+
+def write_sidecar(path: str, data: dict) -> None:
+    """Writes `PATH.meta.json` whole (temporary file + rename: never half-written)."""
+    meta = sidecar_path(path)
+    tmp = f"{meta}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, sort_keys=True)  # one line: a `DIR/*` import glob names it as one bad record
+        f.write("\n")
+    os.replace(tmp, meta)
+
+
+def _differences(saved: dict, wanted: dict, fields) -> list[str]:
+    return [f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in fields if saved.get(k) != wanted.get(k)]
+
+
+def check_codebook_settings(centroids_path: str, settings: dict) -> None:
+    """UnitsCacheMismatchError when the codebook's sidecar (from `units fit`) names other
+    features, frame stack, unit rate or sample rate than `settings`; nothing to check for a
+    codebook without one (e.g. an exported textlesslib/SpiritLM codebook)."""
+    saved = read_sidecar(centroids_path)
+    if saved is None:
+        return
+    diff = _differences(saved, settings, CODEBOOK_KEY_FIELDS)
+    if diff:
+        raise UnitsCacheMismatchError(f"--centroids={centroids_path} was fitted on other features than this run's "
+                                      f"({'; '.join(diff)}); pass the --features/--frame_stack/--rate_hz it was "
+                                      f"fitted with, or fit a codebook for these")
+
+
+def check_units_resume(out_path: str, header: dict, n_records: int) -> None:
+    """UnitsCacheMismatchError when `out_path` already holds units made with other settings
+    than `header` (every UNITS_KEY_FIELDS difference named), or holds records without a
+    sidecar (nothing says what made them)."""
+    saved = read_sidecar(out_path)
+    if saved is None:
+        if n_records:
+            raise UnitsCacheMismatchError(
+                f"--out={out_path} holds {n_records} units records but no {os.path.basename(sidecar_path(out_path))}: "
+                f"nothing says which codebook and features made them; pass --reencode to encode everything again "
+                f"with this run's settings, or choose another --out")
+        return
+    diff = _differences(saved, header, UNITS_KEY_FIELDS)
+    if diff and n_records:
+        was = saved.get("codebook_path")
+        raise UnitsCacheMismatchError(
+            f"--out={out_path} holds {n_records} units made with other settings ({'; '.join(diff)}"
+            f"{f'; codebook then: {was}' if was else ''}); resuming would mix them. Pass --reencode to encode "
+            f"everything again, or choose another --out")
+
+
 def fit_codebook(audio_source: str, out_path: str, *, features: str = "logmel", k: int = 500,
                  frame_stack: int | None = None, rate_hz: float | None = None, max_frames: int = 1_000_000,
                  seed: int = 0, iters: int = 100, batch_size: int | None = None, shard: bool = True,
@@ -254,6 +388,9 @@ def fit_codebook(audio_source: str, out_path: str, *, features: str = "logmel", 
     stats.frames_used = data.shape[0]
     centroids = kmeans.fit_kmeans(data, k, seed=seed, iters=iters, batch_size=batch_size, mesh=_mesh(shard))
     kmeans.save_centroids(out_path, centroids)
+    write_sidecar(out_path, {"format": CODEBOOK_FORMAT, **featurizer_settings(features, featurizer), "k": k,
+                             "seed": seed, "codebook_sha256": codebook_digest(kmeans.load_centroids(out_path)),
+                             "max_frames": max_frames, "frames_used": stats.frames_used})
     return stats
 
 
@@ -323,21 +460,46 @@ def _record_id(line: bytes) -> str:
     return record["id"]
 
 
+def count_records(out_path: str) -> int:
+    """Non-empty lines of a units JSONL (0 when it does not exist)."""
+    if not os.path.exists(out_path):
+        return 0
+    with open(out_path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def encode_folder(audio_source: str, centroids_path: str, out_path: str, *, features: str = "logmel",
                   frame_stack: int | None = None, rate_hz: float | None = None, on_bad_record: str = "error",
-                  device: str | None = None, progress: bool = True) -> EncodeStats:
-    """Encodes every audio file not yet in `out_path` to a units line (see the module doc)."""
+                  device: str | None = None, progress: bool = True, reencode: bool = False) -> EncodeStats:
+    """Encodes every audio file not yet in `out_path` to a units line (see the module doc).
+
+    Before any audio is read: the codebook's own sidecar must agree with the featurizer, and
+    an existing `out_path` must have been made with the same codebook (sha256 of its values),
+    features, frame stack, unit rate and sample rate (`OUT.meta.json`), else
+    UnitsCacheMismatchError naming each difference. `reencode=True` deletes `out_path` and
+    its sidecar first and encodes every file.
+    """
     _check_policy(on_bad_record)
     files = list_audio(audio_source)
-    featurizer = make_featurizer(features, frame_stack=frame_stack, rate_hz=rate_hz, device=device)
     centroids = kmeans.load_centroids(centroids_path)
+    featurizer = make_featurizer(features, frame_stack=frame_stack, rate_hz=rate_hz, device=device)
     if centroids.shape[1] != featurizer.dim:
         raise ValueError(f"--centroids={centroids_path}: dim {centroids.shape[1]} does not match "
                          f"--features={features} (dim {featurizer.dim})")
+    settings = featurizer_settings(features, featurizer)
+    check_codebook_settings(centroids_path, settings)
+    header = {"format": UNITS_FORMAT, **settings, "codebook_sha256": codebook_digest(centroids),
+              "codebook_shape": list(centroids.shape), "codebook_path": os.path.abspath(centroids_path)}
+    if reencode:
+        for stale in (out_path, sidecar_path(out_path)):
+            if os.path.exists(stale):
+                os.remove(stale)
     done = read_done_ids(out_path)
+    check_units_resume(out_path, header, len(done))
     todo = [(i, p) for i, p in files if i not in done]
     stats = EncodeStats(already_done=len(files) - len(todo))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    write_sidecar(out_path, header)  # before the first record: a killed run leaves a resumable pair
     with open(out_path, "a", encoding="utf-8") as out:
         for rec_id, path in _progress(todo, "units encode", progress):
             loaded = _load_or_skip(path, on_bad_record)

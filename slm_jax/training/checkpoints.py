@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -51,6 +52,57 @@ STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 # ... and this one last, just before the commit rename (orbax/_src/path/atomicity.py).
 COMMIT_SUCCESS_FILE = "commit_success.txt"
 _DATA_INDEX_RE = re.compile(r"^process_(\d+)_of_(\d+)\.index$")
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing the checkpoint of a step failed (full disk, quota, permissions, I/O error).
+
+    Attributes: `step` (the step whose save failed), `directory` (the checkpoints folder),
+    `model_dir` (its MODEL_DIR: the parent of a `checkpoints/` folder), `reason` (one line,
+    e.g. "[Errno 28] No space left on device (ENOSPC)") and `resume_step` (the last complete
+    checkpoint, which a rerun resumes from exactly; None when there is none yet). The step
+    that failed is never counted as a checkpoint (see `is_complete_step_dir`).
+    """
+
+    def __init__(self, step: int, directory: str, reason: str, resume_step: int | None):
+        self.step, self.directory, self.reason, self.resume_step = step, str(directory), reason, resume_step
+        path = epath.Path(self.directory)
+        self.model_dir = str(path.parent) if path.name == "checkpoints" else self.directory
+        resume = (f"a rerun resumes from step {resume_step}, the last complete checkpoint"
+                  if resume_step is not None else "no complete checkpoint yet: a rerun starts from step 0")
+        super().__init__(f"checkpoint of step {step} not written: {reason}; MODEL_DIR {self.model_dir}; {resume}")
+
+
+# Messages of write failures that arrive without an OSError (TensorFlow / tensorstore errors).
+_IO_FAILURE_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                    "Permission denied", "Input/output error", "ENOSPC", "EDQUOT", "EROFS", "EACCES")
+
+
+def _io_failure_reason(err: BaseException) -> str | None:
+    """One line saying why a write failed, when `err` (or what caused it) is an I/O failure:
+    an OSError, a TensorFlow error, or a message naming an I/O errno; None otherwise."""
+    seen, current = set(), err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            name = errno.errorcode.get(current.errno, str(current.errno))
+            where = f" ({current.filename})" if current.filename else ""
+            return f"[Errno {current.errno}] {os.strerror(current.errno)} ({name}){where}"
+        text = str(current).strip()
+        if isinstance(current, OSError) or type(current).__module__.startswith("tensorflow") \
+                or any(t in text for t in _IO_FAILURE_TEXT):
+            line = next((ln for ln in text.splitlines() if any(t in ln for t in _IO_FAILURE_TEXT)),
+                        text.splitlines()[0] if text else type(current).__name__)
+            return f"{type(current).__name__}: {line.strip()}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _drop_orbax_io_failure_logs(record: logging.LogRecord) -> bool:
+    """Drops orbax's own ERROR records (with a traceback) of a save thread that failed on an
+    I/O error: CheckpointManager raises CheckpointWriteError for it, with the cause chained."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and "orbax" in (record.pathname or "") and _io_failure_reason(exc) is not None)
 
 
 class DataIterator(Protocol):
@@ -287,6 +339,9 @@ class CheckpointManager:
             raise ValueError(f"max_to_keep must be positive or None, got {max_to_keep}.")
         self.directory = _absolute(directory)
         self.save_period = save_period
+        self._pending_step: int | None = None
+        self._failed = False
+        logging.getLogger("absl").addFilter(_drop_orbax_io_failure_logs)  # orbax logs through absl; idempotent
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             step_name_format=_NAME_FORMAT,
@@ -334,12 +389,36 @@ class CheckpointManager:
             log.info("Checkpoint for step %d already exists in %s; not saving again.",
                      step, self.directory)
             return False
+        self._finish_pending()  # orbax waits for the previous save here anyway; errors name its step
         items = {STATE_ITEM: ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items[DATA_ITEM] = DataIteratorSave(data_iterator)
         # force=True for orbax: our own period policy already decided. A leftover
         # incomplete directory for this step is replaced by orbax's save.
-        return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
+        try:
+            started = bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
+        except Exception as err:  # noqa: BLE001 - only I/O failures are translated, others re-raised
+            self._raise_write_error(step, err)
+        if started:
+            self._pending_step = step
+        return started
+
+    def _finish_pending(self) -> None:
+        """Waits for the in-flight save; CheckpointWriteError naming its step if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - only I/O failures are translated, others re-raised
+            self._raise_write_error(self._pending_step, err)
+        self._pending_step = None
+
+    def _raise_write_error(self, step: int | None, err: Exception):
+        reason = _io_failure_reason(err)
+        if reason is None:
+            raise err
+        self._failed = True
+        log.debug("checkpoint write failure", exc_info=err)
+        raise CheckpointWriteError(step if step is not None else -1, str(self.directory), reason,
+                                   self.latest_step()) from err
 
     def has_data_state(self, step: int) -> bool:
         """Whether step `step` saved a data iterator position (an `import-hf` step 0 has none)."""
@@ -368,13 +447,25 @@ class CheckpointManager:
         return restored[STATE_ITEM]
 
     def wait_until_finished(self) -> None:
-        """Blocks until any in-flight async save has committed."""
-        self._manager.wait_until_finished()
+        """Blocks until any in-flight async save has committed; CheckpointWriteError (naming
+        the step, the reason and the step a rerun resumes from) if writing it failed."""
+        self._finish_pending()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and releases orbax's resources. After a reported
+        CheckpointWriteError it does not raise again (the first error is the one to show)."""
+        try:
+            self._finish_pending()
+        except Exception:  # noqa: BLE001
+            if not self._failed:
+                raise
+            log.debug("ignored while closing after a checkpoint write failure", exc_info=True)
+        finally:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001
+                if not self._failed:
+                    raise
 
     def __enter__(self) -> "CheckpointManager":
         return self
