@@ -24,6 +24,9 @@ import time
 
 import numpy as np
 
+from slm_jax.text_normalization import normalize_text
+from slm_jax_demo.tts import EspeakError  # noqa: F401  (raised by build; `slm-jax prepare` reports it)
+
 log = logging.getLogger(__name__)
 
 VERSION = 2  # 2: words carry pre-tokenized SentencePiece ids
@@ -82,7 +85,11 @@ def _normalised_features(featurizer, wave) -> np.ndarray:
 # -- build -------------------------------------------------------------------------------
 
 def build(root: str, params: DemoCorpusParams) -> None:
-    """Builds the corpus into `root` (atomically). Minutes on 2 CPU cores."""
+    """Builds the corpus into `root` (atomically). Minutes on 2 CPU cores.
+
+    EspeakError (before any work) when espeak-ng is missing, broken or lacks a voice. Texts
+    are written normalised (`normalize_text`; the story grammar already emits normalised
+    text, so this changes no string of the demo)."""
     from slm_jax.data import corpus
     from slm_jax.data.tokenizers import spm
     from slm_jax_demo import stories as stories_lib
@@ -91,12 +98,13 @@ def build(root: str, params: DemoCorpusParams) -> None:
     from slm_jax.speech.pipeline import make_featurizer
 
     tts.ensure_espeak()
+    voices = {lang: tts.voices_for(lang, params.voices_per_lang, params.seed) for lang in LANGS}
+    tts.check_voices(v for lang in LANGS for v in voices[lang])  # every voice before any synthesis
     start = time.time()
     rng = np.random.default_rng(params.seed)
     stories = stories_lib.generate_stories(params.num_stories, params.seed)
     num_heldout = max(2, int(round(params.num_stories * params.heldout_fraction)))
     split_of = {s.id: ("validation" if i >= len(stories) - num_heldout else "train") for i, s in enumerate(stories)}
-    voices = {lang: tts.voices_for(lang, params.voices_per_lang, params.seed) for lang in LANGS}
     featurizer = make_featurizer("logmel", frame_stack=FRAME_STACK)
 
     # 1. Speech for every story and language, plus the alternative endings of held-out stories.
@@ -125,7 +133,7 @@ def build(root: str, params: DemoCorpusParams) -> None:
     tmp = tempfile.mkdtemp(prefix=".spoken_demo_tmp_", dir=os.path.dirname(root))
     try:
         kmeans.save_centroids(os.path.join(tmp, "centroids.npy"), centroids)
-        transcripts = [" ".join(getattr(s, f"sentences_{lang}")) for s in stories if split_of[s.id] == "train"
+        transcripts = [_joined(getattr(s, f"sentences_{lang}")) for s in stories if split_of[s.id] == "train"
                        for lang in LANGS]
         spm_path = spm.train_sentencepiece(transcripts, os.path.join(tmp, "spm"), params.spm_vocab_size)
         word_ids, spm_digest = _word_tokenizer(spm_path)
@@ -138,7 +146,7 @@ def build(root: str, params: DemoCorpusParams) -> None:
                 units_of[(story.id, lang)] = (units, sentences)
                 utts[split_of[story.id]][lang].append(corpus.Utterance(
                     id=f"{story.id}-{lang}", lang=lang, units=units, unit_rate_hz=UNIT_RATE_HZ,
-                    text=" ".join(getattr(story, f"sentences_{lang}")),
+                    text=_joined(getattr(story, f"sentences_{lang}")),
                     words=[(w, float(s), float(e)) for w, s, e in words],
                     sentences=[(float(s), float(e), t) for s, e, t in sentences],
                     parallel_id=story.id,
@@ -173,14 +181,19 @@ def _word_tokenizer(spm_path: str):
 
     def word_ids(word: str) -> list[int]:
         if word not in cache:
-            cache[word] = processor.encode(word)
+            cache[word] = processor.encode(normalize_text(word))
         return cache[word]
 
     return word_ids, hashlib.sha256(model).hexdigest()
 
 
+def _joined(sentences) -> str:
+    """A transcript: sentences joined by a space, normalised (`normalize_text`)."""
+    return normalize_text(" ".join(sentences))
+
+
 def _side(lang, units, text):
-    return {"lang": lang, "units": [int(u) for u in units], "text": text}
+    return {"lang": lang, "units": [int(u) for u in units], "text": normalize_text(text)}
 
 
 def _split_units(units, sentences, upto):
@@ -205,7 +218,7 @@ def _write_cloze(out_dir, stories, split_of, units_of, endings, to_units) -> Non
                         prompt, _ = _split_units(p_units, p_sents, last)
                         _, correct = _split_units(e_units, e_sents, len(e_sents) - 1)
                         wrong = to_units(endings[(story.id, ending_lang, kind)])
-                        p_text = " ".join(getattr(story, f"sentences_{prompt_lang}")[:-1])
+                        p_text = _joined(getattr(story, f"sentences_{prompt_lang}")[:-1])
                         record = {"id": story.id, "topic": story.topic,
                                   "prompt": _side(prompt_lang, prompt, p_text),
                                   "correct": _side(ending_lang, correct, getattr(story, f"sentences_{ending_lang}")[-1]),

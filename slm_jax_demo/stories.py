@@ -18,6 +18,10 @@ French agreement is explicit: nouns carry their gender, determiners elide before
 with their subject or preceding object, and pre-nominal adjectives take their pre-vowel
 form (un vieil arbre, un bel œuf). Templates are format strings over a context of
 pre-agreed phrases, so every template is checked by reading it once.
+
+Every string emitted is already in slm_jax's normal form (`slm_jax.text_normalization`:
+NFC letters such as `é`/`œ`, plain spaces, no compatibility characters), so normalising it at
+the corpus boundary changes nothing (tests/test_text_normalization.py checks 2000 stories).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import dataclasses
 import re
 
 import numpy as np
+
+from slm_jax.text_normalization import normalize_text
 
 TOPICS = ("sea", "forest", "school", "kitchen", "farm", "city")
 
@@ -552,9 +558,11 @@ _WORD_RE = re.compile(r"[^\W\d_]+(?:['\-][^\W\d_]+)*")
 def words(sentence: str) -> list[str]:
     """The spoken words of a sentence, lowercased for TTS input.
 
-    Punctuation is dropped; an apostrophe or hyphen between letters keeps its word whole
+    The sentence is normalised first (`slm_jax.text_normalization.normalize_text`), so a
+    decomposed accent (NFD "e" + U+0301) stays inside its word and U+202F / U+00A0 separate
+    words. Punctuation is dropped; an apostrophe or hyphen between letters keeps its word whole
     ("l'arbre", "aujourd'hui", "grand-mère" are each one spoken word), and typographic
     apostrophes are normalised to "'".
     """
-    text = sentence.replace("\u2019", "'").replace("\u02bc", "'").lower()
+    text = normalize_text(sentence).replace("\u2019", "'").replace("\u02bc", "'").lower()
     return _WORD_RE.findall(text)

@@ -6,10 +6,19 @@ word is synthesised on its own, its silences trimmed, and words are concatenated
 known gaps, so word and sentence boundaries are exact by construction. The prosody is that
 of isolated words, which is fine for a small stand-in corpus of spoken stories.
 
-espeak-ng is a Debian package (`apt-get install -y espeak-ng`); it synthesises at 22050 Hz
-and its output is resampled to 16 kHz, the rate of the speech encoders. Grammar
-vocabularies are small, so every (word, voice) waveform is cached: a corpus of thousands of
-sentences costs one espeak-ng call per distinct word and voice.
+espeak-ng is a Debian package (`make espeak`, or `apt-get install -y espeak-ng`); it
+synthesises at 22050 Hz and its output is resampled to 16 kHz, the rate of the speech
+encoders. Grammar vocabularies are small, so every (word, voice) waveform is cached: a corpus
+of thousands of sentences costs one espeak-ng call per distinct word and voice.
+
+Text: every word is normalised with `slm_jax.text_normalization.normalize_text` before it
+reaches espeak-ng or the cache, so NFD and NFC spellings (or `ﬁ` and `fi`) are one word with
+one waveform, and the returned word/sentence texts are normalised.
+
+Errors: `EspeakError` (a RuntimeError) and its subclasses say what is missing and how to
+install it, in one line: `EspeakNotFoundError` (no binary on PATH), `EspeakVoiceError` (also a
+ValueError: the installed espeak-ng lacks a voice or variant, e.g. no French data), and
+`EspeakError` itself when the binary fails (listing voices or synthesising).
 """
 
 from __future__ import annotations
@@ -27,9 +36,25 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from slm_jax.text_normalization import normalize_text
+
 SAMPLE_RATE = 16000
 ESPEAK = "espeak-ng"
-INSTALL_HINT = "apt-get update && apt-get install -y espeak-ng"
+INSTALL_HINT = "`make espeak`, or apt-get update && apt-get install -y espeak-ng"
+VOICE_DATA_HINT = ("install the full voice data: apt-get install -y espeak-ng espeak-ng-data "
+                   "(a minimal build may lack a language)")
+
+
+class EspeakError(RuntimeError):
+    """espeak-ng is missing, broken or lacks a voice; the message names what and how to fix it."""
+
+
+class EspeakNotFoundError(EspeakError):
+    """No `espeak-ng` binary on PATH."""
+
+
+class EspeakVoiceError(EspeakError, ValueError):
+    """The installed espeak-ng has no such voice or variant (a ValueError too: a bad voice name)."""
 
 # Base espeak-ng voices per language (no mbrola voices: those need extra packages).
 BASE_VOICES = {
@@ -70,11 +95,11 @@ class Voice:
 
 
 def ensure_espeak() -> str:
-    """Path of the espeak-ng binary; raises RuntimeError with the install command when missing."""
+    """Path of the espeak-ng binary; EspeakNotFoundError with the install command when missing."""
     path = shutil.which(ESPEAK)
     if path is None:
-        raise RuntimeError(f"{ESPEAK} binary not found on PATH; speech synthesis needs it. "
-                           f"Install it with: {INSTALL_HINT}")
+        raise EspeakNotFoundError(f"{ESPEAK} not found on PATH; the spoken demo synthesises its speech "
+                                  f"with it. Install it with {INSTALL_HINT}")
     return path
 
 
@@ -151,20 +176,23 @@ def _cache_put(key: tuple[str, Voice], wave: np.ndarray) -> np.ndarray:
 
 
 def synthesize_word(word: str, voice: Voice) -> np.ndarray:
-    """float32 waveform at 16 kHz of one word, silences trimmed; cached per (word, voice).
+    """float32 waveform at 16 kHz of one word, silences trimmed; cached per (normalised word, voice).
 
+    The word is normalised first (`normalize_text`), so NFD/NFC spellings share one entry.
     The cached array is returned itself (read-only), so repeated words cost nothing and
-    cannot be corrupted by a caller writing into them.
+    cannot be corrupted by a caller writing into them. ValueError: empty, or more than one
+    word after normalisation; EspeakError: espeak-ng missing, broken or without the voice.
     """
-    key = (word, voice)
+    key = (_word_key(word), voice)
     cached = _cache_get(key)
     if cached is not None:
         return cached
-    if not word or any(c.isspace() for c in word):
+    word = key[0]
+    if not word or " " in word:
         raise ValueError(f"synthesize_word needs one non-empty word without spaces, got {word!r}")
     wave = trim_silence(_resample(*_run_espeak(word, voice)))
     if wave.size == 0:
-        raise RuntimeError(f"{ESPEAK} produced only silence for {word!r} with voice {voice.espeak_voice}")
+        raise EspeakError(f"{ESPEAK} produced only silence for {word!r} with voice {voice.espeak_voice}")
     wave.flags.writeable = False
     return _cache_put(key, wave)
 
@@ -175,7 +203,7 @@ def prefetch(words: Iterable[str], voice: Voice, workers: int = 2) -> None:
     espeak-ng runs in its own process, so threads overlap the calls; with 2 cores this
     roughly halves the time of a corpus's first pass over its vocabulary.
     """
-    todo = sorted({w for w in words if (w, voice) not in _CACHE})
+    todo = sorted({w for w in map(_word_key, words) if (w, voice) not in _CACHE})
     if workers <= 1 or len(todo) < 2:
         for w in todo:
             synthesize_word(w, voice)
@@ -184,12 +212,27 @@ def prefetch(words: Iterable[str], voice: Voice, workers: int = 2) -> None:
         list(pool.map(lambda w: synthesize_word(w, voice), todo))
 
 
+def _word_key(word: str) -> str:
+    """The word as espeak-ng and the cache see it (`normalize_text`); TypeError if not a str."""
+    return normalize_text(word)
+
+
 @functools.cache
 def _installed_voices() -> tuple[frozenset[str], frozenset[str]]:
-    """(voice/language names, variant names) known to the installed espeak-ng."""
+    """(voice/language names, variant names) known to the installed espeak-ng; EspeakError
+    when it cannot list them (a broken install)."""
     names, variants = set(), set()
     for option, target in (("--voices", names), ("--voices=variant", variants)):
-        out = subprocess.run([ensure_espeak(), option], capture_output=True, check=True).stdout
+        cmd = [ensure_espeak(), option]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, check=False)
+        except OSError as e:
+            raise EspeakError(f"`{' '.join(cmd)}` cannot run ({e}); reinstall it with {INSTALL_HINT}") from e
+        if proc.returncode != 0:
+            raise EspeakError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}: "
+                              f"{proc.stderr.decode('utf-8', 'replace').strip()[:200]}); "
+                              f"reinstall it with {INSTALL_HINT}")
+        out = proc.stdout
         for line in out.decode("utf-8", "replace").splitlines()[1:]:
             fields = line.split()
             if len(fields) >= 4:
@@ -201,16 +244,25 @@ def _installed_voices() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def check_voice(voice: Voice) -> None:
-    """Raises ValueError if espeak-ng does not know the voice or variant.
+    """Raises EspeakVoiceError (a ValueError) if espeak-ng does not know the voice or variant.
 
     Needed because espeak-ng reading stdin silently falls back to its default voice on an
     unknown name, which would quietly turn a whole corpus into one speaker.
     """
     names, variants = _installed_voices()
     if voice.name.lower() not in names:
-        raise ValueError(f"{ESPEAK} has no voice {voice.name!r} (see `{ESPEAK} --voices`)")
+        raise EspeakVoiceError(f"{ESPEAK} has no voice {voice.name!r} for language {voice.language!r} "
+                               f"(see `{ESPEAK} --voices`); {VOICE_DATA_HINT}")
     if voice.variant is not None and voice.variant.lower() not in variants:
-        raise ValueError(f"{ESPEAK} has no variant {voice.variant!r} (see `{ESPEAK} --voices=variant`)")
+        raise EspeakVoiceError(f"{ESPEAK} has no variant {voice.variant!r} (see `{ESPEAK} --voices=variant`); "
+                               f"{VOICE_DATA_HINT}")
+
+
+def check_voices(voices: Iterable[Voice]) -> None:
+    """`check_voice` on each voice: run before synthesising a corpus, so a missing voice
+    (e.g. no French data) stops the build at once, naming it, not after the first language."""
+    for voice in voices:
+        check_voice(voice)
 
 
 def _run_espeak(word: str, voice: Voice) -> tuple[np.ndarray, int]:
@@ -218,10 +270,13 @@ def _run_espeak(word: str, voice: Voice) -> tuple[np.ndarray, int]:
     check_voice(voice)
     cmd = [ensure_espeak(), "-v", voice.espeak_voice, "-s", str(voice.rate), "-p", str(voice.pitch),
            "--stdout"]
-    proc = subprocess.run(cmd, input=word.encode("utf-8"), capture_output=True, check=False)
+    try:
+        proc = subprocess.run(cmd, input=word.encode("utf-8"), capture_output=True, check=False)
+    except OSError as e:
+        raise EspeakError(f"`{' '.join(cmd)}` cannot run ({e}); reinstall it with {INSTALL_HINT}") from e
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed on {word!r} (exit {proc.returncode}): "
-                           f"{proc.stderr.decode('utf-8', 'replace').strip()}")
+        raise EspeakError(f"{' '.join(cmd)} failed on {word!r} (exit {proc.returncode}): "
+                          f"{proc.stderr.decode('utf-8', 'replace').strip()}")
     return parse_wav_bytes(proc.stdout, what=f"{ESPEAK} output for {word!r}")
 
 
@@ -294,8 +349,9 @@ def synthesize_utterance(sentences_words: Sequence[Sequence[str]], voice: Voice,
                          pad_s: float = 0.1):
     """Speaks sentences of words; returns (wave, words, sentences) with exact times in seconds.
 
-    `words` is [(word, start_s, end_s)] and `sentences` is [(start_s, end_s, text)], text
-    being the words joined by spaces; times are sample positions / 16000 in the returned
+    `words` is [(word, start_s, end_s)] (each word normalised, as `synthesize_word` speaks it)
+    and `sentences` is [(start_s, end_s, text)], text being those words joined by spaces;
+    times are sample positions / 16000 in the returned
     waveform, so they are exact, not estimated. Gaps are silence; with `rng` each gap is
     scaled by a factor in [0.7, 1.3] so a corpus does not have metronomic timing.
     """
@@ -312,6 +368,7 @@ def synthesize_utterance(sentences_words: Sequence[Sequence[str]], voice: Voice,
         if i > 0:
             cursor = _append(pieces, _silence(_jitter(sentence_gap_s, rng)), cursor)
         sentence_start = cursor
+        sentence = [_word_key(w) for w in sentence]
         for j, word in enumerate(sentence):
             if j > 0:
                 cursor = _append(pieces, _silence(_jitter(word_gap_s, rng)), cursor)

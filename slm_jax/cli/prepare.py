@@ -1,4 +1,9 @@
-"""`slm-jax prepare demo-corpus|spm|import`: build or import corpora, train SentencePiece."""
+"""`slm-jax prepare demo-corpus|spm|import`: build or import corpora, train SentencePiece.
+
+`demo-corpus` needs espeak-ng: when it is missing, broken or lacks a voice, the command prints
+one line saying what and how to install it (`make espeak`, or apt-get install -y espeak-ng)
+and exits 2, before any synthesis; other bad input (a ValueError) is one line too.
+"""
 from __future__ import annotations
 
 import sys
@@ -21,7 +26,11 @@ def main(argv) -> int:
         return import_main(rest)
     if what == "demo-corpus":
         # the demo is a consumer of slm_jax; this forward keeps the documented command working
-        from slm_jax_demo.corpus import demo_corpus_main
-        return demo_corpus_main(rest)
+        from slm_jax_demo.corpus import EspeakError, demo_corpus_main
+        try:
+            return demo_corpus_main(rest)
+        except (EspeakError, ValueError) as err:  # no/broken espeak-ng, or a bad flag value
+            print(f"slm-jax prepare demo-corpus: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
     print(f"slm-jax prepare: unknown target {what!r}\n{PREPARE_HELP}", file=sys.stderr)
     return 2

@@ -1,4 +1,9 @@
-"""`slm-jax prepare spm`: SentencePiece on corpus transcripts or text files."""
+"""`slm-jax prepare spm`: SentencePiece on corpus transcripts or text files.
+
+Every transcript is normalised with `slm_jax.text_normalization.normalize_text` (NFKC +
+whitespace collapse) and the model uses SentencePiece's `identity` rule (see
+`slm_jax.data.tokenizers.spm`). Exit 1 with one line on bad input.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from slm_jax.data.tokenizers.spm import _iter_corpus_texts, _iter_text_files, tr
 
 def spm_main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: trains a model from corpus shards (--input) or plain text files (--text_files)."""
-    p = argparse.ArgumentParser(prog="spm", description="Train a SentencePiece model (0 PAD, 1 EOS, 2 UNK).")
+    p = argparse.ArgumentParser(prog="spm", description="Train a SentencePiece model (0 PAD, 1 EOS, 2 UNK) on "
+                                "transcripts normalised with NFKC + whitespace collapse.")
     p.add_argument("--input", help="glob of corpus shards (read with slm_jax.data.corpus.iter_utterances)")
     p.add_argument("--text_files", help="glob of text files, one transcript per line")
     p.add_argument("--model_prefix", required=True)
@@ -27,7 +33,7 @@ def spm_main(argv: Optional[Sequence[str]] = None) -> int:
         path = train_sentencepiece(
             texts, args.model_prefix, args.vocab_size, args.model_type, args.character_coverage
         )
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"spm: {e}", file=sys.stderr)
         return 1
     logging.info("wrote %s", path)

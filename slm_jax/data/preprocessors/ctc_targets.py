@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from slm_jax import contract
 from slm_jax.data.tokenizers.chars import CharVocabulary
+from slm_jax.data.tokenizers.token_space import normalize_text_tf
 
 CTC_TARGETS_KEY = contract.CTC_TARGETS
 
@@ -63,7 +64,8 @@ def add_ctc_targets(
 ) -> tf.data.Dataset:
     """Adds `output_key`: int32 char ids of `ex[text_key]` (a scalar UTF-8 string).
 
-    The text is lowercased (`tf.strings.lower`, utf-8) when the vocabulary is
+    The text is normalised (`normalize_text_tf`: NFKC + whitespace collapse, as
+    `CharVocabulary.encode`), then lowercased (`tf.strings.lower`, utf-8) when the vocabulary is
     lowercase-only. Characters outside the vocabulary (without `unk`), invalid UTF-8, or
     more than `max_chars` characters fail the pipeline naming the record (`ex[id_key]`).
     Other features pass through; `text_key` is kept. With `packing_sentinel`, the ids
@@ -78,7 +80,7 @@ def add_ctc_targets(
         if text_key not in ex:
             raise KeyError(f"add_ctc_targets: no feature {text_key!r}; features are {sorted(ex)}")
         rid = _record_id(ex, id_key)
-        text = tf.reshape(ex[text_key], [])
+        text = normalize_text_tf(tf.reshape(ex[text_key], []))
         if lower:
             text = tf.strings.lower(text, encoding="utf-8")
         chars = tf.strings.unicode_split(text, "UTF-8", errors="strict")

@@ -4,6 +4,14 @@
 alphabet's characters in order, then an optional `<unk>`. Pure Python (no TensorFlow),
 so the TF target writer (`slm_jax.data.preprocessors.ctc_targets`) and the CTC head
 (`slm_jax.models.ctc`) agree on ids through this class and the contract.
+
+Text normalisation (issue 13): a character is a code point of
+`slm_jax.text_normalization.normalize_text(text)` (NFKC, whitespace runs -> one ' ', stripped),
+lowercased for a lowercase-only alphabet. So `"ça"` typed as NFC (U+00E7) or NFD
+(`c` + U+0327) gives the same ids, `ﬁ` gives the ids of `fi`, U+202F / U+00A0 the id of ' '.
+The alphabet itself must be in that form (each character unchanged by NFKC, no whitespace
+but ' '): a character that normalised text can never contain would be a class that is never
+a target, so it is refused. `from_texts` builds the alphabet from normalised texts.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from slm_jax.contract import CTC_BLANK_ID
+from slm_jax.text_normalization import normalize_text
 
 BLANK_ID = CTC_BLANK_ID
 UNK_STR = "<unk>"
@@ -27,10 +36,14 @@ class CharVocabulary:
       unk: map characters outside the alphabet to an explicit `<unk>` id (the last id)
         instead of raising.
 
-    If the alphabet has no character that `str.lower` changes ("lowercase-only"), input
-    text is lowercased first (`normalize`), here and in the TF preprocessor
-    (`tf.strings.lower(..., encoding="utf-8")`, which agrees with `str.lower` except for
-    the few code points whose lowercase is longer than one character).
+    Input text is normalised (`normalize_text`, module docstring) and, if the alphabet has no
+    character that `str.lower` changes ("lowercase-only"), lowercased (`normalize`), here and
+    in the TF preprocessor (`normalize_text_tf` then `tf.strings.lower(..., encoding="utf-8")`,
+    which agrees with `str.lower` except for the few code points whose lowercase is longer
+    than one character).
+
+    ValueError: empty alphabet, duplicates, or characters that normalised text never holds
+    (not NFKC-stable, e.g. a decomposed accent or `ﬁ`, or whitespace other than ' ').
     """
 
     def __init__(self, alphabet: str, unk: bool = False):
@@ -43,6 +56,13 @@ class CharVocabulary:
             (dups if c in seen else seen).add(c)
         if dups:
             raise ValueError(f"CharVocabulary: duplicate characters in the alphabet: {sorted(dups)!r}")
+        unstable = [c for c in alphabet if c != " " and normalize_text(c) != c]
+        if unstable:
+            raise ValueError(
+                "CharVocabulary: the alphabet has characters that normalised text never contains "
+                f"(NFKC changes them, or whitespace other than ' '): "
+                f"{[f'U+{ord(c):04X} -> {normalize_text(c)!r}' for c in unstable]}; "
+                "build the alphabet from normalised text (CharVocabulary.from_texts does)")
         self.alphabet = alphabet
         self.unk = bool(unk)
         self._ids = {c: i + 1 for i, c in enumerate(alphabet)}
@@ -76,9 +96,13 @@ class CharVocabulary:
 
     # ----- text <-> ids
     def normalize(self, text: str) -> str:
+        """`normalize_text(text)`, lowercased for a lowercase-only alphabet: what `encode` maps."""
+        text = normalize_text(text)
         return text.lower() if self.lowercase_only else text
 
     def encode(self, text: str) -> list[int]:
+        """ids [len(normalize(text))] of the normalised text; ValueError naming characters
+        outside the alphabet (without `unk`)."""
         text = self.normalize(text)
         unknown = sorted({c for c in text if c not in self._ids})
         if unknown and not self.unk:
@@ -104,9 +128,11 @@ class CharVocabulary:
     # ----- construction / persistence
     @classmethod
     def from_texts(cls, texts: Iterable[str], unk: bool = False, lowercase: bool = False) -> CharVocabulary:
-        """Alphabet = the sorted set of characters of `texts` (lowercased first if asked)."""
+        """Alphabet = the sorted set of characters of the normalised `texts` (`normalize_text`,
+        then lowercased if asked), so NFD and NFC spellings add the same characters."""
         chars: set[str] = set()
         for t in texts:
+            t = normalize_text(t)
             chars.update(t.lower() if lowercase else t)
         if not chars:
             raise ValueError("CharVocabulary.from_texts: no characters in the given texts")
