@@ -38,8 +38,9 @@ def _units_task(name, lang=None, splits=unit_corpus.SPLITS, extra=()):
     return task
 
 
-@pytest.fixture(scope="module")
-def tasks(demo_data_dir):
+def register_tasks():
+    """Registers this file's tasks (no I/O); also run on import, so that
+    `--module_import=tests.test_empty_tasks` gives a subprocess the same tasks."""
     import slm_jax.testing.tasks  # noqa: F401  (demo_units_en / _fr / _mix)
     _units_task(EMPTY, lang="de")
     _units_task(TOO_LONG, extra=(_keep_if_fits,))
@@ -47,6 +48,14 @@ def tasks(demo_data_dir):
     register_mixture(MIX, [("demo_units_en", 1.0), (EMPTY, 1.0)])
     register_mixture(MIX_RATE0, [("demo_units_en", 1.0), (EMPTY, 0.0)])
     register_mixture(MIX_NO_SPLIT, [("demo_units_en", 1.0), (TRAIN_ONLY, 1.0)])
+
+
+register_tasks()
+
+
+@pytest.fixture(scope="module")
+def tasks(demo_data_dir):
+    register_tasks()
 
 
 def cfg(name, split="train", **kw):
@@ -163,6 +172,24 @@ def test_training_refuses_before_step_1(tasks, tmp_path, bindings, match):
         run_training(run)
     assert not checkpoints.list_complete_steps(tmp_path / "run" / "checkpoints")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_stop_with_the_same_message(tasks, tmp_path):
+    """A real 2-process job: both processes refuse the mixture before step 1 with the same
+    one-line error (none waits for the other in a collective)."""
+    from tests.multiprocess import finish_job, start_job
+    args = ["train", "--gin_file=gin/runs/test_cpu.gin", "--module_import=tests.test_empty_tasks",
+            f"--gin.MIXTURE_OR_TASK_NAME='{MIX}'", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+            "--gin.SEQUENCE_LENGTH=32", "--gin.train.eval_period=0"]
+    results = finish_job(start_job(args, num_processes=2, devices_per_process=4), timeout=600)
+    lines = []
+    for rc, _, err in results:
+        assert rc == 2, err[-3000:]
+        lines.append(next(line for line in err.splitlines() if line.startswith("slm-jax train: EmptyDataError")))
+    assert lines[0] == lines[1]
+    assert f"task '{EMPTY}', split 'train': 0 examples after preprocessing" in lines[0]
 
 
 def test_evaluate_without_any_eval_token_is_an_error(tasks):

@@ -66,7 +66,7 @@ def test_uninterrupted_run_writes_everything(uninterrupted):
         assert key in metrics[60]
     assert metrics[60]["loss"] < 0.8 * metrics[5]["loss"], "loss must fall"
     assert checkpoints.list_complete_steps(os.path.join(uninterrupted, "checkpoints")) == list(range(10, 61, 10))
-    for name in ("config.gin", "model_config.json"):
+    for name in ("config.gin", "config-1.gin", "launches.jsonl", "model_config.json"):
         assert os.path.isfile(os.path.join(uninterrupted, name))
     assert os.listdir(os.path.join(uninterrupted, "tensorboard"))
     with open(os.path.join(uninterrupted, "config.gin")) as f:
