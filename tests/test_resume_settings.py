@@ -181,3 +181,23 @@ def test_summary_never_prints_nan(capsys, tmp_path, monkeypatch):
     assert cli_train.main([]) == 0
     out = capsys.readouterr().out
     assert "loss=1.5" in out and "loss_text=n/a" in out and "=nan" not in out
+
+
+def test_record_launch_keeps_the_first_config_and_inspect_lists_launches(tmp_path, capsys):
+    from slm_jax.cli.inspect_run import _print_launches
+    settings = {"batch_size": 8, "schedule": {"decay_end_step": 4}}
+    first = run_dir.record_launch(str(tmp_path), settings, "TRAIN_STEPS = 4\n", 0, 4)
+    second = run_dir.record_launch(str(tmp_path), {**settings, "batch_size": 16}, "TRAIN_STEPS = 8\n", 4, 8,
+                                   changed=["batch_size"])
+    assert (first["launch"], second["launch"]) == (1, 2)
+    assert (tmp_path / "config.gin").read_text() == "TRAIN_STEPS = 4\n"
+    assert (tmp_path / "config-1.gin").read_text() == "TRAIN_STEPS = 4\n"
+    assert (tmp_path / "config-2.gin").read_text() == "TRAIN_STEPS = 8\n"
+    assert [r["settings"]["batch_size"] for r in run_dir.read_launches(str(tmp_path))] == [8, 16]
+    _print_launches(str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "launches: 2 (first launch's config: config.gin)"
+    assert out[1].endswith("steps 0 -> 4 config config-1.gin changed: -")
+    assert out[2].endswith("steps 4 -> 8 config config-2.gin changed: batch_size")
+    # without a complete checkpoint nothing is resumed, so nothing is compared
+    assert run_dir.check_resume(str(tmp_path), {"batch_size": 32}) == []
