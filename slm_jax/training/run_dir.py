@@ -101,9 +101,10 @@ def check_compatible(model_dir: str, model_cfg) -> None:
 # checkpoint / log / eval periods, eval data, benchmarks, MeshConfig (checkpoints are
 # resharded on restore), TrainConfig (accumulation, z-loss, CTC weight), Adam's b1 / b2 / eps /
 # weight_decay and the clipping norm's value, the model's non-shape fields (dtypes, remat).
-# The schedule rule follows MaxText (`learning_rate_schedule_steps` is fixed explicitly to
-# extend a run) rather than t5x (whose default rsqrt schedule never reads the total steps):
-# the LR of a step must not depend on when the run was extended.
+# The schedule rule follows MaxText (source: AI-Hypercomputer/maxtext pyconfig:
+# `learning_rate_schedule_steps=-1` means the run's `steps`; a run is extended by fixing it
+# explicitly) rather than relying on a schedule that never reads the total steps (t5x's
+# default rsqrt decay): the LR of a step must not depend on when the run was extended.
 RESUME_SETTINGS: dict[str, tuple[str, bool]] = {
     "batch_size": ("BATCH_SIZE (train/DatasetConfig.batch_size)", True),
     "sequence_length": ("SEQUENCE_LENGTH (train/DatasetConfig.sequence_length, .ctc_length)", True),
