@@ -181,7 +181,7 @@ def evaluate(trainer: Trainer, params, eval_iterator_factory, eval_steps: int) -
         out = jax.device_get(trainer.eval_step(params, trainer.global_batch(batch)))
         loss_sum += float(out["loss_sum"])
         tokens += float(out["target_tokens"])
-    if tokens == 0:
+    if tokens == 0 and eval_steps > 0:
         # an eval loss of 0 over no tokens would read as a perfect model
         from slm_jax.data.pipeline import EmptyDataError
         raise EmptyDataError("the eval stream gave no batch with target tokens (a finite eval "
