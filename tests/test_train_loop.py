@@ -66,7 +66,7 @@ def test_uninterrupted_run_writes_everything(uninterrupted):
         assert key in metrics[60]
     assert metrics[60]["loss"] < 0.8 * metrics[5]["loss"], "loss must fall"
     assert checkpoints.list_complete_steps(os.path.join(uninterrupted, "checkpoints")) == list(range(10, 61, 10))
-    for name in ("config.gin", "model_config.json"):
+    for name in ("config.gin", "config-1.gin", "launches.jsonl", "model_config.json"):
         assert os.path.isfile(os.path.join(uninterrupted, name))
     assert os.listdir(os.path.join(uninterrupted, "tensorboard"))
     with open(os.path.join(uninterrupted, "config.gin")) as f:
@@ -123,8 +123,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_data_dir, tmp
     assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]
     good_sha = checkpoints.params_sha256(checkpoints.restore_params_to_host(ckpt_dir)[1])
 
-    # An absurd learning rate blows the parameters up at the first resumed step (5).
-    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], base + ["OptimizerConfig.learning_rate = 1e30"])
+    # An absurd learning rate blows the parameters up at the first resumed step (5); a resume
+    # may change the schedule only when told so (run_dir.RESUME_SETTINGS).
+    gin_utils.parse_gin(["gin/runs/test_cpu.gin"], base + ["OptimizerConfig.learning_rate = 1e30",
+                                                           "train.allow_resume_changes = 'schedule'"])
     with pytest.raises(NonFiniteLossError, match=r"at step 5\b.*last good checkpoint \(step 4\)"):
         run_training(TrainRun())
     assert checkpoints.list_complete_steps(ckpt_dir) == [2, 4]

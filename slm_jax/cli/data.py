@@ -30,6 +30,14 @@ def data_main(argv) -> int:
     p_stats.add_argument("--token_shares", default=None,
                          help="task=share,... : print mixture rates giving these TOKEN shares (matched budgets)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as err:  # bad task name, split, shares: one line, not a traceback
+        print(f"slm-jax data {args.cmd}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.cmd == "show":
         colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
         print(show(args.name, args.n, args.split, args.sequence_length, colour))
@@ -40,6 +48,9 @@ def data_main(argv) -> int:
     for task, row in table.items():
         print(task.ljust(32) + "".join(f"{row.get(k, 0):20,.1f}" if isinstance(row.get(k, 0), float)
                                        else f"{row.get(k, 0):20,d}" for k in keys))
+    for task, row in table.items():
+        if not row["examples"]:
+            print(f"warning: {inspect_data.empty_task_message(task, args.split)}", file=sys.stderr)
     if args.token_shares:
         try:
             shares = {t: float(v) for t, v in (item.split("=") for item in args.token_shares.split(","))}

@@ -24,11 +24,20 @@ def main(argv) -> int:
     print(f"num_params: {sum(int(np.prod(x.shape)) for x in leaves)}")
     print(f"params_sha256: {checkpoints.params_sha256(params)}")
     _print_metrics_summary(args.model_dir)
+    _print_launches(args.model_dir)
     return 0
 
 
+def _fmt(value, spec: str) -> str:
+    """A logged value, or 'n/a' where the step had none (null / absent / non-finite)."""
+    if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        return "n/a"
+    return format(value, spec)
+
+
 def _print_metrics_summary(model_dir: str) -> None:
-    """First/last logged loss and the latest eval loss and speed, if metrics exist."""
+    """First/last logged loss, per-modality losses where the run had them, the latest eval
+    loss and speed, if metrics exist."""
 
     import tensorflow as tf
     path = run_dir.metrics_path(model_dir)
@@ -39,8 +48,26 @@ def _print_metrics_summary(model_dir: str) -> None:
     if not rows:
         return
     first, last = rows[0], rows[-1]
-    print(f"train_loss: {first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f} (step {last['step']})")
+    print(f"train_loss: {_fmt(first.get('loss'), '.4f')} (step {first['step']}) -> "
+          f"{_fmt(last.get('loss'), '.4f')} (step {last['step']})")
+    # a modality the run never had (e.g. text in a unit-only run) is not printed at all
+    for key in ("loss_text", "loss_speech", "ctc_loss"):
+        logged = [r for r in rows if isinstance(r.get(key), (int, float))]
+        if logged:
+            print(f"{key}: {_fmt(logged[-1][key], '.4f')} (step {logged[-1]['step']})")
     evals = [r for r in rows if r.get("eval_loss") is not None]
     if evals:
-        print(f"eval_loss: {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})")
-    print(f"tokens_per_second: {last['tokens_per_second']:,.0f}")
+        print(f"eval_loss: {_fmt(evals[-1]['eval_loss'], '.4f')} (step {evals[-1]['step']})")
+    print(f"tokens_per_second: {_fmt(last.get('tokens_per_second'), ',.0f')}")
+
+
+def _print_launches(model_dir: str) -> None:
+    """One line per launch of `launches.jsonl`: number, UTC time, steps, config file, changes."""
+    launches = run_dir.read_launches(model_dir)
+    if not launches:
+        return
+    print(f"launches: {len(launches)} (first launch's config: {run_dir.CONFIG_GIN})")
+    for r in launches:
+        changed = ", ".join(r.get("changed") or []) or "-"
+        print(f"  {r.get('launch')}: {r.get('time')} steps {r.get('start_step')} -> {r.get('train_steps')} "
+              f"config {r.get('config')} changed: {changed}")

@@ -5,6 +5,8 @@ set (so an unknown benchmark fails before compiling), trains and prints a summar
 """
 from __future__ import annotations
 
+import math
+
 import jax
 
 import gin
@@ -26,7 +28,9 @@ def main(argv) -> int:
         print(f"preempted: checkpoint at step {last['preempted_at_step']} in {run.model_dir}; "
               "run the same command again to resume")
     elif last:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
+        # never "nan" for a metric without values (e.g. loss_text of a unit-only run)
+        shown = ", ".join(f"{k}={v:.4g}" if math.isfinite(v) else f"{k}=n/a"
+                          for k, v in last.items() if isinstance(v, float))
         print(f"done: step {last['step']}: {shown}")
     print(f"MODEL_DIR: {run.model_dir}")
     return 0

@@ -95,14 +95,23 @@ def show(name: str, n: int = 3, split: str = "train", sequence_length: int | Non
     for task in leaf_tasks(name):
         vocab = task.output_features["targets"].vocabulary
         lines.append(f"== {task.name} ({split})")
+        count = 0
         for i, ex in enumerate(_examples(task, split, sequence_length, n)):
+            count += 1
             ids = ex["targets"]
             stats = " ".join(f"{k}={v}" for k, v in example_stats(vocab, ids).items())
             ident = ex.get("id", b"")
             ident = ident.decode() if isinstance(ident, bytes) else str(ident)
             lines.append(f"-- [{i}] {ident} {stats}")
             lines.append(render_example(vocab, ids, colour))
+        if not count and n != 0:
+            lines.append(empty_task_message(task.name, split))
     return "\n".join(lines)
+
+
+def empty_task_message(task: str, split: str) -> str:
+    """The one wording for a task that yields nothing (as `pipeline.check_not_empty` says it)."""
+    return f"task {task!r}, split {split!r}: 0 examples after preprocessing"
 
 
 def stats(name: str, split: str = "train", max_examples: int | None = None,
@@ -131,6 +140,11 @@ def rates_for_token_shares(tokens_per_example: Mapping[str, float], shares: Mapp
     missing = set(shares) - set(tokens_per_example)
     if missing:
         raise ValueError(f"no token statistics for tasks {sorted(missing)}")
+    # a task without tokens can take no share of them (any rate gives it 0 tokens)
+    empty = sorted(t for t in shares if not tokens_per_example[t] > 0)
+    if empty:
+        raise ValueError(f"tasks {empty} have 0 tokens per example (0 examples after preprocessing?): "
+                         f"no rate gives them a token share; drop them from the shares")
     if any(v <= 0 for v in shares.values()):
         raise ValueError(f"token shares must be positive: {dict(shares)}")
     raw = {t: shares[t] / tokens_per_example[t] for t in shares}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Optional
+from typing import Callable, Optional
 
 import gin
 import numpy as np
@@ -102,6 +102,12 @@ class DatasetConfig:
               "None or a positive int")
 
 
+class EmptyDataError(ConfigError):
+    """An input stream that yields no batch: a task or mixture member with 0 examples after
+    preprocessing (on every process, or on some processes' shards), or a finite stream
+    (`DatasetConfig.num_epochs`) that runs out before the last step."""
+
+
 def _registered_names() -> list[str]:
     return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
 
@@ -135,7 +141,81 @@ def _validate(cfg: DatasetConfig, shard_info: seqio.ShardInfo):
             f"DatasetConfig.split={cfg.split!r} is not a split of {name!r} "
             f"(splits: {sorted(provider.splits)})"
         )
+    # seqio.Mixture.get_dataset skips a member without the split with only a log line,
+    # which silently changes the mixture the user asked for.
+    lacking = [t.name for t, _ in active_members(provider) if cfg.split not in t.splits]
+    if lacking:
+        raise ValueError(
+            f"DatasetConfig.split={cfg.split!r}: members {lacking} of mixture {name!r} have no such split "
+            f"(seqio would skip them and change the mixture); give them the split or set their rate to 0"
+        )
     return provider
+
+
+def active_members(provider) -> list[tuple[seqio.Task, float]]:
+    """(task, rate) for every task a stream can draw from: a task alone (rate 1.0), or each
+    leaf task of a mixture (nested mixtures flattened, `Mixture.get_rate`) with rate > 0."""
+    if not isinstance(provider, seqio.Mixture):
+        return [(provider, 1.0)]
+    members = [(task, float(provider.get_rate(task))) for task in provider.tasks]
+    return [(task, rate) for task, rate in members if rate > 0]
+
+
+def member_has_examples(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None) -> dict[str, bool]:
+    """task name -> whether the task yields at least one example on `shard_info`'s shard,
+    for each member of `active_members` (built as `get_dataset` builds it, no shuffling,
+    one epoch, `.take(1)`). Raises what `get_dataset` raises for a bad config."""
+    shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
+    provider = _validate(cfg, shard_info)
+    out = {}
+    for task, _ in active_members(provider):
+        ds = task.get_dataset({"targets": cfg.sequence_length}, split=cfg.split, use_cached=cfg.use_cached,
+                              shuffle=False, seed=cfg.seed, shard_info=shard_info, num_epochs=1)
+        out[task.name] = any(True for _ in ds.take(1))
+    return out
+
+
+def check_not_empty(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None,
+                    gather: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
+    """Refuse a stream with a member that yields no example, the same way on every process.
+
+    `gather(int32 [members]) -> int32 [processes, members]` collects every process's
+    `member_has_examples` (pass `multihost_utils.process_allgather` in a multi-process job;
+    None for one process). Raises EmptyDataError naming each task and split: "task X, split
+    Y: 0 examples after preprocessing" when no process has an example, or the processes whose
+    shard is empty otherwise (fewer files or examples than processes).
+    """
+    shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
+    local = member_has_examples(cfg, shard_info)
+    names = list(local)
+    table = np.asarray([int(local[n]) for n in names], np.int32)[None]
+    if gather is not None:
+        table = np.asarray(gather(table[0])).reshape(-1, len(names))
+    problems = []
+    for j, name in enumerate(names):
+        column = table[:, j]
+        if not column.any():
+            problems.append(f"task {name!r}, split {cfg.split!r}: 0 examples after preprocessing "
+                            f"(sequence_length={cfg.sequence_length})")
+        elif not column.all():
+            empty = [int(i) for i in np.flatnonzero(column == 0)]
+            problems.append(f"task {name!r}, split {cfg.split!r}: 0 examples on the data shards of processes "
+                            f"{empty} of {len(column)} (fewer input files or examples than processes)")
+    if problems:
+        where = (f" (member of mixture {cfg.mixture_or_task_name!r})"
+                 if names != [cfg.mixture_or_task_name] else "")
+        raise EmptyDataError(
+            "; ".join(problems) + f"{where}. Check the task's filters and records (e.g. a lang filter against "
+            f"the lang the records were imported with; `slm-jax data stats {cfg.mixture_or_task_name} "
+            f"--split={cfg.split}`), or give the member rate 0")
+
+
+def exhausted_error(cfg: DatasetConfig, step: int) -> EmptyDataError:
+    """The error for a stream that ran out before `step` (finite `num_epochs`)."""
+    return EmptyDataError(
+        f"{cfg.mixture_or_task_name!r}, split {cfg.split!r}: the input ran out before step {step} "
+        f"(DatasetConfig.num_epochs={cfg.num_epochs}; a mixture stops when any member runs out); "
+        f"use num_epochs=None (repeat) or fewer steps")
 
 
 def _add_unpacked_segments(ex: dict) -> dict:

@@ -3,7 +3,10 @@ the CLI read it).
 
     MODEL_DIR/
       checkpoints/<step>/   Orbax steps: params, opt_state, step, each process's data position
-      config.gin            the full gin config of the run (`gin.config_str()`)
+      config.gin            the full gin config of the FIRST launch (`gin.config_str()`), never overwritten
+      config-<N>.gin        the full gin config of launch N (1, 2, ...)
+      launches.jsonl        one JSON object per launch: time, start step, TRAIN_STEPS, resume settings,
+                            what changed and which change the launch allowed (`slm-jax inspect` shows it)
       model_config.json     the model's fields + parameter shapes (resume compatibility record)
       metrics.jsonl         one JSON object per logged step
       tensorboard/          the same scalars as TensorBoard events
@@ -14,11 +17,13 @@ Paths may be local or `gs://` (through `tf.io.gfile` where TensorFlow is install
 
 from __future__ import annotations
 
+import datetime
 import json
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 CHECKPOINTS = "checkpoints"
 CONFIG_GIN = "config.gin"
+LAUNCHES_FILE = "launches.jsonl"
 MODEL_CONFIG_FILE = "model_config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
@@ -27,6 +32,10 @@ EVAL = "eval"
 
 class IncompatibleModelDirError(ValueError):
     """MODEL_DIR holds a run whose model shapes differ from the requested model."""
+
+
+class ResumeSettingsError(IncompatibleModelDirError):
+    """A resume asks for a setting a resume may not change (see `RESUME_SETTINGS`)."""
 
 
 class ModelDirError(ValueError):
@@ -85,8 +94,127 @@ def check_compatible(model_dir: str, model_cfg) -> None:
             f"use a new MODEL_DIR or the saved model config ({path(model_dir, MODEL_CONFIG_FILE)})")
 
 
-def write_run_files(model_dir: str, model_cfg, config_str: str) -> None:
-    """`model_config.json` (fields + shapes) and `config.gin`; process 0 only in a multi-process job."""
+# What a resume may not change (issue 13, kind 9), besides the model's parameter shapes
+# (`check_compatible`): name -> (the flags that set it, whether `train.allow_resume_changes`
+# may let it through). Everything else may change on a resume: TRAIN_STEPS while the LR
+# schedule does not depend on it (OptimizerConfig.decay_steps set, or decay='constant'),
+# checkpoint / log / eval periods, eval data, benchmarks, MeshConfig (checkpoints are
+# resharded on restore), TrainConfig (accumulation, z-loss, CTC weight), Adam's b1 / b2 / eps /
+# weight_decay and the clipping norm's value, the model's non-shape fields (dtypes, remat).
+# The schedule rule follows MaxText (source: AI-Hypercomputer/maxtext pyconfig:
+# `learning_rate_schedule_steps=-1` means the run's `steps`; a run is extended by fixing it
+# explicitly) rather than relying on a schedule that never reads the total steps (t5x's
+# default rsqrt decay): the LR of a step must not depend on when the run was extended.
+RESUME_SETTINGS: dict[str, tuple[str, bool]] = {
+    "batch_size": ("BATCH_SIZE (train/DatasetConfig.batch_size)", True),
+    "sequence_length": ("SEQUENCE_LENGTH (train/DatasetConfig.sequence_length, .ctc_length)", True),
+    "mixture": ("MIXTURE_OR_TASK_NAME (train/DatasetConfig.mixture_or_task_name) and its members' rates", True),
+    "data_order": ("train/DatasetConfig.split / .seed (SEED) / .shuffle / .pack / .num_epochs", True),
+    "vocabulary": ("the task's targets vocabulary (class, vocab_size)", True),
+    "schedule": ("OptimizerConfig.learning_rate / .warmup_steps / .decay / .final_lr_fraction / .decay_steps "
+                 "(TRAIN_STEPS when decay_steps=None)", True),
+    # The optimizer state is restored as saved: another optimizer layout cannot resume at all.
+    "optimizer": ("the optimizer (AdamW; OptimizerConfig.grad_clip_norm None vs set)", False),
+}
+# Settings whose change makes the saved input position meaningless: after an allowed change
+# the train data starts again from the beginning of the new stream (logged).
+DATA_SETTINGS = ("batch_size", "sequence_length", "mixture", "data_order")
+
+
+def read_launches(model_dir: str) -> list[dict[str, Any]]:
+    """The launch records of `launches.jsonl` (oldest first); [] when there are none."""
+    p, gfile = path(model_dir, LAUNCHES_FILE), _gfile()
+    if not gfile.exists(p):
+        return []
+    with gfile.GFile(p) as f:
+        try:
+            return [json.loads(line) for line in f if line.strip()]
+        except json.JSONDecodeError as err:
+            raise ModelDirError(f"{p}: not valid JSON lines ({err})") from err
+
+
+def parse_allowed_changes(allowed: str | Iterable[str]) -> tuple[str, ...]:
+    """`train.allow_resume_changes` ('schedule,batch_size' or a sequence) -> names; ConfigError
+    (a ValueError) naming the flag for a name that is not an overridable `RESUME_SETTINGS` key."""
+    from slm_jax.gin_utils import ConfigError
+    names = [n.strip() for n in (allowed.split(",") if isinstance(allowed, str) else allowed) if n.strip()]
+    known = sorted(k for k, (_, ok) in RESUME_SETTINGS.items() if ok)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ConfigError(f"train.allow_resume_changes: unknown or not overridable {bad}; known: {known}")
+    return tuple(names)
+
+
+def _changed(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    # JSON round trip so tuples / lists and int / float keys compare as they are stored
+    wanted = json.loads(json.dumps(wanted, sort_keys=True))
+    return {k: (saved.get(k), v) for k, v in wanted.items() if k in saved and saved[k] != v}
+
+
+def check_resume(model_dir: str, settings: Mapping[str, Any], allowed: Iterable[str] = (),
+                 hints: Mapping[str, str] | None = None) -> list[str]:
+    """Compare a launch's resume settings with the last recorded launch of MODEL_DIR.
+
+    `settings`: `RESUME_SETTINGS` name -> JSON-able value (built by
+    `slm_jax.training.train.resume_settings`). Only a MODEL_DIR with a complete checkpoint and
+    a launch record is a resume; otherwise nothing is compared. Returns the names that changed
+    and were allowed (`allowed`, from `train.allow_resume_changes`); raises
+    ResumeSettingsError naming, for every other change, the flag, the saved and the requested
+    value, `hints[name]` when given, and the override to pass.
+    """
+    from slm_jax.training.checkpoints import list_complete_steps
+    launches = read_launches(model_dir)
+    if not launches or not list_complete_steps(checkpoints_dir(model_dir)):
+        return []
+    diff = _changed(launches[-1].get("settings", {}), settings)
+    refused = [k for k in diff if k not in allowed or not RESUME_SETTINGS.get(k, ("", False))[1]]
+    if refused:
+        lines = []
+        for k in refused:
+            flag, overridable = RESUME_SETTINGS.get(k, (k, False))
+            old, new = diff[k]
+            fix = (f"or pass --gin.train.allow_resume_changes=\"'{k}'\" to accept it" if overridable
+                   else "it cannot change on a resume")
+            hint = f" {hints[k]}" if hints and k in hints else ""
+            lines.append(f"{k} [{flag}]: saved {old!r}, requested {new!r}.{hint} Use a new MODEL_DIR, {fix}")
+        raise ResumeSettingsError(
+            f"MODEL_DIR={model_dir} (launch {launches[-1].get('launch')}, step {max(list_complete_steps(checkpoints_dir(model_dir)))}) "
+            f"cannot be resumed with these settings: " + "; ".join(lines))
+    return sorted(diff)
+
+
+def record_launch(model_dir: str, settings: Mapping[str, Any], config_str: str, start_step: int,
+                  train_steps: int, changed: Iterable[str] = ()) -> dict[str, Any] | None:
+    """Appends this launch to `launches.jsonl` and writes its `config-<N>.gin` (and
+    `config.gin` when MODEL_DIR has none: it stays the first launch's). Process 0 only;
+    returns the record (None on other processes)."""
+    import jax
+    if jax.process_index() != 0:
+        return None
+    gfile = _gfile()
+    gfile.makedirs(str(model_dir))
+    launches = read_launches(model_dir)
+    number = len(launches) + 1
+    record = {"launch": number, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "start_step": int(start_step), "train_steps": int(train_steps), "config": f"config-{number}.gin",
+              "changed": sorted(changed), "settings": json.loads(json.dumps(settings, sort_keys=True))}
+    with gfile.GFile(path(model_dir, record["config"]), "w") as f:
+        f.write(config_str)
+    if not gfile.exists(path(model_dir, CONFIG_GIN)):
+        with gfile.GFile(path(model_dir, CONFIG_GIN), "w") as f:
+            f.write(config_str)
+    # rewritten whole (GCS has no append), then renamed into place
+    tmp = path(model_dir, LAUNCHES_FILE + ".tmp")
+    with gfile.GFile(tmp, "w") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*launches, record]))
+    gfile.rename(tmp, path(model_dir, LAUNCHES_FILE), overwrite=True)
+    return record
+
+
+def write_run_files(model_dir: str, model_cfg, config_str: str | None = None) -> None:
+    """`model_config.json` (fields + shapes), and `config.gin` when MODEL_DIR has none yet
+    (a resume keeps the first launch's; `record_launch` writes each launch's own); process 0
+    only in a multi-process job."""
     import jax
     if jax.process_index() != 0:
         return
@@ -94,8 +222,9 @@ def write_run_files(model_dir: str, model_cfg, config_str: str) -> None:
     gfile.makedirs(str(model_dir))
     with gfile.GFile(path(model_dir, MODEL_CONFIG_FILE), "w") as f:
         json.dump({**model_cfg.to_dict(), **model_cfg.shape_dict()}, f, indent=1, sort_keys=True)
-    with gfile.GFile(path(model_dir, CONFIG_GIN), "w") as f:
-        f.write(config_str)
+    if config_str is not None and not gfile.exists(path(model_dir, CONFIG_GIN)):
+        with gfile.GFile(path(model_dir, CONFIG_GIN), "w") as f:
+            f.write(config_str)
 
 
 def has_run(model_dir: str) -> bool:

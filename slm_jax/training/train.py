@@ -1,7 +1,9 @@
 """The training loop: validate, restore or init, step, log, evaluate, checkpoint.
 
 `train` is the gin entry point (`slm-jax train`); everything it calls is plain code.
-Order matters for users: every config error surfaces before the first compile.
+Order matters for users: every config error surfaces before the first compile, and
+before step 1: the resume settings (`run_dir.RESUME_SETTINGS`), then that every task
+the run reads yields examples on every process (`slm_jax.data.pipeline.check_not_empty`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,95 @@ check_model_dir_compatible = run_dir.check_compatible
 write_run_files = run_dir.write_run_files
 
 
+# Per-modality means that are NaN when a logged step has no such targets (a unit-only run has
+# no text): absent from metrics.jsonl and the summary rather than logged as NaN / null.
+ABSENT_WHEN_NO_TARGETS = ("loss_text", "loss_speech", "ctc_loss")
+
+
+def drop_absent_modalities(values: dict[str, float]) -> dict[str, float]:
+    """`values` without the `ABSENT_WHEN_NO_TARGETS` entries that are not finite (no such targets;
+    a NaN of the total loss is caught by the non-finite check, not hidden here)."""
+    return {k: v for k, v in values.items() if k not in ABSENT_WHEN_NO_TARGETS or math.isfinite(v)}
+
+
+def _process_gather():
+    """`process_allgather` in a multi-process job (every process gets every process's
+    array, stacked on a new leading axis), None for one process."""
+    if jax.process_count() == 1:
+        return None
+    from jax.experimental import multihost_utils
+    return lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x)))
+
+
+def _vocabulary_record(vocab) -> dict[str, Any]:
+    from slm_jax.data.registration import LazyVocabulary
+    real = vocab.real if isinstance(vocab, LazyVocabulary) else vocab
+    return {"class": type(real).__name__, "vocab_size": int(vocab.vocab_size)}
+
+
+def resume_settings(run) -> dict[str, Any]:
+    """The values of `run_dir.RESUME_SETTINGS` for `run` (JSON-able), recorded per launch in
+    `launches.jsonl` and compared on resume by `run_dir.check_resume`."""
+    import seqio
+
+    from slm_jax.data.pipeline import active_members
+    data, opt = run.train_dataset, run.optimizer
+    mixture: dict[str, Any] = {"name": data.mixture_or_task_name}
+    vocabulary = None
+    try:
+        provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
+    except ValueError:
+        provider = None  # get_dataset raises the detailed "not registered" error
+    if provider is not None:
+        members = active_members(provider)
+        total = sum(rate for _, rate in members) or 1.0
+        # fractions, so scaling every rate alike is no change
+        mixture["rates"] = {task.name: round(rate / total, 9) for task, rate in members}
+        vocabulary = _vocabulary_record(provider.output_features["targets"].vocabulary)
+    constant = opt.decay == "constant"
+    return {
+        "batch_size": data.batch_size,
+        "sequence_length": {"sequence_length": data.sequence_length, "ctc_length": data.ctc_length},
+        "mixture": mixture,
+        "data_order": {"split": data.split, "seed": data.seed, "shuffle": data.shuffle, "pack": data.pack,
+                       "num_epochs": data.num_epochs},
+        "vocabulary": vocabulary,
+        "optimizer": {"kind": "adamw", "grad_clip": opt.grad_clip_norm is not None},
+        "schedule": {"learning_rate": opt.learning_rate, "warmup_steps": opt.warmup_steps, "decay": opt.decay,
+                     "final_lr_fraction": None if constant else opt.final_lr_fraction,
+                     # the step where the decay ends: what TRAIN_STEPS moves when decay_steps=None
+                     "decay_end_step": None if constant else (opt.decay_steps or run.train_steps)},
+    }
+
+
+def schedule_hint(run, saved: dict[str, Any] | None, start_step: int | None) -> str | None:
+    """For a refused schedule change: the LR jump it would make at the next step, and, when
+    only the end of the decay moved (TRAIN_STEPS with decay_steps=None), the flag that keeps
+    the schedule continuous."""
+    from slm_jax.training.optimizer import make_schedule
+    if not saved or start_step is None:
+        return None
+    old, opt = saved.get("schedule") or {}, run.optimizer
+    new = resume_settings(run)["schedule"]
+    step = start_step + 1
+    text = ""
+    try:
+        old_cfg = dataclasses.replace(opt, learning_rate=old["learning_rate"], warmup_steps=old["warmup_steps"],
+                                      decay=old["decay"], final_lr_fraction=old["final_lr_fraction"] or 0.0,
+                                      decay_steps=old["decay_end_step"])
+        before = float(make_schedule(old_cfg, old["decay_end_step"] or 1)(step - 1))
+        after = float(make_schedule(opt, run.train_steps)(step - 1))
+        text = f"The learning rate of step {step} would be {after:.3g} instead of {before:.3g}."
+    except (KeyError, TypeError, ValueError):
+        pass
+    moved_end_only = {**old, "decay_end_step": None} == {**new, "decay_end_step": None}
+    if moved_end_only and opt.decay_steps is None and old.get("decay_end_step"):
+        text += (f" TRAIN_STEPS moves the end of the {opt.decay} decay (OptimizerConfig.decay_steps=None follows "
+                 f"it): to extend the run with the schedule continuous, pass "
+                 f"--gin.OptimizerConfig.decay_steps={old['decay_end_step']} (the LR then stays at its end value).")
+    return text or None
+
+
 def check_vocabulary_fits(run) -> None:
     """The model's embedding must cover every id the task can emit (else NaN logits)."""
     import seqio
@@ -68,7 +159,10 @@ def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
 def _next_batch_on_every_process(iterator):
     """The next batch, or None once any process's iterator is exhausted: the eval step is a
     collective, so a process that went on alone would wait forever for the others."""
-    batch = next(iterator, None)
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        batch = None
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         if not multihost_utils.process_allgather(np.asarray(batch is not None)).all():
@@ -87,7 +181,27 @@ def evaluate(trainer: Trainer, params, eval_iterator_factory, eval_steps: int) -
         out = jax.device_get(trainer.eval_step(params, trainer.global_batch(batch)))
         loss_sum += float(out["loss_sum"])
         tokens += float(out["target_tokens"])
+    if tokens == 0 and eval_steps > 0:
+        # an eval loss of 0 over no tokens would read as a perfect model
+        from slm_jax.data.pipeline import EmptyDataError
+        raise EmptyDataError("the eval stream gave no batch with target tokens (a finite eval "
+                             "DatasetConfig.num_epochs with fewer rows than one batch?); eval_loss would be meaningless")
     return {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": tokens}
+
+
+def next_train_batch(iterator, cfg, step: int) -> dict:
+    """The next train batch; EmptyDataError (never a bare StopIteration) once the stream runs
+    out. A finite stream (`DatasetConfig.num_epochs`) can run out on one process first, so
+    then every process agrees each step (one small all-gather); a repeated stream that passed
+    `check_not_empty` on every process never runs out, so it pays nothing."""
+    from slm_jax.data.pipeline import exhausted_error
+    if cfg.num_epochs is not None:
+        batch = _next_batch_on_every_process(iterator)
+    else:
+        batch = next(iterator, None)
+    if batch is None:
+        raise exhausted_error(cfg, step)
+    return batch
 
 
 def _progress(total: int, initial: int):
@@ -123,6 +237,9 @@ class TrainRun:
     benchmark_period: int = 0
     seed: int = 0
     async_checkpoints: bool = True
+    # Resume settings this launch may change (names of run_dir.RESUME_SETTINGS, comma-separated,
+    # e.g. 'schedule,batch_size'); by default a resume with any of them changed is refused.
+    allow_resume_changes: str = ""
     # Called at run time, so `DistributedConfig.*` gin bindings apply without a `train.` binding.
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
@@ -132,6 +249,7 @@ class TrainRun:
                            ("train.log_period", self.log_period)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{key}={value!r} must be an int >= 1")
+        run_dir.parse_allowed_changes(self.allow_resume_changes)
         if self.benchmarks and self.benchmark_period:
             if not isinstance(self.benchmark_period, int) or self.benchmark_period % self.log_period:
                 raise ValueError(f"train.benchmark_period={self.benchmark_period!r} must be a multiple of "
@@ -161,8 +279,8 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     """
     import seqio
 
-    from slm_jax.data.pipeline import DataIterator, get_dataset
-    from slm_jax.training.checkpoints import CheckpointManager
+    from slm_jax.data.pipeline import DataIterator, check_not_empty, get_dataset
+    from slm_jax.training.checkpoints import CheckpointManager, list_complete_steps
     from slm_jax.training.preemption import PreemptionWatcher
 
     if run.benchmarks and run.benchmark_period and benchmark_fn is None:
@@ -177,14 +295,25 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
     run_dir.check_compatible(model_dir, run.model)
+    settings = resume_settings(run)
+    launches = run_dir.read_launches(model_dir)
+    saved_steps = list_complete_steps(run_dir.checkpoints_dir(model_dir))
+    hint = schedule_hint(run, launches[-1].get("settings") if launches else None,
+                         max(saved_steps) if saved_steps else None)
+    changed = run_dir.check_resume(model_dir, settings, run_dir.parse_allowed_changes(run.allow_resume_changes),
+                                   hints={"schedule": hint} if hint else None)
     check_vocabulary_fits(run)
     trainer = build_trainer(run)
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-    data_iter = DataIterator(get_dataset(run.train_dataset, shard))
+    gather = _process_gather()
+    # Before step 1 and the same on every process: each member yields examples on each shard.
+    check_not_empty(run.train_dataset, shard, gather)
     eval_factory = None
     if run.eval_dataset is not None and run.eval_period:
+        check_not_empty(run.eval_dataset, shard, gather)
         eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
-    run_dir.write_run_files(model_dir, run.model, config_str)
+    data_iter = DataIterator(get_dataset(run.train_dataset, shard))
+    run_dir.write_run_files(model_dir, run.model)
 
     # 2. Restore or initialise.
     ckpt = CheckpointManager(run_dir.checkpoints_dir(model_dir), save_period=run.checkpoint_period,
@@ -194,10 +323,17 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
         log.info("Restoring step %d from %s", start, model_dir)
         # `slm-jax import-hf` writes step 0 without an input position: the data starts at its beginning
         imported = start == 0 and not ckpt.has_data_state(0)
-        state = ckpt.restore(trainer.abstract_state, step=start, data_iterator=None if imported else data_iter)
+        # the saved position belongs to another stream after an allowed data change
+        new_stream = sorted(set(changed) & set(run_dir.DATA_SETTINGS))
+        if new_stream:
+            log.warning("Resume with changed %s (train.allow_resume_changes): the train data starts again from "
+                        "the beginning of the new stream", ", ".join(new_stream))
+        state = ckpt.restore(trainer.abstract_state, step=start,
+                             data_iterator=None if imported or new_stream else data_iter)
     else:
         start = 0
         state = trainer.init_state(run.seed)
+    run_dir.record_launch(model_dir, settings, config_str, start, run.train_steps, changed)
     writer = MetricsWriter(model_dir, resume_step=start)
 
     tokens_per_step = run.train_dataset.batch_size * run.train_dataset.sequence_length
@@ -220,14 +356,14 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
 
     try:
         for step in range(start + 1, run.train_steps + 1):
-            batch = trainer.global_batch(next(data_iter))
+            batch = trainer.global_batch(next_train_batch(data_iter, run.train_dataset, step))
             state, metrics = trainer.train_step(state, batch)
             pending.append((step, (metrics["loss"], metrics["grad_norm"], metrics["param_norm"])))
             window_steps += 1
 
             if step % run.log_period == 0 or step == run.train_steps:
                 check_finite()
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                values = drop_absent_modalities({k: float(v) for k, v in jax.device_get(metrics).items()})
                 if values.get("ctc_dropped_chars", 0) > 0:
                     raise ModelDataMismatchError(
                         f"step {step}: {values['ctc_dropped_chars']:.0f} transcript characters did not fit the CTC "
