@@ -172,7 +172,7 @@ def test_allowed_batch_size_change_is_recorded_and_restarts_the_data(finished, t
 def test_summary_never_prints_nan(capsys, tmp_path, monkeypatch):
     """`slm-jax train`'s summary line formats an absent value as n/a (kind 10)."""
     import slm_jax.cli.train as cli_train
-    monkeypatch.setattr(cli_train.gin_utils, "setup", lambda argv: None)
+    monkeypatch.setattr(cli_train.gin_utils, "setup", lambda argv, **kwargs: None)
     monkeypatch.setattr(cli_train, "TrainRun", lambda: type("R", (), {"benchmarks": "", "benchmark_period": 0,
                                                                       "model_dir": str(tmp_path)})())
     monkeypatch.setattr(cli_train, "run_training", lambda *a, **k: {"step": 3, "loss": 1.5,
