@@ -177,6 +177,8 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
     run_dir.check_compatible(model_dir, run.model)
+    from slm_jax.data.feature_converter import run_bos_id  # the BOS the training packs start segments with
+    run_dir.check_bos(model_dir, run_bos_id())
     check_vocabulary_fits(run)
     trainer = build_trainer(run)
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
