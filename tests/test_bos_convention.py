@@ -313,3 +313,21 @@ def test_export_of_a_model_without_bos_says_to_prepend_it(tmp_path):
     assert (config["bos_token_id"], config["eos_token_id"]) == (QWEN_EOT, QWEN_EOT)
     with open(os.path.join(out, "README.md")) as f:
         assert f"put id {QWEN_EOT} before every prompt" in f.read()
+
+
+def test_alignment_reads_segments_behind_the_runs_bos(llama):
+    """Hidden-state alignment feeds each segment behind the run's BOS, as training does."""
+    from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
+    from slm_jax.evaluation.alignment import pooled_hidden_states
+    from slm_jax.evaluation.sequences import Segment, SequenceFormat
+
+    _, model_dir = llama
+    runner = runner_of(model_dir)
+    fmt = SequenceFormat(UnitVocabulary(50))
+    rng = np.random.default_rng(3)
+    segments = [Segment.speech(rng.integers(0, 50, size=n)) for n in (5, 9)]
+    behind_0 = pooled_hidden_states(runner, fmt, segments, bos_id=0)
+    use_model_gin(model_dir)
+    run = pooled_hidden_states(runner, fmt, segments)
+    np.testing.assert_array_equal(run, pooled_hidden_states(runner, fmt, segments, bos_id=1))
+    assert np.abs(run[:, 1:] - behind_0[:, 1:]).max() > 1e-3  # layer states see the first input
