@@ -62,10 +62,14 @@ def exported(request, tmp_path_factory):
     return out, vocab, model_dir
 
 
+@pytest.mark.parametrize("legacy_at_load", [None, True, False], ids=["as_saved", "load_legacy", "load_not_legacy"])
 @pytest.mark.parametrize("use_fast", [True, False], ids=["fast", "slow"])
-def test_exported_tokenizer_gives_speech_text_vocabulary_ids(exported, use_fast):
+def test_exported_tokenizer_gives_speech_text_vocabulary_ids(exported, use_fast, legacy_at_load):
+    """transformers 5 has one Llama tokenizer implementation (use_fast=False loads the same class);
+    both flags are still passed, as a user of either transformers generation would."""
     out, vocab, _ = exported
-    tok = transformers.AutoTokenizer.from_pretrained(out, use_fast=use_fast)
+    kwargs = {} if legacy_at_load is None else {"legacy": legacy_at_load}
+    tok = transformers.AutoTokenizer.from_pretrained(out, use_fast=use_fast, **kwargs)
     for s in STRINGS:
         ids = vocab.encode(s)
         assert tok(s, add_special_tokens=False)["input_ids"] == ids, s
