@@ -331,3 +331,17 @@ def test_alignment_reads_segments_behind_the_runs_bos(llama):
     run = pooled_hidden_states(runner, fmt, segments)
     np.testing.assert_array_equal(run, pooled_hidden_states(runner, fmt, segments, bos_id=1))
     assert np.abs(run[:, 1:] - behind_0[:, 1:]).max() > 1e-3  # layer states see the first input
+
+
+def test_export_of_a_run_from_scratch_names_bos_0(tmp_path):
+    """A MODEL_DIR without bos.json (a run from scratch) was trained behind id 0: the export says so."""
+    model_dir = str(tmp_path / "model")
+    import_hf(save_hf_model(tmp_path / "hf", "llama", tie=True), model_dir)
+    for name in (run_dir.BOS_FILE, hf_import.IMPORT_RECORD):
+        os.remove(os.path.join(model_dir, name))
+    out = str(tmp_path / "exported")
+    result = hf_export.export_hf(model_dir, out)
+    assert "BOS: id 0 (slm_jax's default for runs from scratch" in result.bos
+    for name in ("config.json", "generation_config.json"):
+        with open(os.path.join(out, name)) as f:
+            assert json.load(f)["bos_token_id"] == DEFAULT_BOS_ID == 0
