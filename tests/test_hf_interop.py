@@ -54,7 +54,9 @@ def save_hf_model(path, family, tie, vocab_size=TEXT_VOCAB, seed=0, **save_kwarg
     """A random tiny model, norms and biases randomised too so every tensor matters."""
     config_cls, model_cls = hf_classes(family)
     torch.manual_seed(seed)
-    model = model_cls(config_cls(vocab_size=vocab_size, tie_word_embeddings=tie, **TINY)).float()
+    # Qwen2's published config.json names <|endoftext|> as bos and eos (151643); Qwen2Config's defaults name none
+    ids = {"bos_token_id": vocab_size - 1, "eos_token_id": vocab_size - 1} if family == "qwen2" else {}
+    model = model_cls(config_cls(vocab_size=vocab_size, tie_word_embeddings=tie, **ids, **TINY)).float()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
@@ -77,6 +79,27 @@ def save_tiny_tokenizer(path):
     assert len(fast) < TEXT_VOCAB  # ids [len, 300) are model rows without a token: a gap to fill
     fast.save_pretrained(path)
     return fast
+
+
+def save_spm_llama_tokenizer(path, legacy=False, add_bos_token=True, sentences=CORPUS):
+    """A Llama-2-style SentencePiece BPE (<unk> 0, <s> 1, </s> 2, byte fallback, 300 pieces) trained
+    here, saved as tokenizer.model + tokenizer_config.json (Llama-2's published keys); returns the
+    model path. transformers builds its Llama tokenizer from these files (no downloads)."""
+    import sentencepiece as spm
+
+    os.makedirs(path, exist_ok=True)
+    prefix = os.path.join(str(path), "tokenizer")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(sentences) * 5), model_prefix=prefix, vocab_size=TEXT_VOCAB, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0,
+        hard_vocab_limit=False, split_digits=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, minloglevel=2)
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "pad_token": None, "add_bos_token": add_bos_token, "add_eos_token": False, "legacy": legacy,
+              "clean_up_tokenization_spaces": False}
+    with open(os.path.join(str(path), "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    return prefix + ".model"
 
 
 def random_tokens(vocab_size, seed=0):

@@ -33,8 +33,10 @@ def describe_run(argv):
     from slm_jax.training import run_dir
     from slm_jax.training.train import TrainRun
     rest = gin_utils.setup(argv, what="the run's gin file")
+    from slm_jax.data.feature_converter import run_bos_id
     run = TrainRun()
     run_dir.check_compatible(run.model_dir, run.model)
+    run_dir.check_bos(run.model_dir, run_bos_id())  # the scorer and generation read the same binding
     return run, rest
 
 

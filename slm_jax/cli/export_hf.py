@@ -33,5 +33,5 @@ def cmd_export_hf(argv) -> int:
         print(f"slm-jax export-hf: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     print(f"exported step {result.step} of {args.model_dir} as {hf_layout.CAUSAL_LM_CLASSES[result.family]} to "
-          f"{args.out} ({len(result.files)} safetensors file(s))\n{result.tokenizer}")
+          f"{args.out} ({len(result.files)} safetensors file(s))\n{result.tokenizer}\n{result.bos}")
     return 0

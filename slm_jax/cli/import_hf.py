@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from slm_jax import gin_utils
+from slm_jax.training.run_dir import read_bos_record
 from slm_jax.interop.hf_import import (
     LAYOUTS,
     MODEL_GIN,
+    BosConventionError,
     CheckpointMismatchError,
     UnsupportedModelError,
     VocabLayoutError,
@@ -33,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
     p.add_argument("--param_dtype", default=None, help="DecoderConfig.param_dtype (default: the run's)")
     p.add_argument("--no_scan_layers", action="store_true", help="DecoderConfig.scan_layers=False")
+    p.add_argument("--bos_id", type=int, default=None,
+                   help="the input before every sequence's first token (default: the checkpoint's: the BOS its "
+                        "tokenizer adds, else bos_token_id, else eos_token_id of config.json)")
     return p
 
 
@@ -45,11 +50,13 @@ def cmd_import_hf(argv) -> int:
     if args.no_scan_layers:
         options["scan_layers"] = False
     try:
-        cfg = import_hf(args.path, args.out, vocab=vocab, seed=args.seed, decoder_options=options)
-    except (UnsupportedModelError, CheckpointMismatchError, VocabLayoutError, FileNotFoundError,
+        cfg = import_hf(args.path, args.out, vocab=vocab, seed=args.seed, decoder_options=options, bos_id=args.bos_id)
+    except (UnsupportedModelError, CheckpointMismatchError, VocabLayoutError, BosConventionError, FileNotFoundError,
             FileExistsError) as err:
         print(f"slm-jax import-hf: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    bos = read_bos_record(args.out)
+    print(f"BOS: id {bos['bos_id']} ({bos['source']})")
     print(f"imported {args.path} ({cfg.num_params() / 1e6:.1f}M params, vocab {cfg.vocab_size}) as step 0 of "
           f"{args.out}\ntrain it with: slm-jax train --gin_file=RUN.gin --gin_file={args.out}/{MODEL_GIN} "
           f"--gin.MODEL_DIR=\"'{args.out}'\"")

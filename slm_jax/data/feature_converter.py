@@ -14,7 +14,8 @@ Task features (all int32, 1-D, the same length as `targets`):
 Model features (int32 [length]); position i of every feature describes TARGET token i:
 
     decoder_target_tokens   targets, trimmed/padded (packed: concatenated)
-    decoder_input_tokens    targets shifted right, 0 (BOS) at each segment start
+    decoder_input_tokens    targets shifted right, the run's BOS id (`run_bos_id()`, 0 by
+                            default) at each segment start
     decoder_loss_weights    nonpad(targets) * loss_mask
     decoder_segment_ids     1, 2, ... per packed example, 0 on padding   (pack=True only)
     decoder_positions       0.. within each packed example, 0 on padding (pack=True only)
@@ -65,6 +66,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -85,6 +88,39 @@ OPTIONAL_FEATURES = {
 CTC_KEY = c.CTC_TARGETS
 # Model features of the ctc stream, each [task_feature_lengths["ctc_targets"]] int32.
 CTC_MODEL_FEATURES = c.CTC_MODEL_FEATURES
+
+
+# The input before the first token of every segment for runs from scratch: seqio's decoder-only
+# convention (id 0, the PAD id of slm_jax's vocabularies).
+DEFAULT_BOS_ID = 0
+
+
+@gin.configurable
+def run_bos_id(bos_id: int = DEFAULT_BOS_ID) -> int:
+    """The run's BOS id: the input before the first token of every sequence, int >= 0.
+
+    One gin binding (`run_bos_id.bos_id = N`) sets it for the whole run: the feature
+    converter's `decoder_input_tokens`, the likelihood scorer, alignment and generation
+    read it when not given one. Runs from scratch keep `DEFAULT_BOS_ID` (0, seqio's). A
+    model imported with `slm-jax import-hf` must be run behind its own first token (Llama:
+    `<s>` = 1, Qwen2: `<|endoftext|>`; rule in `slm_jax.interop.hf_import.resolve_bos`):
+    import-hf writes the binding into MODEL_DIR/model.gin and records it in MODEL_DIR/bos.json
+    (`slm_jax.training.run_dir.check_bos` refuses a run configured with another one).
+    Raises ValueError for a value that is not an int >= 0.
+    """
+    return checked_bos_id(bos_id, "run_bos_id.bos_id")
+
+
+def checked_bos_id(bos_id, where: str) -> int:
+    """`bos_id` as an int; ValueError naming `where` unless it is an int >= 0."""
+    if isinstance(bos_id, bool) or not isinstance(bos_id, (int, np.integer)) or bos_id < 0:
+        raise ValueError(f"{where}={bos_id!r} must be an int >= 0 (a token id)")
+    return int(bos_id)
+
+
+def resolve_bos_id(bos_id, where: str) -> int:
+    """An explicit `bos_id` (checked), or the run's (`run_bos_id()`) when None."""
+    return run_bos_id() if bos_id is None else checked_bos_id(bos_id, where)
 
 
 def _packed_optional_keys(element_spec, vocabulary) -> tuple[str, ...]:
@@ -214,7 +250,9 @@ class SLMFeatureConverter(seqio.FeatureConverter):
     Args:
       pack: pack several examples per row (seqio's TF packer) or pad each to length.
       vocabulary: optional `SpeechTextVocabulary`; derives `modality` when a task lacks it.
-      use_custom_packing_ops, apply_length_check, bos_id: as in `seqio.FeatureConverter`.
+      use_custom_packing_ops, apply_length_check: as in `seqio.FeatureConverter`.
+      bos_id: the id before each segment's first token (as in seqio); None (default): the
+        run's, `run_bos_id()` (0 unless gin binds `run_bos_id.bos_id`).
     """
 
     TASK_FEATURES: ClassVar[dict] = {
@@ -242,9 +280,10 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         vocabulary=None,
         use_custom_packing_ops: bool = False,
         apply_length_check: bool = True,
-        bos_id: int = 0,
+        bos_id: int | None = None,
     ):
         self._vocabulary = vocabulary
+        bos_id = resolve_bos_id(bos_id, "SLMFeatureConverter(bos_id)")
         super().__init__(
             pack=pack,
             use_custom_packing_ops=use_custom_packing_ops,

@@ -27,7 +27,7 @@ import numpy as np
 from slm_jax import contract
 from slm_jax.contract import MODALITY_SPEECH, MODALITY_TEXT
 from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
-from slm_jax.evaluation.sequences import Segment, SequenceFormat, model_inputs, modality_of_ids
+from slm_jax.evaluation.sequences import Segment, SequenceFormat, model_inputs, modality_of_ids, run_bos
 from slm_jax.models import interface
 
 LEVELS = ("utterance", "sentence")
@@ -93,16 +93,18 @@ def load_parallel(pattern: str, langs: tuple[str, str] = ("en", "fr"), level: st
 
 # --- hidden states ------------------------------------------------------------------------
 def pooled_hidden_states(runner: ModelRunner, fmt: SequenceFormat, segments: Sequence[Segment],
-                         batch_size: int = 16) -> np.ndarray:
+                         batch_size: int = 16, bos_id: int | None = None) -> np.ndarray:
     """float32 [n, layers + 1, embed]: each segment's hidden states mean-pooled over its content
-    tokens, per layer (0 = embeddings). Raises ValueError for a model family without per-layer
-    hidden states (`ModelFamily.has_layer_hidden`)."""
+    tokens, per layer (0 = embeddings). Each segment is read behind `bos_id` (None: the run's
+    BOS, `slm_jax.data.feature_converter.run_bos_id`), as in training. Raises ValueError for a
+    model family without per-layer hidden states (`ModelFamily.has_layer_hidden`)."""
     if not runner.family.has_layer_hidden:
         raise ValueError(f"hidden-state alignment needs per-layer hidden states (the dense Decoder's); got "
                          f"{runner.family.name}")
     cfg = runner.dense_config
     kinds = modality_of_ids(fmt.vocabulary, cfg.vocab_size)
-    inputs = [model_inputs(fmt.encode([seg]).ids) for seg in segments]
+    bos_id = run_bos(bos_id)
+    inputs = [model_inputs(fmt.encode([seg]).ids, bos_id) for seg in segments]
     rows = runner.padded_rows(batch_size)
     out = np.zeros((len(segments), cfg.num_layers + 1, cfg.embed_dim), np.float32)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
@@ -162,8 +164,8 @@ def summarize(per_layer: dict[str, np.ndarray], langs: tuple[str, str] = ("en", 
 
 
 def evaluate_alignment(runner: ModelRunner, fmt: SequenceFormat, items: Sequence[ParallelItem],
-                       batch_size: int = 16, langs: tuple[str, str] = ("en", "fr")) -> dict:
-    states = pooled_hidden_states(runner, fmt, [x.a for x in items] + [x.b for x in items], batch_size)
+                       batch_size: int = 16, langs: tuple[str, str] = ("en", "fr"), bos_id: int | None = None) -> dict:
+    states = pooled_hidden_states(runner, fmt, [x.a for x in items] + [x.b for x in items], batch_size, bos_id)
     n = len(items)
     return {**summarize(alignment_metrics(states[:n], states[n:]), langs), "num_items": n}
 

@@ -1,8 +1,9 @@
 """Autoregressive generation: KV-cache decoding for the dense Decoder, few-shot ASR / TTS.
 
 `generate(runner, prompts, max_new_tokens, ...)` continues a batch of prompts of different
-lengths. Prompts are token ids as a task's targets write them (no BOS: BOS=0 is put in
-front, as in training inputs). A model family with a KV cache (`ModelFamily.supports_kv_cache`,
+lengths. Prompts are token ids as a task's targets write them (no BOS: the run's BOS,
+`slm_jax.data.feature_converter.run_bos_id`, is put in front, as in training inputs; 0 for
+runs from scratch, the checkpoint's own first token for an imported model). A model family with a KV cache (`ModelFamily.supports_kv_cache`,
 the dense `Decoder`) prefills the cache with the padded
 prompts in one call, then decodes one token per step inside a single compiled
 `lax.while_loop` (stopping early once every row has emitted a stop id). Rows are left- or
@@ -28,7 +29,7 @@ import numpy as np
 
 from slm_jax.contract import SPEECH, TEXT
 from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
-from slm_jax.evaluation.sequences import modality_of_ids, real_vocabulary
+from slm_jax.evaluation.sequences import modality_of_ids, real_vocabulary, run_bos
 from slm_jax.models import interface, sampling
 
 PADDINGS = ("left", "right")
@@ -53,13 +54,18 @@ class Generation:
 
 def generate(runner: ModelRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling_config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (),
-             banned_ids: Sequence[int] = (), vocabulary=None, padding: str = "left", bos_id: int = 0) -> Generation:
+             banned_ids: Sequence[int] = (), vocabulary=None, padding: str = "left",
+             bos_id: int | None = None) -> Generation:
     """Continues every prompt (int token ids) by up to `max_new_tokens` ids (see the module
-    docstring). Raises ValueError on no prompts, `max_new_tokens < 1`, an unknown `padding`,
-    prompt ids outside the vocabulary, or a model without a KV cache given no `vocabulary`;
-    TypeError on an unregistered model."""
+    docstring); `bos_id` is the first input of every row (None: the run's BOS). Raises
+    ValueError on no prompts, `max_new_tokens < 1`, an unknown `padding`, prompt ids or a BOS
+    outside the vocabulary, or a model without a KV cache given no `vocabulary`; TypeError on
+    an unregistered model."""
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     _check_generate_args(runner, prompts, max_new_tokens, padding)
+    bos_id = run_bos(bos_id)
+    if bos_id >= runner.dense_config.vocab_size:
+        raise ValueError(f"generate: BOS id {bos_id} is outside the model's [0, {runner.dense_config.vocab_size})")
     vocab_size = runner.dense_config.vocab_size
     banned = banned_mask(vocab_size, banned_ids, vocabulary)
     if runner.family.supports_kv_cache:

@@ -30,7 +30,7 @@ import numpy as np
 from slm_jax import contract
 from slm_jax.contract import MODALITY_SPEECH, MODALITY_TEXT
 from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
-from slm_jax.evaluation.sequences import model_inputs
+from slm_jax.evaluation.sequences import model_inputs, run_bos
 from slm_jax.models import interface
 
 SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING = range(4)
@@ -52,17 +52,19 @@ class LikelihoodScorer:
 
     `modality_of_id`: int [vocab_size] `MODALITY_*` of every id (required by families with
     `needs_modality` and for renormalised scoring). `batch_size`: rows per batch, >= 1 (rounded
-    up to the data-parallel size). Raises ValueError on a bad batch size, a `modality_of_id` of
-    the wrong length or a missing one the model needs.
+    up to the data-parallel size). `bos_id`: the input before each sequence's first token; None:
+    the run's (`slm_jax.data.feature_converter.run_bos_id`), so a sequence is scored as
+    `log p(ids | BOS)`, exactly as training packs feed it. Raises ValueError on a bad batch
+    size or BOS id, a `modality_of_id` of the wrong length or a missing one the model needs.
     """
 
     def __init__(self, runner: ModelRunner, modality_of_id: np.ndarray | None = None, batch_size: int = 16,
-                 bos_id: int = 0):
+                 bos_id: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.runner = runner
         self.batch_size = runner.padded_rows(batch_size)
-        self.bos_id = bos_id
+        self.bos_id = run_bos(bos_id)
         vocab_size = runner.dense_config.vocab_size
         if modality_of_id is not None and len(modality_of_id) != vocab_size:
             raise ValueError(f"modality_of_id has {len(modality_of_id)} entries but the model has "

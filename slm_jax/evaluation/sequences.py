@@ -15,8 +15,10 @@ follow `slm_jax.data.preprocessors.interleave` / `task_formats` (SpiritLM conven
   text, since pieces never cross whitespace);
 - EOS closes the sequence (`eos=True`), as every training example ends with it.
 
-The model reads `[BOS=0] + ids[:-1]` and predicts `ids` (seqio's decoder-only shift), so
-every id is a prediction target.
+The model reads `[BOS] + ids[:-1]` and predicts `ids` (seqio's decoder-only shift), so
+every id is a prediction target. BOS is the run's (`slm_jax.data.feature_converter.run_bos_id`:
+0 for runs from scratch, the checkpoint's own first token for a model imported with
+`slm-jax import-hf`), the same id the training packs put at each segment start.
 
 `EncodedSequence.ending_start` is the index of the first content token of the ending
 (after the marker / tag announcing it, which is given, not predicted evidence).
@@ -191,6 +193,16 @@ def _runs(segments: Sequence[Segment]) -> list[list[tuple[int, Segment]]]:
     return runs
 
 
-def model_inputs(ids: np.ndarray, bos_id: int = 0) -> np.ndarray:
-    """The decoder's inputs for targets `ids`: BOS then ids shifted right by one."""
+def model_inputs(ids: np.ndarray, bos_id: int | None = None) -> np.ndarray:
+    """int32 [n]: the decoder's inputs for targets `ids` [n]: BOS then ids shifted right by one.
+    `bos_id` None: the run's (`slm_jax.data.feature_converter.run_bos_id`)."""
+    if bos_id is None:
+        bos_id = run_bos()
     return np.concatenate([[bos_id], np.asarray(ids[:-1])]).astype(np.int32)
+
+
+def run_bos(bos_id: int | None = None) -> int:
+    """`bos_id` checked, or the run's BOS id when None (`feature_converter.run_bos_id`: 0 unless
+    gin binds `run_bos_id.bos_id`, as `slm-jax import-hf`'s model.gin does)."""
+    from slm_jax.data.feature_converter import resolve_bos_id  # TensorFlow: only when needed
+    return resolve_bos_id(bos_id, "bos_id")

@@ -5,7 +5,10 @@
 
 Writes config.json and model.safetensors, or model-0000i-of-0000n.safetensors shards with
 model.safetensors.index.json when the weights exceed --max_shard_size; that loads with
-`transformers.LlamaForCausalLM` / `Qwen2ForCausalLM`. A model imported by `import-hf`
+`transformers.LlamaForCausalLM` / `Qwen2ForCausalLM`. The run's BOS (MODEL_DIR/bos.json,
+written by import-hf; 0 for a run from scratch, seqio's convention) is written as
+`bos_token_id` of config.json and generation_config.json, and README.md says how to
+score and prompt the model with it (whether the tokenizer adds it or users must). A model imported by `import-hf`
 from a checkpoint with a tokenizer gets that tokenizer back with the speech tokens at
 their ids; without one, speech_tokens.json lists the speech token strings and ids.
 
@@ -31,18 +34,21 @@ import numpy as np
 from slm_jax.interop import hf_layout
 from slm_jax.interop.hf_import import IMPORT_RECORD, INDEX_FILE, SINGLE_FILE
 from slm_jax.interop.hf_layout import (
+    CAUSAL_LM_CLASSES as CLASS_NAME,
     LeafSource,
     TensorMap,
     UnsupportedModelError,
     path_name,
 )
-from slm_jax.interop.hf_vocab import VocabExtension
+from slm_jax.interop.hf_vocab import SPAN_RULE, VocabExtension, span_parity_pipeline
 from slm_jax.models.decoder import Decoder, DecoderConfig
 from slm_jax.training import run_dir
 
 log = logging.getLogger("slm_jax")
 
 SPEECH_TOKENS_FILE = "speech_tokens.json"
+GENERATION_CONFIG = "generation_config.json"
+README = "README.md"
 DEFAULT_MAX_SHARD = "2GB"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -251,12 +257,20 @@ def write_weights(reader: CheckpointParamReader, tensors: list[OutTensor], out_d
 
 
 def write_tokenizer(model_dir: str, record: dict | None, out_dir: str) -> str:
-    """Copies the imported model's extended tokenizer; returns a line saying what was written."""
+    """Copies the imported model's extended tokenizer; returns a line saying what was written.
+
+    A SentencePiece-style tokenizer with speech tokens gets slm_jax's text-span rule
+    (`hf_vocab.span_parity_pipeline`), so `tokenizer(s)` gives `SpeechTextVocabulary.encode(s)`'s ids
+    on interleaved strings; a byte-level BPE (Qwen2) tokenizer is copied as it is."""
     if record and record.get("tokenizer"):
         src = os.path.join(model_dir, record["tokenizer"])
         for path in glob.glob(os.path.join(src, "*")):
             shutil.copy2(path, out_dir)
-        return f"tokenizer: {src} (speech tokens at their ids)"
+        line = f"tokenizer: {src} (speech tokens at their ids)"
+        tags = VocabExtension.from_json(record["vocab"]).new_tokens()
+        if tags and span_parity_pipeline(out_dir, tags):
+            line += f"; set to slm_jax's text-span rule (tokenizer_config.json slm_jax_text_spans: {SPAN_RULE})"
+        return line
     extension = VocabExtension.from_json(record["vocab"]) if record else None
     if extension is None or extension.layout == "none":
         return "tokenizer: none (this model was not imported from a checkpoint with a tokenizer)"
@@ -272,12 +286,58 @@ def write_tokenizer(model_dir: str, record: dict | None, out_dir: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def run_bos(model_dir: str) -> tuple[int, str]:
+    """(BOS id, where it comes from) of the run: MODEL_DIR/bos.json, else the default of runs from scratch."""
+    from slm_jax.data.feature_converter import DEFAULT_BOS_ID  # TensorFlow: only when exporting
+    record = run_dir.read_bos_record(model_dir)
+    if record is None:
+        return DEFAULT_BOS_ID, f"slm_jax's default for runs from scratch (id {DEFAULT_BOS_ID})"
+    return record["bos_id"], str(record.get("source"))
+
+
+def write_generation_config(out_dir: str, config: dict) -> None:
+    """generation_config.json with the same token ids as config.json (transformers reads BOS/EOS/PAD from it)."""
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    with open(os.path.join(out_dir, GENERATION_CONFIG), "w") as f:
+        json.dump({**{k: config[k] for k in keys if config.get(k) is not None},
+                   "transformers_version": config.get("transformers_version")}, f, indent=2)
+
+
+def tokenizer_adds_bos(out_dir: str, bos_id: int) -> bool | None:
+    """Whether the exported tokenizer puts `bos_id` first (None: no tokenizer or no transformers)."""
+    if not os.path.isfile(os.path.join(out_dir, "tokenizer_config.json")):
+        return None
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    ids = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)("a")["input_ids"]
+    return bool(ids) and ids[0] == bos_id
+
+
+def bos_readme(bos_id: int, source: str, adds: bool | None, family: str, extra: str = "") -> str:
+    """README.md of an export: the BOS convention in words, for Hugging Face users."""
+    if adds:
+        how = "The tokenizer adds it (`tokenizer(text)` starts with it), so score and prompt as usual."
+    elif adds is None:
+        how = "There is no tokenizer here: put id {0} before every prompt and scored sequence yourself."
+    else:
+        how = ("The tokenizer does NOT add it: put id {0} before every prompt and scored sequence yourself, "
+               "e.g. `ids = [{0}] + tokenizer(text, add_special_tokens=False)['input_ids']`; score "
+               "log p(ids[1:] | ids[:1]).")
+    return (f"# slm_jax export ({CLASS_NAME.get(family, family)})\n\n"
+            f"BOS: id {bos_id} ({source}). slm_jax trained and scored this model with id {bos_id} as the "
+            f"input before the first token of every sequence (config.json / generation_config.json "
+            f"`bos_token_id`). {how.format(bos_id)}\n{extra}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
     step: int
     family: str
     files: list[str]
     tokenizer: str
+    bos: str = ""
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -308,6 +368,16 @@ def export_hf(model_dir: str, out_dir: str, *, step: int | None = None, family: 
     finally:
         reader.close()
     base = record["hf_config"] if record else None
+    bos_id, bos_source = run_bos(model_dir)
+    config = {**hf_layout.hf_config_from_decoder(cfg, family, out_dtype.name, base), "bos_token_id": bos_id}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_layout.hf_config_from_decoder(cfg, family, out_dtype.name, base), f, indent=2)
-    return ExportResult(step, family, files, write_tokenizer(model_dir, record, out_dir))
+        json.dump(config, f, indent=2)
+    write_generation_config(out_dir, config)
+    tokenizer = write_tokenizer(model_dir, record, out_dir)
+    adds = tokenizer_adds_bos(out_dir, bos_id)
+    with open(os.path.join(out_dir, README), "w") as f:
+        f.write(bos_readme(bos_id, bos_source, adds, family, f"\n{tokenizer}\n"))
+    bos = f"BOS: id {bos_id} ({bos_source}); " + (
+        "the tokenizer adds it" if adds else "no tokenizer" if adds is None else "the tokenizer does not add it: "
+        f"prepend id {bos_id} (README.md)")
+    return ExportResult(step, family, files, tokenizer, bos)

@@ -8,8 +8,26 @@ MODEL_DIR receives the train state `{'step': 0, 'params', 'opt_state'}` as Orbax
 (written by the run's own `CheckpointManager`, with the optimizer state of the run's
 `OptimizerConfig` freshly initialised), `model_config.json` (the compatibility record
 train checks), `model.gin` (the DecoderConfig bindings to train with), `hf_import.json`
-(source config and vocabulary layout, read by export-hf) and `tokenizer/` (the source
-tokenizer with the speech tokens added at their ids) when PATH has a tokenizer.
+(source config and vocabulary layout, read by export-hf), `bos.json` (the BOS convention,
+below) and `tokenizer/` (the source tokenizer with the speech tokens added at their ids)
+when PATH has a tokenizer.
+
+BOS (the input before the first token of every sequence; `resolve_bos`): slm_jax trains,
+scores and samples an imported model behind the first token its checkpoint was trained
+behind, so a sequence's log-likelihood is transformers' `log p(ids | BOS)`:
+  1. `--bos_id N` when given;
+  2. else the tokenizer's BOS when it adds one (tokenizer_config.json `add_bos_token`, e.g.
+     Llama's `<s>` = 1: what a Hugging Face user's `tokenizer(text)` puts first);
+  3. else `bos_token_id` of config.json / generation_config.json (Qwen2 has no BOS: its
+     tokenizer adds none and its config names `<|endoftext|>`);
+  4. else config.json's `eos_token_id` (the document separator).
+Rules 3-4 are lm-evaluation-harness's prefix for scoring from a sequence's first token
+when a model has no BOS (`prefix_token_id`: BOS, else end-of-text); a Hugging Face user
+scores the same numbers by prepending that id. Sources that name different ids are
+refused (pass --bos_id). The id goes into model.gin (`run_bos_id.bos_id = N`, read by
+the feature converter, the scorer, alignment and generation) and bos.json (checked by
+train / eval / generate: `run_dir.check_bos`); export-hf writes it back as config.json's
+and generation_config.json's `bos_token_id`.
 `--gin_file`/`--gin.` flags are the run's: its OptimizerConfig and MeshConfig decide the
 optimizer-state layout and the shardings; without them the defaults are used.
 
@@ -49,6 +67,7 @@ IMPORT_RECORD = "hf_import.json"
 MODEL_GIN = "model.gin"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+GENERATION_CONFIG = "generation_config.json"
 # Tensors that carry nothing the Decoder needs (old checkpoints store RoPE's inverse frequencies).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # The config.json fields a model dictates; the rest of DecoderConfig is the run's choice.
@@ -124,6 +143,7 @@ class ImportPlan:
     extension: VocabExtension
     sources: dict[tuple[str, ...], LeafSource]
     checkpoint: SafetensorsCheckpoint
+    bos: BosConvention
 
 
 def _weight_prefix(names: set[str]) -> str:
@@ -152,11 +172,98 @@ def check_tensors(ckpt: SafetensorsCheckpoint, sources: dict[tuple[str, ...], Le
                                       f"{left[:4]}; config.json does not describe this checkpoint")
 
 
-def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | None = None) -> ImportPlan:
-    """Reads config.json and the safetensors headers and checks them; raises before any weight is read.
+@dataclasses.dataclass(frozen=True)
+class BosConvention:
+    """The input before every sequence's first token (module docstring: the rule)."""
+
+    bos_id: int
+    source: str  # where it was read, e.g. "tokenizer <s> (add_bos_token=True)"
+    tokenizer_adds_bos: bool  # what a Hugging Face user's tokenizer(text) does
+
+
+class BosConventionError(ValueError):
+    """The checkpoint names no BOS, or names different ones; `--bos_id` settles it."""
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def checked_bos_id(value, where: str) -> int:
+    from slm_jax.data.feature_converter import checked_bos_id as check  # TensorFlow: only when importing
+    return check(value, where)
+
+
+def _token_id(value, where: str) -> int | None:
+    """A config's token id: None, an int, or (generation configs) a list whose first entry counts."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return None if value is None else checked_bos_id(value, where)
+
+
+def tokenizer_bos(hf_dir: str) -> tuple[int | None, bool]:
+    """(the tokenizer's BOS id or None, whether `tokenizer(text)` puts it first); (None, False)
+    without tokenizer files or transformers."""
+    if not _has_tokenizer(hf_dir):
+        return None, False
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None, False
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    if tokenizer.bos_token_id is None:
+        return None, False
+    probe = tokenizer("a")["input_ids"]  # what users get, whatever flag or post-processor decides it
+    return int(tokenizer.bos_token_id), bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
+def resolve_bos(hf_dir: str, hf_config: dict, text_vocab_size: int, bos_id: int | None = None) -> BosConvention:
+    """The BOS convention of a HF checkpoint (rule in the module docstring). Raises
+    BosConventionError when sources disagree or name none, or the id is outside the text vocabulary."""
+    config_path, gen_path = os.path.join(hf_dir, "config.json"), os.path.join(hf_dir, GENERATION_CONFIG)
+    tok_id, adds = tokenizer_bos(hf_dir)
+    named = {f"config.json bos_token_id": _token_id(hf_config.get("bos_token_id"), f"{config_path}: bos_token_id"),
+             f"{GENERATION_CONFIG} bos_token_id": _token_id(_read_json(gen_path).get("bos_token_id"),
+                                                            f"{gen_path}: bos_token_id")}
+    named = {k: v for k, v in named.items() if v is not None}
+    if bos_id is not None:
+        found = BosConvention(checked_bos_id(bos_id, "--bos_id"), "--bos_id", adds and tok_id == bos_id)
+    elif adds:
+        found = BosConvention(tok_id, f"tokenizer BOS (added by the tokenizer, id {tok_id})", True)
+        named["the tokenizer's BOS"] = tok_id
+    elif named:
+        key = next(iter(named))
+        found = BosConvention(named[key], f"{key} (the tokenizer adds no BOS)", False)
+    else:
+        eos = _token_id(hf_config.get("eos_token_id"), f"{config_path}: eos_token_id")
+        if eos is None:
+            raise BosConventionError(f"{hf_dir}: no BOS convention: the tokenizer adds no BOS and config.json / "
+                                     f"{GENERATION_CONFIG} have no bos_token_id or eos_token_id; pass --bos_id")
+        found = BosConvention(eos, "config.json eos_token_id (no BOS: the end-of-text token, as "
+                                   "lm-evaluation-harness prefixes such models)", False)
+    if bos_id is None and len(set(named.values())) > 1:
+        raise BosConventionError(f"{hf_dir}: the BOS is ambiguous: {named}; pass --bos_id with the first token "
+                                 "this model was trained behind")
+    if found.bos_id >= text_vocab_size:
+        raise BosConventionError(f"{hf_dir}: BOS id {found.bos_id} ({found.source}) is outside the model's "
+                                 f"{text_vocab_size} embedding rows")
+    return found
+
+
+def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | None = None,
+                bos_id: int | None = None) -> ImportPlan:
+    """Reads config.json, the BOS convention and the safetensors headers and checks them; raises
+    before any weight is read.
 
     `vocab`: VocabExtension.create keyword arguments (layout, num_units, ...); `decoder_options`:
-    DecoderConfig fields that are the run's choice (scan_layers, param_dtype, dtype, ...).
+    DecoderConfig fields that are the run's choice (scan_layers, param_dtype, dtype, ...); `bos_id`:
+    overrides the checkpoint's BOS (`resolve_bos`).
     """
     hf_config = hf_layout.read_hf_config(hf_dir)
     family, fields = hf_layout.decoder_fields_from_hf(hf_config, os.path.join(hf_dir, "config.json"))
@@ -170,7 +277,8 @@ def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | 
     checkpoint = SafetensorsCheckpoint(hf_dir)
     sources = hf_layout.leaf_sources(model_cfg, fields["vocab_size"], _weight_prefix(checkpoint.names))
     check_tensors(checkpoint, sources)
-    return ImportPlan(hf_dir, family, hf_config, model_cfg, extension, sources, checkpoint)
+    bos = resolve_bos(hf_dir, hf_config, fields["vocab_size"], bos_id)
+    return ImportPlan(hf_dir, family, hf_config, model_cfg, extension, sources, checkpoint, bos)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,12 +346,15 @@ def _trainer(model_cfg: DecoderConfig, optimizer, mesh_cfg, devices):
 # --------------------------------------------------------------------------------------
 
 
-def model_gin(cfg: DecoderConfig, source: str, family: str) -> str:
-    """DecoderConfig bindings of an imported model (to pass after the run's own gin file)."""
+def model_gin(cfg: DecoderConfig, source: str, family: str, bos: BosConvention | None = None) -> str:
+    """DecoderConfig bindings (and the BOS convention) of an imported model, to pass after the run's own gin file."""
     bindings = {**cfg.shape_dict(), "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps}
     lines = [f"# DecoderConfig of the Hugging Face {family} model {source} (slm-jax import-hf).",
              "# Pass it after the run's gin file: --gin_file=RUN.gin --gin_file=MODEL_DIR/model.gin"]
     lines += [f"DecoderConfig.{key} = {value!r}" for key, value in bindings.items()]
+    if bos is not None:
+        lines += [f"# The input before every sequence's first token: {bos.source}.",
+                  f"run_bos_id.bos_id = {bos.bos_id}"]
     return "\n".join(lines) + "\n"
 
 
@@ -280,14 +391,16 @@ def _check_new_model_dir(model_dir: str) -> None:
 def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool) -> None:
     from slm_jax.training.run_dir import write_run_files
 
-    gin_text = model_gin(plan.model_cfg, plan.hf_dir, plan.family)
+    gin_text = model_gin(plan.model_cfg, plan.hf_dir, plan.family, plan.bos)
     write_run_files(model_dir, plan.model_cfg, gin_text)  # model_config.json: what train checks on resume
     with open(os.path.join(model_dir, MODEL_GIN), "w") as f:
         f.write(gin_text)
     record = {"source": os.path.abspath(plan.hf_dir), "family": plan.family, "hf_config": plan.hf_config,
-              "vocab": plan.extension.to_json(), "seed": seed, "tokenizer": TOKENIZER_DIR if tokenizer else None}
+              "vocab": plan.extension.to_json(), "seed": seed, "tokenizer": TOKENIZER_DIR if tokenizer else None,
+              "bos": dataclasses.asdict(plan.bos)}
     with open(os.path.join(model_dir, IMPORT_RECORD), "w") as f:
         json.dump(record, f, indent=1)
+    run_dir.write_bos_record(model_dir, plan.bos.bos_id, plan.bos.source)
 
 
 # --------------------------------------------------------------------------------------
@@ -296,16 +409,18 @@ def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool)
 
 
 def import_hf(hf_dir: str, model_dir: str, *, vocab: dict | None = None, seed: int = 0,
-              decoder_options: dict | None = None, optimizer=None, mesh=None, devices=None) -> DecoderConfig:
+              decoder_options: dict | None = None, optimizer=None, mesh=None, devices=None,
+              bos_id: int | None = None) -> DecoderConfig:
     """Imports `hf_dir` into `model_dir` (see the module docstring); returns the model's DecoderConfig.
 
-    `optimizer` / `mesh`: the run's OptimizerConfig / MeshConfig (default: gin's or the defaults).
+    `optimizer` / `mesh`: the run's OptimizerConfig / MeshConfig (default: gin's or the defaults);
+    `bos_id`: overrides the checkpoint's BOS convention (`resolve_bos`).
     """
     from slm_jax.training.checkpoints import CheckpointManager
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.partitioning import MeshConfig
 
-    plan = plan_import(hf_dir, vocab, decoder_options)
+    plan = plan_import(hf_dir, vocab, decoder_options, bos_id)
     _check_new_model_dir(model_dir)
     trainer = _trainer(plan.model_cfg, optimizer or OptimizerConfig(), mesh or MeshConfig(), devices)
     abstract = trainer.abstract_state

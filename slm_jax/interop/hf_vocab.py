@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from typing import Any
 
@@ -171,3 +172,66 @@ def extend_tokenizer(tokenizer, ext: VocabExtension) -> int:
         first = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
         raise VocabLayoutError(f"the extended tokenizer maps {tags[first]!r} to id {got[first]}, expected {want[first]}")
     return len(fillers) + len(tags)
+
+
+# --------------------------------------------------------------------------------------
+# tokenizer parity with SpeechTextVocabulary (issue 13 kind 5)
+# --------------------------------------------------------------------------------------
+
+SPAN_RULE = ("text spans between speech/marker tokens are encoded one by one, each with SentencePiece's dummy-prefix "
+             "'\u2581' (SpeechTextVocabulary's rule; Llama's legacy=True behaviour); whitespace-only spans are dropped; "
+             "decode removes the dummy prefix after each such token")
+
+
+def _is_sentencepiece_style(pipeline: dict) -> bool:
+    """A tokenizer converted from SentencePiece (Llama): word boundaries are '\u2581' (Metaspace pre-tokenizer,
+    or a Prepend/Replace normalizer), not byte-level BPE."""
+    parts = json.dumps({k: pipeline.get(k) for k in ("normalizer", "pre_tokenizer")})
+    return "Metaspace" in parts or "\u2581" in parts
+
+
+def span_parity_pipeline(out_dir: str, tags: list[str]) -> bool:
+    """Rewrites `out_dir`/tokenizer.json (+ tokenizer_config.json) so that it encodes interleaved strings such
+    as "[Text]the cat[Speech][Hu3][Hu7][Text] sat" to `SpeechTextVocabulary`'s ids and decodes them back (rule:
+    `SPAN_RULE`). Returns False, changing nothing, for a tokenizer that is not SentencePiece-style (byte-level
+    BPE has no dummy prefix) or has no tokenizer.json.
+
+    Why: transformers' Llama tokenizer (transformers 5, and 4.x with legacy=False) prefixes only the first
+    span of a string with '\u2581' and never doubles it, while SentencePiece (and so the slm_jax corpora and
+    `SpeechTextVocabulary.encode`) prefixes every span unconditionally: "[Text] sat" is '\u2581','\u2581sat'...
+    in slm_jax and '\u2581sat' in transformers. The rewritten pipeline: normalizer = drop whitespace-only
+    spans, Prepend('\u2581'), Replace(' ', '\u2581') (per span: the speech tokens are split off first, as
+    non-normalized added tokens); no pre-tokenizer; decoder = ByteFallback, Fuse, remove one '\u2581' right
+    after each speech/marker tag, '\u2581' -> ' ', strip the first dummy space. The tokenizer config names
+    `PreTrainedTokenizerFast` (the class that runs tokenizer.json as written; transformers' LlamaTokenizer
+    rebuilds its own pipeline) and records `SPAN_RULE`.
+    """
+    import os
+    import re
+
+    from tokenizers import Regex, Tokenizer, decoders, normalizers
+
+    path = os.path.join(out_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        if not _is_sentencepiece_style(json.load(f)):
+            return False
+    tok = Tokenizer.from_file(path)
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\A\s+\z"), ""), normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = None
+    after_tag = "|".join(re.escape(t) for t in tags)  # top-level alternatives: a valid Oniguruma look-behind
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Replace(Regex(f"(?<={after_tag})\u2581"), ""),
+                                     decoders.Replace("\u2581", " "), decoders.Strip(" ", 1, 0)])
+    tok.save(path)
+    config_path = os.path.join(out_dir, "tokenizer_config.json")
+    config = {}
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+    config.update(tokenizer_class="PreTrainedTokenizerFast", legacy=True, slm_jax_text_spans=SPAN_RULE)
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=1)
+    return True

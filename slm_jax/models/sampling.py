@@ -70,7 +70,8 @@ def sample(model, params, prompt: np.ndarray, num_tokens: int, *, modality_of_id
            temperature: float = 1.0, eos_id: int | None = None, top_k: int = 0, top_p: float = 1.0,
            banned_ids=None) -> np.ndarray:
     """Continues each row of `prompt` ([b, n] int, all rows the same length n >= 1, starting
-    with the BOS id 0 as in training inputs) by `num_tokens` tokens; returns [b, num_tokens].
+    with the run's BOS id as in training inputs: `slm_jax.evaluation.generate` puts it there)
+    by `num_tokens` tokens; returns [b, num_tokens].
 
     `modality_of_id`: int [vocab] (0 pad, 1 text, 2 speech, 3 marker), e.g.
     `SpeechTextVocabulary.modality_ids(np.arange(vocab_size))`; LST needs it to lay out

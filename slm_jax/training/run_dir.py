@@ -245,3 +245,49 @@ def restore_params(model_dir: str, step: int | None = None, abstract_params=None
     if abstract_params is None:
         return checkpoints.restore_params_to_host(checkpoints_dir(model_dir), step)
     return checkpoints.restore_params_sharded(checkpoints_dir(model_dir), abstract_params, step)
+
+
+# The BOS convention of a run (issue 13 kind 4): written by `slm-jax import-hf`, checked by train/eval/generate.
+BOS_FILE = "bos.json"
+
+
+def write_bos_record(model_dir: str, bos_id: int, source: str) -> None:
+    """`MODEL_DIR/bos.json`: {"bos_id": the input before every sequence's first token, "source":
+    where it was read (e.g. "config.json bos_token_id")}; process 0 only."""
+    import jax
+    if jax.process_index() != 0:
+        return
+    gfile = _gfile()
+    gfile.makedirs(str(model_dir))
+    with gfile.GFile(path(model_dir, BOS_FILE), "w") as f:
+        json.dump({"bos_id": int(bos_id), "source": source}, f, indent=1)
+
+
+def read_bos_record(model_dir: str) -> dict[str, Any] | None:
+    """`MODEL_DIR/bos.json` as a dict, None when the run has none (a run from scratch: BOS 0).
+    Raises ModelDirError for a file that is not JSON or has no int `bos_id`."""
+    p, gfile = path(model_dir, BOS_FILE), _gfile()
+    if not gfile.exists(p):
+        return None
+    with gfile.GFile(p) as f:
+        try:
+            record = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ModelDirError(f"{p}: not valid JSON ({err})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("bos_id"), int):
+        raise ModelDirError(f"{p}: expected an object with an int 'bos_id', got {record!r}")
+    return record
+
+
+def check_bos(model_dir: str, bos_id: int) -> None:
+    """Refuse a run whose BOS id (gin `run_bos_id.bos_id`) differs from the one MODEL_DIR records.
+
+    Raises IncompatibleModelDirError naming both ids, where the recorded one came from and the
+    binding to use (a model trained, scored or sampled behind a first token it never saw is wrong
+    without any message)."""
+    record = read_bos_record(model_dir)
+    if record is not None and record["bos_id"] != bos_id:
+        raise IncompatibleModelDirError(
+            f"MODEL_DIR={model_dir} records BOS id {record['bos_id']} ({record.get('source')}; "
+            f"{path(model_dir, BOS_FILE)}) but the run uses {bos_id}: pass MODEL_DIR/model.gin after the run's gin "
+            f"file, or --gin.run_bos_id.bos_id={record['bos_id']}")

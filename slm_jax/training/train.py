@@ -295,6 +295,8 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
     run_dir.check_compatible(model_dir, run.model)
+    from slm_jax.data.feature_converter import run_bos_id  # the BOS the training packs start segments with
+    run_dir.check_bos(model_dir, run_bos_id())
     settings = resume_settings(run)
     launches = run_dir.read_launches(model_dir)
     saved_steps = list_complete_steps(run_dir.checkpoints_dir(model_dir))
