@@ -178,7 +178,8 @@ def extend_tokenizer(tokenizer, ext: VocabExtension) -> int:
 # tokenizer parity with SpeechTextVocabulary (issue 13 kind 5)
 # --------------------------------------------------------------------------------------
 
-SPAN_RULE = ("text spans between speech/marker tokens are encoded one by one, each with SentencePiece's dummy-prefix "
+SPAN_RULE = ("text spans between speech/marker tokens are encoded one by one, each normalised as slm_jax's "
+             "normalize_text (NFKC, whitespace runs -> one space, stripped) and given SentencePiece's dummy-prefix "
              "'\u2581' (SpeechTextVocabulary's rule; Llama's legacy=True behaviour); whitespace-only spans are dropped; "
              "decode removes the dummy prefix after each such token")
 
@@ -198,9 +199,10 @@ def span_parity_pipeline(out_dir: str, tags: list[str]) -> bool:
 
     Why: transformers' Llama tokenizer (transformers 5, and 4.x with legacy=False) prefixes only the first
     span of a string with '\u2581' and never doubles it, while SentencePiece (and so the slm_jax corpora and
-    `SpeechTextVocabulary.encode`) prefixes every span unconditionally: "[Text] sat" is '\u2581','\u2581sat'...
-    in slm_jax and '\u2581sat' in transformers. The rewritten pipeline: normalizer = drop whitespace-only
-    spans, Prepend('\u2581'), Replace(' ', '\u2581') (per span: the speech tokens are split off first, as
+    `SpeechTextVocabulary.encode`) prefixes every span unconditionally: "[Speech][Hu1][Text]the cat" is
+    ..., '\u2581the', ... in slm_jax and ..., 'the', ... in transformers. The rewritten pipeline: normalizer = per span NFKC, whitespace
+    runs -> ' ', strip (`slm_jax.text_normalization.normalize_text`, which `SpeechTextVocabulary.encode` applies
+    to every span; a whitespace-only span becomes empty and is dropped), Prepend('\u2581'), Replace(' ', '\u2581') (per span: the speech tokens are split off first, as
     non-normalized added tokens); no pre-tokenizer; decoder = ByteFallback, Fuse, remove one '\u2581' right
     after each speech/marker tag, '\u2581' -> ' ', strip the first dummy space. The tokenizer config names
     `PreTrainedTokenizerFast` (the class that runs tokenizer.json as written; transformers' LlamaTokenizer
@@ -218,7 +220,10 @@ def span_parity_pipeline(out_dir: str, tags: list[str]) -> bool:
         if not _is_sentencepiece_style(json.load(f)):
             return False
     tok = Tokenizer.from_file(path)
-    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(r"\A\s+\z"), ""), normalizers.Prepend("\u2581"),
+    # per span, as SpeechTextVocabulary.encode: normalize_text (NFKC, whitespace runs -> one space, stripped;
+    # a whitespace-only span becomes empty and gets no prefix), then the dummy prefix
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Strip(left=True, right=True), normalizers.Prepend("\u2581"),
                                            normalizers.Replace(" ", "\u2581")])
     tok.pre_tokenizer = None
     after_tag = "|".join(re.escape(t) for t in tags)  # top-level alternatives: a valid Oniguruma look-behind
