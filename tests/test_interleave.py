@@ -71,8 +71,20 @@ def _twelve_word_record():
     )
 
 
+def _word_frames(start, end, rate, n):
+    """The documented word -> frames rule, plainly: frames whose start lies in [start, end)
+    (1/100-frame snap); a word covering none takes the frame it lies in (the last when after)."""
+    lo = min(max(math.ceil(start * rate - 0.01), 0), n)
+    hi = max(min(max(math.ceil(end * rate - 0.01), 0), n), lo)
+    if hi == lo and n > 0:
+        lo = min(max(math.floor(start * rate + 0.01), 0), n - 1)
+        hi = lo + 1
+    return lo, hi
+
+
 def reference_interleave(v, words, starts, ends, units, rate, mask, dedup=True):
-    """Plain-python statement of the format: spans, markers at changes, frames by start time."""
+    """Plain-python statement of the format: spans, markers at changes, frames by start time
+    (a span runs from its first word's first frame to its last word's last frame)."""
     out, i, n = [], 0, len(words)
     starts, ends = np.float32(starts).astype(np.float64), np.float32(ends).astype(np.float64)
     while i < n:
@@ -80,9 +92,8 @@ def reference_interleave(v, words, starts, ends, units, rate, mask, dedup=True):
         while j + 1 < n and mask[j + 1] == mask[i]:
             j += 1
         if mask[i]:
-            lo = min(max(math.ceil(starts[i] * rate - 0.01), 0), len(units))
-            hi = max(min(max(math.ceil(ends[j] * rate - 0.01), 0), len(units)), lo)
-            span = list(units[lo:hi])
+            ranges = [_word_frames(starts[w], ends[w], rate, len(units)) for w in range(i, j + 1)]
+            span = list(units[min(r[0] for r in ranges):max(r[1] for r in ranges)])
             if dedup:
                 span = [u for k, u in enumerate(span) if k == 0 or u != span[k - 1]]
             out += [v.speech_marker_id] + U(v, *span)

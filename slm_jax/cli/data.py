@@ -40,6 +40,10 @@ def data_main(argv) -> int:
     for task, row in table.items():
         print(task.ljust(32) + "".join(f"{row.get(k, 0):20,.1f}" if isinstance(row.get(k, 0), float)
                                        else f"{row.get(k, 0):20,d}" for k in keys))
+    for task, row in table.items():  # record repairs and skips (slm_jax.data.inspect_data._record_checks)
+        if "repaired_words" in row or "skipped_records" in row:
+            print(f"{task}: repaired_words={row.get('repaired_words', 0)} (took the frame they lie in) "
+                  f"skipped_records={row.get('skipped_records', 0)} {row.get('skipped_because', '')}".rstrip())
     if args.token_shares:
         try:
             shares = {t: float(v) for t, v in (item.split("=") for item in args.token_shares.split(","))}

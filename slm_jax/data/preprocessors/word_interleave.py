@@ -34,9 +34,10 @@ from slm_jax.data.preprocessors.interleave import (
     _require,
     _seed,
     _vocab,
-    frame_bounds,
 )
-from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, vectorized
+from slm_jax.data.preprocessors.common import (
+    DEFAULT_BATCH_RECORDS, as_ragged, declare_fields, dedup_rows, vectorized, word_frames,
+)
 
 POLICIES = ("random", "span", "poisson")
 
@@ -234,9 +235,12 @@ def interleave_rows(
     values; `units`: [B, (frames)]; `unit_rate_hz`: [B].
 
     Consecutive words of one modality in one record form a span. A speech span emits the
-    units of the frames in [its first word's start, its last word's end) (deduplicated
-    within the span when `dedup`), so pauses between its words are kept and pauses next
-    to text spans are not (slamkit does the same). A text span emits the SentencePiece
+    units of the frames from its first word's first frame to its last word's last frame
+    (deduplicated within the span when `dedup`), so pauses between its words are kept and
+    pauses next to text spans are not (slamkit does the same). A word's frames follow
+    `common.word_frames`: the frames starting inside it, or, for a word that covers no
+    frame start (20 ms, zero-length, in the encoder's missing last frame), the frame it lies
+    in: a speech span is NEVER empty. Words of a record without units stay text. A text span emits the SentencePiece
     ids of its words joined by single spaces. Each span is preceded by its marker, which
     is exactly "at the start and where the modality changes" because spans alternate.
 
@@ -252,7 +256,13 @@ def interleave_rows(
     """
     row_splits = words.row_splits
     word_row, _, num_rows = _row_layout(row_splits)
-    is_speech = tf.cast(is_speech, tf.bool)
+    frames_per_row = tf.cast(units.row_lengths(), tf.int32)
+    # every word's frames by the one rule (`common.word_frames`: never empty when the record
+    # has units); a record without units has no frames to give, so its words stay text
+    word_lo, word_hi, _ = word_frames(
+        word_start.flat_values, word_end.flat_values, tf.gather(tf.cast(unit_rate_hz, tf.float64), word_row),
+        tf.gather(frames_per_row, word_row))
+    is_speech = tf.logical_and(tf.cast(is_speech, tf.bool), word_hi > word_lo)
     n = tf.size(is_speech)
 
     # segments: maximal runs of one modality within a record
@@ -292,14 +302,10 @@ def interleave_rows(
         ids = tf.boolean_mask(tf.cast(word_tokens.flat_values, tf.int32), tf.repeat(take, word_tokens.row_lengths()))
         text_parts.append((ids, tf.math.unsorted_segment_sum(counts, seg, num_seg)))
 
-    # speech spans: frames of [first word start, last word end) in the record's unit stream
-    frames_per_row = tf.cast(units.row_lengths(), tf.int32)
-    lo, hi = frame_bounds(
-        tf.gather(word_start.flat_values, first),
-        tf.gather(word_end.flat_values, last),
-        tf.gather(tf.cast(unit_rate_hz, tf.float64), seg_row),
-        tf.gather(frames_per_row, seg_row),
-    )
+    # speech spans: from their first word's first frame to their last word's last frame, so
+    # pauses between a span's words are kept (with repaired words, min / max over the span)
+    lo = tf.math.unsorted_segment_min(word_lo, seg, num_seg)
+    hi = tf.math.unsorted_segment_max(word_hi, seg, num_seg)
     offset = tf.gather(tf.cast(units.row_splits, tf.int32), seg_row)
     frames = tf.ragged.range(lo + offset, tf.where(seg_speech, hi, lo) + offset)
     unit_values = tf.gather(units.flat_values, frames.flat_values)
@@ -510,3 +516,11 @@ def word_interleave_batches(
         dedup=bool(dedup),
         unit_rate_hz=unit_rate_hz,
     )
+
+
+def _word_fields(a):
+    return [*WORD_KEYS, *(["unit_rate_hz"] if a["unit_rate_hz"] is None else [])]
+
+
+declare_fields(word_interleave, _word_fields)
+declare_fields(word_interleave_batches, _word_fields)
