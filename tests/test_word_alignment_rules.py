@@ -202,3 +202,13 @@ def test_repaired_word_count_of_records():
     ]
     assert inspect_data.repaired_word_count(records) == {"words": 3, "repaired_words": 2}
     assert math.isclose(common.FRAME_SNAP, 0.01)
+
+
+def test_evaluation_cuts_sentences_by_the_same_rule():
+    from slm_jax.evaluation import alignment
+    record = {"id": "s", "a_lang": "en", "b_lang": "fr", "unit_rate_hz": 25.0,
+              "a_units": list(range(12)), "a_sentence_start": [0.0, 0.41], "a_sentence_end": [0.40, 0.43],
+              "b_units": list(range(20, 31)), "b_sentence_start": [0.0, 0.41], "b_sentence_end": [0.40, 0.43]}
+    items = alignment.parallel_items([record], level="sentence")
+    assert [list(x.a.content) for x in items] == [list(range(10)), [10]]
+    assert [list(x.b.content) for x in items] == [list(range(20, 30)), [30]]

@@ -263,13 +263,11 @@ def interleave_rows(
         word_start.flat_values, word_end.flat_values, tf.gather(tf.cast(unit_rate_hz, tf.float64), word_row),
         tf.gather(frames_per_row, word_row))
     is_speech = tf.logical_and(tf.cast(is_speech, tf.bool), word_hi > word_lo)
-    n = tf.size(is_speech)
 
     # segments: maximal runs of one modality within a record
     changes = dedup_rows(is_speech, word_row)
     seg = tf.cumsum(tf.cast(changes, tf.int32)) - 1
     first = tf.cast(tf.where(changes)[:, 0], tf.int32)
-    last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
     num_seg = tf.size(first)
     seg_row = tf.gather(word_row, first)
     seg_speech = tf.gather(is_speech, first)
