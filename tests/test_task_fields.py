@@ -124,3 +124,16 @@ def test_expressive_without_pitch_names_record(vocab, tmp_path):
         [functools.partial(interleave.expressive_merge, vocabulary=vocab)], vocab)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"fields_expressive.*e1.*lacks field.*pitch"):
         _read(task)
+
+
+def test_legacy_unit_task_over_records_without_units_names_record(tmp_path):
+    def example(rid, units):
+        return tf.train.Example(features=tf.train.Features(feature={
+            "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[rid])),
+            "units": tf.train.Feature(int64_list=tf.train.Int64List(value=units))})).SerializeToString()
+    with tf.io.TFRecordWriter(str(tmp_path / "u.tfrecord")) as w:
+        w.write(example(b"a", [1, 2, 2]))
+        w.write(example(b"b", []))
+    task = registration.register_unit_task("fields_units", {"train": str(tmp_path / "u.tfrecord")}, num_units=5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"fields_units.*\[b\].*lacks field.*units"):
+        _read(task)

@@ -156,6 +156,10 @@ def register_unit_task(
         seqio.CacheDatasetPlaceholder(),
         prep.split_to_length,  # needs sequence_length, so after the cache point
     ]
+    # a record without units would be an EOS-only example: fail naming it (before any preprocessing)
+    needed = {units_key: "units_to_targets"}
+    preprocessors.insert(0, functools.partial(check_record_fields, task=name, needed=needed,
+                                              description=source.feature_description))
     _remove_if_registered(seqio.TaskRegistry, name)
     return seqio.TaskRegistry.add(
         name,
