@@ -103,8 +103,14 @@ def test_asr_tts_text_vocab(text_vocab, fmt_name):
 
 
 def _frames(start, end, rate, n):
-    lo = min(max(math.ceil(float(np.float32(start)) * rate - il.FRAME_SNAP), 0), n)
-    return lo, max(min(max(math.ceil(float(np.float32(end)) * rate - il.FRAME_SNAP), 0), n), lo)
+    """common.word_frames's rule: frames starting in [start, end), else the frame it lies in."""
+    start, end = float(np.float32(start)), float(np.float32(end))
+    lo = min(max(math.ceil(start * rate - il.FRAME_SNAP), 0), n)
+    hi = max(min(max(math.ceil(end * rate - il.FRAME_SNAP), 0), n), lo)
+    if hi == lo and n > 0:
+        lo = min(max(math.floor(start * rate + il.FRAME_SNAP), 0), n - 1)
+        hi = lo + 1
+    return lo, hi
 
 
 @pytest.mark.parametrize("lang_tags", [False, True])
@@ -156,7 +162,8 @@ def test_word_interleaving_text_vocab(text_vocab):
             while j + 1 < n and speech[j + 1] == speech[i]:
                 j += 1
             if speech[i]:
-                lo, hi = _frames(starts[i], ends[j], rate, len(units))
+                ranges = [_frames(starts[w], ends[w], rate, len(units)) for w in range(i, j + 1)]
+                lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
                 segments.append(Segment.speech(units[lo:hi], "en"))
             else:
                 segments.append(Segment.text(" ".join(words[i:j + 1]), "en"))

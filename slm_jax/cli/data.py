@@ -51,6 +51,10 @@ def _run(args) -> int:
     for task, row in table.items():
         if not row["examples"]:
             print(f"warning: {inspect_data.empty_task_message(task, args.split)}", file=sys.stderr)
+    for task, row in table.items():  # record repairs and skips (slm_jax.data.inspect_data._record_checks)
+        if "repaired_words" in row or "skipped_records" in row:
+            print(f"{task}: repaired_words={row.get('repaired_words', 0)} (took the frame they lie in) "
+                  f"skipped_records={row.get('skipped_records', 0)} {row.get('skipped_because', '')}".rstrip())
     if args.token_shares:
         try:
             shares = {t: float(v) for t, v in (item.split("=") for item in args.token_shares.split(","))}

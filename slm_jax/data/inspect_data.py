@@ -120,6 +120,7 @@ def stats(name: str, split: str = "train", max_examples: int | None = None,
     table = {}
     for task in leaf_tasks(name):
         vocab = task.output_features["targets"].vocabulary
+        checks = _record_checks(task, split, max_examples)  # before reading: a missing field is named here
         totals = collections.Counter()
         examples = 0
         for ex in _examples(task, split, sequence_length, max_examples):
@@ -127,8 +128,47 @@ def stats(name: str, split: str = "train", max_examples: int | None = None,
             examples += 1
         row = {"examples": examples, **totals}
         row["tokens_per_example"] = totals["tokens"] / max(examples, 1)
+        row.update(checks)
         table[task.name] = row
     return table
+
+
+def repaired_word_count(records) -> dict[str, int]:
+    """{"words", "repaired_words"} over corpus records (dicts with `units`, `unit_rate_hz`,
+    `word_start`, `word_end`): words that cover no frame start and so take the frame they lie
+    in (`slm_jax.data.preprocessors.common.word_frames`, the rule every task uses)."""
+    from slm_jax.data.preprocessors.common import word_frames_np
+    words = repaired = 0
+    for record in records:
+        starts = np.asarray(record["word_start"])
+        if not len(starts) or not float(record["unit_rate_hz"]) > 0:
+            continue
+        _, _, fixed = word_frames_np(starts, record["word_end"], float(record["unit_rate_hz"]), len(record["units"]))
+        words += len(starts)
+        repaired += int(fixed.sum())
+    return {"words": words, "repaired_words": repaired}
+
+
+def _record_checks(task, split: str, max_examples: int | None) -> dict:
+    """Per task: records lacking a field its preprocessors need (skipped or fatal) and repaired
+    words, from its raw records (`registration.source_records`); {} for other sources."""
+    from slm_jax.data import registration
+    if not isinstance(getattr(task, "source", None), registration.TFExampleSource):
+        return {}
+    out = {}
+    missing = registration.missing_field_report(task, split, max_examples)
+    if missing and getattr(task, "on_missing_field", "error") == "error":
+        field, entry = next(iter(missing["fields"].items()))
+        raise ValueError(f"task {task.name!r}: record {entry['first']!r} lacks field {field!r}, which "
+                         f"{entry['needed_by']} needs ({entry['records']} such record(s) in {split!r}); import it, "
+                         "or register the task with on_missing_field='skip'")
+    if missing:
+        out["skipped_records"] = missing["records"]
+        out["skipped_because"] = "; ".join(f"{e['records']} lack {f!r}" for f, e in missing["fields"].items())
+    if {"units", "unit_rate_hz", "word_start", "word_end"} <= set(task.source.feature_description):
+        counts = repaired_word_count(registration.source_records(task, split, max_examples))
+        out["repaired_words"] = counts["repaired_words"]
+    return out
 
 
 def rates_for_token_shares(tokens_per_example: Mapping[str, float], shares: Mapping[str, float]) -> dict[str, float]:

@@ -156,6 +156,10 @@ def register_unit_task(
         seqio.CacheDatasetPlaceholder(),
         prep.split_to_length,  # needs sequence_length, so after the cache point
     ]
+    # a record without units would be an EOS-only example: fail naming it (before any preprocessing)
+    needed = {units_key: "units_to_targets"}
+    preprocessors.insert(0, functools.partial(check_record_fields, task=name, needed=needed,
+                                              description=source.feature_description))
     _remove_if_registered(seqio.TaskRegistry, name)
     return seqio.TaskRegistry.add(
         name,
@@ -279,6 +283,135 @@ def drop_token_modality(ex):
     return {k: v for k, v in ex.items() if k != "modality"}
 
 
+# --- record fields the preprocessors need ------------------------------------------------------
+ON_MISSING_FIELD = ("error", "skip")
+
+
+def task_required_fields(name: str, preprocessors: Sequence[Callable], description: Mapping) -> dict[str, str]:
+    """{field: preprocessor name} of the record fields `preprocessors` declare
+    (`preprocessors.common.declare_fields`) that are fields of the record layout `description`.
+
+    Raises ValueError naming the task, the preprocessor and the field when a declared field is
+    a corpus field that `description` does not parse (`features=` left it out). Fields outside
+    the corpus layouts are produced by an earlier preprocessor and are not checked here.
+    """
+    from slm_jax.data import corpus
+    from slm_jax.data.preprocessors import interleave
+    if not hasattr(interleave.expressive_merge, "required_fields"):  # declared here: its module has no declaration
+        prep.declare_fields(interleave.expressive_merge, lambda a: ["units", "pitch", "style"])
+    layout = {**corpus.TFRECORD_FEATURES, **corpus.PAIRED_TFRECORD_FEATURES}
+    needed = {}
+    for preprocessor in preprocessors:
+        fields = prep.required_fields(preprocessor)
+        who = getattr(getattr(preprocessor, "func", preprocessor), "__name__", repr(preprocessor))
+        for field in fields or ():
+            if field in description:
+                needed.setdefault(field, who)
+            elif field in layout:
+                raise ValueError(f"register_corpus_task({name!r}): preprocessor {who} needs record field {field!r}, "
+                                 f"which this task does not parse (features: {sorted(description)}); add it to "
+                                 "`features`")
+    return needed
+
+
+def _present_tf(value, spec):
+    """bool [] (one record) or [B] (a batch): the field holds a value, not its parse default."""
+    if isinstance(spec, tf.io.FixedLenFeature):
+        default = spec.default_value
+        return tf.not_equal(value, tf.constant(default, value.dtype)) if default is not None else tf.ones_like(
+            value, tf.bool)
+    value = prep.as_ragged(value)
+    if isinstance(value, tf.RaggedTensor):
+        return value.row_lengths() > 0
+    return tf.size(value) > 0
+
+
+def _present_np(value, spec) -> bool:
+    if isinstance(spec, tf.io.FixedLenFeature):
+        default = spec.default_value
+        return default is None or not (value == default or (isinstance(value, bytes) and value == b""))
+    return len(value) > 0
+
+
+def check_record_fields(dataset: tf.data.Dataset, task: str, needed: Mapping[str, str], description: Mapping,
+                        on_missing_field: str = "error", batched: bool = False) -> tf.data.Dataset:
+    """Records (or ragged record batches) whose fields `needed` ({field: preprocessor}) are all
+    present: a field is missing when it holds its parse default (an empty list, "" or 0.0, as
+    `slm_jax.data.corpus` parses an absent key). 'error': the read fails (InvalidArgumentError)
+    naming the task, the field, the preprocessor and the first such record's id; 'skip': such
+    records are dropped (`missing_field_report` counts them, and `slm-jax data stats` shows it).
+    """
+    fields = list(needed)
+
+    def flags(ex):
+        ids = ex["id"] if "id" in ex else None
+        return {f: _present_tf(ex[f], description[f]) for f in fields}, ids
+
+    def check(ex):
+        present, ids = flags(ex)
+        present = tf.reshape(tf.stack([present[f] for f in fields]), [len(fields), -1])  # [F, records]
+        ok = tf.reduce_all(present, axis=0)
+        first = tf.argmin(tf.cast(ok, tf.int32))  # the first record lacking a field
+        ids = tf.constant(["<no id field parsed>"]) if ids is None else tf.reshape(ids, [-1])
+        missing = tf.boolean_mask(tf.constant([f"{f!r} (needed by {needed[f]})" for f in fields]),
+                                  tf.logical_not(present[:, first]))
+        assert_ok = tf.debugging.Assert(tf.reduce_all(ok), [
+            f"task {task!r}: record", ids[tf.minimum(first, tf.size(ids, out_type=tf.int64) - 1)],
+            "lacks field(s)", missing, "(an absent field parses as empty); import them, or register the task "
+            "with on_missing_field='skip'"], summarize=len(fields))
+        with tf.control_dependencies([assert_ok]):
+            return {k: tf.identity(v) for k, v in ex.items()}
+
+    def keep_mask(ex):
+        present, _ = flags(ex)
+        return tf.reduce_all(tf.stack([present[f] for f in fields]), axis=0)
+
+    if not fields:
+        return dataset
+    if on_missing_field == "error":
+        return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+    if not batched:
+        return dataset.filter(keep_mask)
+
+    def drop(ex):
+        keep = keep_mask(ex)
+        return {k: (tf.ragged.boolean_mask(prep.as_ragged(v), keep) if isinstance(prep.as_ragged(v), tf.RaggedTensor)
+                    else tf.boolean_mask(v, keep)) for k, v in ex.items()}
+
+    return dataset.map(drop, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def source_records(task: seqio.Task, split: str = "train", max_records: Optional[int] = None):
+    """The raw records (numpy dicts) of a `register_corpus_task` task's split, in file order, one at a time."""
+    source = task.source
+    files = source.list_shards(split)
+    ds = tf.data.TFRecordDataset(files).map(lambda pb: tf.io.parse_single_example(pb, source.feature_description))
+    if max_records is not None:
+        ds = ds.take(max_records)
+    yield from ds.as_numpy_iterator()
+
+
+def missing_field_report(task: seqio.Task, split: str = "train", max_records: Optional[int] = None) -> dict:
+    """{"records": records lacking a field, "fields": {field: {"records": count, "first": record id,
+    "needed_by": preprocessor}}} over (up to `max_records` of) the task's raw records; {} when
+    nothing is missing or nothing is declared. The Python-side twin of `check_record_fields`
+    (for `slm-jax data stats`): the count of records a 'skip' task drops, and why."""
+    needed = getattr(task, "required_record_fields", None) or {}
+    if not needed:
+        return {}
+    description = task.source.feature_description
+    fields, bad_records = {}, 0
+    for record in source_records(task, split, max_records):
+        lacking = [f for f in needed if not _present_np(record[f], description[f])]
+        bad_records += bool(lacking)
+        for field in lacking:
+            rid = record.get("id", b"")
+            entry = fields.setdefault(field, {"records": 0, "first": rid.decode() if isinstance(rid, bytes) else
+                                              str(rid), "needed_by": needed[field]})
+            entry["records"] += 1
+    return {"records": bad_records, "fields": fields} if bad_records else {}
+
+
 def register_corpus_task(
     name: str,
     split_to_filepattern: Mapping[str, str],
@@ -292,6 +425,7 @@ def register_corpus_task(
     split_long_examples: bool = True,
     batched: bool = False,
     batch_records: int = prep.DEFAULT_BATCH_RECORDS,
+    on_missing_field: str = "error",
 ) -> seqio.Task:
     """A task over corpus TFRecords (slm_jax.data.corpus layout) with SLM preprocessors.
 
@@ -307,6 +441,13 @@ def register_corpus_task(
     a time (`TFExampleSource(batch_records=...)`), split in batches and unbatched once at the end.
     Same examples as the per-record chain, at a fraction of the cost. Such a task has no
     SeqIO cache point (its preprocessing runs on every read).
+
+    Record fields: the fields the preprocessors declare (`preprocessors.common.declare_fields`)
+    must be parsed (ValueError here otherwise, naming the field) and present in every record:
+    a record lacking one (e.g. word interleaving over records without `words`, CTC without
+    `text`) fails the first read that meets it, naming the task, the field and the record
+    (`on_missing_field='error'`), or is dropped and counted (`'skip'`; `missing_field_report`,
+    `slm-jax data stats`). The task keeps them as `task.required_record_fields`.
     """
     from slm_jax.data import corpus
 
@@ -318,6 +459,12 @@ def register_corpus_task(
             raise ValueError(f"register_corpus_task({name!r}): features {unknown} are not in the corpus layout "
                              f"({sorted(desc)})")
         desc = {k: desc[k] for k in features}
+    if on_missing_field not in ON_MISSING_FIELD:
+        raise ValueError(f"register_corpus_task({name!r}): on_missing_field must be one of {ON_MISSING_FIELD}, got "
+                         f"{on_missing_field!r}")
+    needed = task_required_fields(name, preprocessors, desc)
+    check = functools.partial(check_record_fields, task=name, needed=needed, description=desc,
+                              on_missing_field=on_missing_field, batched=batched)
     source = TFExampleSource(split_to_filepattern, desc, root_fn=root_fn, batch_records=batch_records if batched
                              else None)
     if batched:
@@ -326,14 +473,17 @@ def register_corpus_task(
         finish = [drop_token_modality, seqio.CacheDatasetPlaceholder(),
                   prep.split_to_length if split_long_examples else prep.require_unsplit]
     _remove_if_registered(seqio.TaskRegistry, name)
-    return seqio.TaskRegistry.add(
+    task = seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=[*preprocessors, *finish],
+        preprocessors=[*([check] if needed else []), *preprocessors, *finish],
         output_features=slm_output_features(vocabulary),
         metric_fns=[],
         shuffle_buffer_size=shuffle_buffer_size,
     )
+    task.required_record_fields = dict(needed)
+    task.on_missing_field = on_missing_field
+    return task
 
 
 def _finish_batches(batches: tf.data.Dataset, sequence_length=None, split_long_examples: bool = True):

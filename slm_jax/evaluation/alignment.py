@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -31,7 +30,6 @@ from slm_jax.evaluation.sequences import Segment, SequenceFormat, model_inputs, 
 from slm_jax.models import interface
 
 LEVELS = ("utterance", "sentence")
-FRAME_SNAP = 1e-2  # slm_jax.data.preprocessors.interleave.FRAME_SNAP: the corpus time -> frame rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +40,12 @@ class ParallelItem:
 
 
 # --- parallel data ------------------------------------------------------------------------
-def _frame(t: float, rate: float, n: int) -> int:
-    """First frame whose start lies at or after time t (interleave.frame_bounds's rule)."""
-    return int(min(max(math.ceil(t * rate - FRAME_SNAP), 0), n))
-
-
 def _sentences(units, starts, ends, rate) -> list[list[int]]:
-    n = len(units)
-    return [list(units[_frame(s, rate, n):max(_frame(e, rate, n), _frame(s, rate, n))]) for s, e in zip(starts, ends)]
+    """Each sentence's units by the corpus rule (`preprocessors.common.word_frames`, as the
+    cross-lingual task cuts them: a sentence covering no frame start takes the frame it lies in)."""
+    from slm_jax.data.preprocessors.common import word_frames_np
+    lo, hi, _ = word_frames_np(np.asarray(starts, np.float32), np.asarray(ends, np.float32), rate, len(units))
+    return [list(units[a:b]) for a, b in zip(lo, hi)]
 
 
 def parallel_items(records, langs: tuple[str, str] = ("en", "fr"), level: str = "utterance",

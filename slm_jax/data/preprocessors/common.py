@@ -7,8 +7,11 @@ stateful"). Anything Python-only belongs in corpus preparation, not here.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -95,6 +98,71 @@ def units_to_targets(
         return ex
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --- time ranges -> frame ranges: THE rule for words, sentences and patches ---------------------
+# Alignment times are float32 seconds: a time within FRAME_SNAP frames of a frame boundary
+# snaps to it (0.28 s * 25 Hz is frame 7, not 8).
+FRAME_SNAP = 1e-2
+
+
+def frame_bounds(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Tensor]:
+    """int32 [lo, hi) of the frames whose START time lies in [start_s, end_s) (the base rule).
+
+    Frame f of a stream at rate r covers [f/r, (f+1)/r); it belongs to [start, end) when f/r
+    does: f in [ceil(start*r - FRAME_SNAP), ceil(end*r - FRAME_SNAP)). Contiguous ranges share no
+    frame and lose none. Clipped to [0, num_frames] and to hi >= lo, so a range shorter than a
+    frame, reversed or past the last unit yields NO frames: `word_frames` repairs those.
+    """
+    rate = tf.cast(rate_hz, tf.float64)
+    n = tf.cast(num_frames, tf.int32)
+
+    def to_frame(t):
+        f = tf.math.ceil(tf.cast(t, tf.float64) * rate - FRAME_SNAP)
+        return tf.clip_by_value(tf.cast(f, tf.int32), 0, n)
+
+    lo = to_frame(start_s)
+    return lo, tf.maximum(to_frame(end_s), lo)
+
+
+def word_frames(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Frames of time ranges (words, sentences), never empty: (lo, hi, repaired), int32/int32/bool.
+
+    Shapes: any, broadcast together (seconds, Hz, frame counts). Rule:
+      1. a range takes the frames whose start lies in it (`frame_bounds`);
+      2. a range that covers no frame start (a word shorter than a frame between two frame
+         starts, a zero-length word, a word in the encoder's missing last frame or past the
+         last unit) lies within one frame interval, or after the last one: it takes THAT frame,
+         floor(start*r + FRAME_SNAP) clipped to [0, num_frames - 1], and is flagged `repaired`.
+    So every range gets >= 1 frame when num_frames > 0 (with no units nothing can be given:
+    lo == hi, not flagged). A repaired range's frame may also belong to its neighbour (a word
+    0.41-0.43 s at 25 Hz takes frame 10, 0.40-0.44 s, which also holds the word before it if
+    that word started there). Why not slamkit's rule: slamkit (slp-rl/slamkit
+    slamkit/tokeniser/interleaving_tokeniser.py, `_create_interleaved_text`) keeps the
+    deduplicated units whose END time lies in [start, end] (`bisect_left`/`bisect_right` over
+    cumsum(durations) / rate), which also gives a short word no unit (an empty `<speech>` span)
+    and shifts every span by up to one unit; here a span's units depend only on its own frames.
+    `word_frames_np` is the numpy twin (Python-side counts, evaluation).
+    """
+    lo, hi = frame_bounds(start_s, end_s, rate_hz, num_frames)
+    n = tf.cast(num_frames, tf.int32)
+    repaired = tf.logical_and(hi <= lo, n > 0)
+    within = tf.math.floor(tf.cast(start_s, tf.float64) * tf.cast(rate_hz, tf.float64) + FRAME_SNAP)
+    k = tf.clip_by_value(tf.cast(within, tf.int32), 0, tf.maximum(n - 1, 0))
+    return tf.where(repaired, k, lo), tf.where(repaired, k + 1, hi), repaired
+
+
+def word_frames_np(start_s, end_s, rate_hz, num_frames):
+    """`word_frames` in numpy (same rule, float64): (lo, hi, repaired) arrays."""
+    start = np.asarray(start_s, np.float64)
+    end = np.asarray(end_s, np.float64)
+    rate = np.float64(rate_hz)
+    n = int(num_frames)
+    lo = np.clip(np.ceil(start * rate - FRAME_SNAP), 0, n).astype(np.int64)
+    hi = np.maximum(np.clip(np.ceil(end * rate - FRAME_SNAP), 0, n).astype(np.int64), lo)
+    repaired = (hi <= lo) & (n > 0)
+    k = np.clip(np.floor(start * rate + FRAME_SNAP), 0, max(n - 1, 0)).astype(np.int64)
+    return np.where(repaired, k, lo), np.where(repaired, k + 1, hi), repaired
 
 
 # Per-token features that travel with `targets` and must be cut at the same places.
@@ -224,3 +292,33 @@ def require_unsplit(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
             return {k: tf.identity(v) for k, v in ex.items()}
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# --- record fields each preprocessor needs (checked by registration.register_corpus_task) ------
+def declare_fields(preprocessor: Callable, fields_fn: Callable[[Mapping], Sequence[str]]) -> Callable:
+    """Declares the record fields `preprocessor` reads: `fields_fn(arguments)` gets its bound
+    arguments (defaults applied) and returns the field names, e.g.
+    `declare_fields(format_asr, lambda a: [a["units_key"], a["text_key"]])`. Returns it."""
+    preprocessor.required_fields = fields_fn
+    return preprocessor
+
+
+def required_fields(preprocessor: Callable) -> tuple[str, ...] | None:
+    """The record fields a (possibly `functools.partial`) preprocessor declared (`declare_fields`),
+    for its arguments; None when it declared none."""
+    fn, args, kwargs = preprocessor, (), {}
+    while isinstance(fn, functools.partial):
+        args, kwargs, fn = fn.args + args, {**fn.keywords, **kwargs}, fn.func
+    fields_fn = getattr(fn, "required_fields", None)
+    if fields_fn is None:
+        return None
+    bound = inspect.signature(fn).bind_partial(None, *args, **kwargs)  # the dataset comes first
+    bound.apply_defaults()
+    return tuple(fields_fn(bound.arguments))
+
+
+def _units_key(a):
+    return [a["units_key"]]
+
+
+declare_fields(units_to_targets, _units_key)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from slm_jax import contract
+from slm_jax.data.preprocessors.common import declare_fields
 from slm_jax.data.tokenizers.chars import CharVocabulary
 from slm_jax.data.tokenizers.token_space import normalize_text_tf
 
@@ -127,3 +128,8 @@ def add_empty_ctc_targets(
         return ex
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# A task registered with add_ctc_targets checks every record has a transcript
+# (registration.register_corpus_task); the function itself still accepts an empty one.
+declare_fields(add_ctc_targets, lambda a: [a["text_key"]])

@@ -30,12 +30,13 @@ ragged record batches (`*_batches`, for `register_corpus_task(batched=True)`); t
 per-record names run them `batch_records` records at a time (`common.vectorized`). A
 random step therefore draws one seed per batch, and record b takes element b of each draw.
 
-Time -> frame convention (`word_interleave.word_interleave` and crosslingual_interleave): frame f of a
-stream at rate r covers [f/r, (f+1)/r) and belongs to a time range [start, end) when its
-START lies in it: f in [ceil(start*r), ceil(end*r)). Contiguous ranges thus share no
-frame and lose none. Alignment times are float32 seconds in the corpus, so a time within
-`FRAME_SNAP` (1/100) of a frame boundary snaps to that boundary (0.28 s * 25 Hz is frame
-7, not 8). Ranges are clipped to the units actually present.
+Time -> frame convention (word interleaving, cross-lingual sentences, aligned LST patches):
+`common.word_frames`. Frame f of a stream at rate r covers [f/r, (f+1)/r) and belongs to a
+time range [start, end) when its START lies in it: f in [ceil(start*r), ceil(end*r)), so
+contiguous ranges share no frame and lose none; a time within `FRAME_SNAP` (1/100) of a
+frame boundary snaps to it (float32 times). A range that covers no frame start (shorter
+than a frame, zero-length, or in/after the encoder's missing last frame) takes the frame
+it lies in (the last one when it lies after the units), so a speech span is never empty.
 """
 
 from __future__ import annotations
@@ -46,15 +47,14 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.data import corpus
-from slm_jax.data.preprocessors.common import (
-    DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, unit_token_ids, vectorized,
+from slm_jax.data.preprocessors.common import (  # noqa: F401 - FRAME_SNAP, frame_bounds: public here too
+    DEFAULT_BATCH_RECORDS, FRAME_SNAP, as_ragged, declare_fields, dedup_rows, frame_bounds, unit_token_ids, vectorized,
+    word_frames,
 )
 
 SIDES = ("a", "b")
 STARTS = ("random", "a", "b")
 
-
-FRAME_SNAP = 1e-2  # in frames; see the module docstring
 OUTPUT_KEYS = ("id", "targets", "modality", "loss_mask")
 
 
@@ -119,22 +119,6 @@ def finish_example(
 def run_starts(x: tf.Tensor) -> tf.Tensor:
     """Indices of the first element of each run of equal values (dedup keeping first-frame times)."""
     return tf.cast(tf.where(dedup_rows(x))[:, 0], tf.int32)
-
-
-def frame_bounds(start_s, end_s, rate_hz, num_frames) -> tuple[tf.Tensor, tf.Tensor]:
-    """[lo, hi) frame indices whose start time lies in [start_s, end_s) (module docstring rule).
-
-    Clipped to [0, num_frames] and to hi >= lo, so a reversed or out-of-range span yields no frames.
-    """
-    rate = tf.cast(rate_hz, tf.float64)
-    n = tf.cast(num_frames, tf.int32)
-
-    def to_frame(t):
-        f = tf.math.ceil(tf.cast(t, tf.float64) * rate - FRAME_SNAP)
-        return tf.clip_by_value(tf.cast(f, tf.int32), 0, n)
-
-    lo = to_frame(start_s)
-    return lo, tf.maximum(to_frame(end_s), lo)
 
 
 def _check_fraction(name: str, value: float, who: str) -> float:
@@ -370,8 +354,9 @@ def _crosslingual_batch(batch, seed, vocabulary, switch_prob, lang_tags, dedup, 
     for side in SIDES:
         units = batch[f"{side}_units"]
         frames_per_row = tf.cast(units.row_lengths(), tf.int32)
-        lo, hi = frame_bounds(batch[f"{side}_sentence_start"].flat_values, batch[f"{side}_sentence_end"].flat_values,
-                              tf.gather(rate, sentence_row), tf.gather(frames_per_row, sentence_row))
+        lo, hi, _ = word_frames(batch[f"{side}_sentence_start"].flat_values,
+                                batch[f"{side}_sentence_end"].flat_values,
+                                tf.gather(rate, sentence_row), tf.gather(frames_per_row, sentence_row))
         base = tf.cast(tf.gather(units.row_starts() + offset, sentence_row), tf.int32)
         bounds.append((lo + base, hi + base))
         stream.append(units.flat_values)
@@ -456,6 +441,27 @@ def both_sides(
         return tf.data.Dataset.from_tensors(a).concatenate(tf.data.Dataset.from_tensors(b))
 
     return dataset.flat_map(fn)
+
+
+# --- the record fields each preprocessor reads (registration checks them) ----------------------
+def _paired_fields(a):
+    return ["a_units", "a_sentence_start", "a_sentence_end", "b_units", "b_sentence_start",
+            "b_sentence_end", *(["unit_rate_hz"] if a["unit_rate_hz"] is None else []),
+            *(["a_lang", "b_lang"] if a["lang_tags"] else [])]
+
+
+def _side_fields(sides):
+    return lambda a: [f"{s}_units" for s in sides(a)] + ([f"{s}_lang" for s in sides(a)] if a["lang_tags"] else [])
+
+
+for _fn in (speech_only, speech_only_batches):
+    declare_fields(_fn, lambda a: [a["units_key"]])
+for _fn in (text_only, text_only_batches):
+    declare_fields(_fn, lambda a: [a["text_key"]])
+for _fn in (crosslingual_interleave, crosslingual_interleave_batches):
+    declare_fields(_fn, _paired_fields)
+declare_fields(monolingual_side, _side_fields(lambda a: [a["side"]]))
+declare_fields(both_sides, _side_fields(lambda a: list(SIDES)))
 
 
 # --- SpiritLM expressive merge ---------------------------------------------------------------

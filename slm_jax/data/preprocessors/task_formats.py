@@ -33,7 +33,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from slm_jax.data.preprocessors.common import unit_token_ids
+from slm_jax.data.preprocessors.common import declare_fields, unit_token_ids
 from slm_jax.contract import MODALITIES, MODALITY_SPEECH, MODALITY_TEXT, SPEECH, TEXT
 from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 from slm_jax.speech.units import run_length_dedup as run_length_dedup_np
@@ -302,3 +302,11 @@ def banned_ids_for(modality: str, vocabulary: SpeechTextVocabulary) -> np.ndarra
         lang_ids = list(range(vocabulary.lang_offset, vocabulary.lang_offset + len(vocabulary.langs)))
         banned = all_ids[kinds == MODALITY_TEXT].tolist() + [vocabulary.text_marker_id] + lang_ids
     return np.array(sorted(banned), dtype=np.int32)
+
+
+# --- the record fields each format reads (registration checks them) ---------------------------
+declare_fields(format_asr, lambda a: [a["units_key"], a["text_key"]])
+declare_fields(format_tts, lambda a: [a["units_key"], a["text_key"]])
+declare_fields(format_s2tt, lambda a: [a["speech_key"], a["text_key"]] + ([a["target_lang_key"]] if a["target_lang_key"]
+                                                                           else []))
+declare_fields(format_continuation, lambda a: [a["units_key"] if a["modality"] == SPEECH else a["text_key"]])

@@ -34,9 +34,10 @@ from slm_jax.data.preprocessors.interleave import (
     _require,
     _seed,
     _vocab,
-    frame_bounds,
 )
-from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, dedup_rows, vectorized
+from slm_jax.data.preprocessors.common import (
+    DEFAULT_BATCH_RECORDS, as_ragged, declare_fields, dedup_rows, vectorized, word_frames,
+)
 
 POLICIES = ("random", "span", "poisson")
 
@@ -47,6 +48,8 @@ SLAMKIT_DEFAULTS = types.MappingProxyType({"policy": "poisson", "speech_ratio": 
 # slamkit's 'random' method ignores interleave_prob and makes each word speech with this
 # probability; pass it as `speech_ratio` to reproduce that policy exactly.
 SLAMKIT_RANDOM_SPEECH_PROB = 0.5
+# Largest Poisson mean `poisson_policy_rows` accepts (its start weights stay above float64's range).
+MAX_POISSON_MEAN = 500.0
 
 WORD_KEYS = ("units", "word_text", "word_start", "word_end")
 TOKEN_KEYS = ("word_token_ids", "word_token_lengths", "word_token_model")
@@ -96,54 +99,75 @@ def span_policy_rows(row_splits, seed, trigger_prob: float, span_words: int) -> 
 
 
 def poisson_policy_rows(row_splits, seed, speech_ratio: float, mean_span_words: float) -> tf.Tensor:
-    """slamkit 'poisson' (`select_spans_poisson`) in every row: place speech spans until at least
-    ceil(num_words * speech_ratio) words of the row are speech.
+    """slamkit 'poisson' (`select_spans_poisson`, slp-rl/slamkit slamkit/tokeniser/
+    interleaving_tokeniser.py) in every row, drawn from its EXACT law: bool [N].
 
-    Each step draws, per row, a start uniformly among the row's eligible words and a length
-    ~ Poisson(mean_span_words) (truncated at the end of the row). A span that would overlap
-    selected words is rejected (the start stays eligible); an accepted span makes its words
-    and the word right after it ineligible, so a new span never starts immediately after an
-    existing one (a length-0 draw just retires its start). A row ends when enough words are
-    selected or no start is eligible. The same algorithm as slamkit, all rows advancing
-    together in one `tf.while_loop`; step t draws from fold_in(seed, t): row b takes the
-    start k = floor(u[b] * eligible_b) (u ~ U[0, 1) float64 [B]) and the length poisson[b].
-    Guard: at most 64 * num_words + 64 steps per row (slamkit would keep rejecting; only
-    reachable with speech_ratio near 1).
+    slamkit's loop: until at least ceil(num_words * speech_ratio) words of the row are
+    speech (or no start is eligible), draw a start s uniformly among the eligible words and
+    a length l ~ Poisson(mean_span_words); the span [s, min(s + l, n)) is rejected when it
+    overlaps selected words (the state is unchanged), else its words are selected and its
+    words and the word right after it become ineligible (a length-0 draw just retires s).
+
+    A rejected draw changes nothing, so the accepted spans are a Markov chain whose step is
+    the draw conditioned on acceptance, computed here in closed form: with g_s the first
+    selected word at or after s (n when none) and d_s = g_s - s, a draw is accepted iff
+    l <= d_s (always when g_s = n). Hence P(s | accepted) is proportional to
+    P(Poisson <= d_s) (1 when g_s = n), and l given s is Poisson truncated to [0, d_s]
+    (when g_s = n, min(l, n - s) with l untruncated). Each step draws s and l by inverse CDF
+    from two uniforms (float64 [B] each, from fold_in(seed, step)); every step retires at least
+    one eligible word, so a row takes at most num_words + 1 steps and no step cap is needed
+    (an earlier version capped the rejections, which changed the law on short records).
     """
-    # The loop runs on a dense [B, max_words] layout: row reductions are plain axis-1 ops.
     row_splits = tf.cast(row_splits, tf.int64)
     lengths = tf.cast(row_splits[1:] - row_splits[:-1], tf.int32)
     num_rows = tf.size(lengths)
-    pos = tf.range(tf.reduce_max(tf.concat([lengths, [0]], 0)))[tf.newaxis, :]  # [1, W]
+    width = tf.reduce_max(tf.concat([lengths, [0]], 0))
+    pos = tf.range(width)[tf.newaxis, :]  # [1, W]
     in_row = pos < lengths[:, tf.newaxis]
+    n_col = lengths[:, tf.newaxis]
     total = tf.cast(tf.math.ceil(tf.cast(lengths, tf.float64) * speech_ratio), tf.int32)
-    max_steps = 64 * lengths + 64
+    lam = tf.constant(float(mean_span_words), tf.float64)
+    # cdf[k] = P(Poisson(lam) <= k) = Q(k + 1, lam), k = 0..W
+    cdf = tf.math.igammac(tf.cast(tf.range(1, width + 2), tf.float64), lam)
+    ks = tf.range(width + 1)[tf.newaxis, :]  # [1, W + 1]
     seed = _seed(seed)
 
-    def active_rows(step, eligible, count):
-        return (count < total) & tf.reduce_any(eligible, axis=1) & (step < max_steps)
+    def active_rows(eligible, count):
+        return (count < total) & tf.reduce_any(eligible, axis=1)
 
     def cond(step, mask, eligible, count):
-        return tf.reduce_any(active_rows(step, eligible, count))
+        return tf.reduce_any(active_rows(eligible, count))
 
     def body(step, mask, eligible, count):
-        active = active_rows(step, eligible, count)
+        active = active_rows(eligible, count)
         s_start, s_len = tf.unstack(
             tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, step), 2)
         )
-        elig = tf.cast(eligible, tf.int32)
-        num_eligible = tf.reduce_sum(elig, axis=1)
-        u = tf.random.stateless_uniform([num_rows], s_start, dtype=tf.float64)
-        k = tf.minimum(tf.cast(tf.floor(u * tf.cast(num_eligible, tf.float64)), tf.int32), num_eligible - 1)
-        is_start = eligible & tf.equal(tf.cumsum(elig, axis=1, exclusive=True), k[:, tf.newaxis])
-        start = tf.cast(tf.argmax(tf.cast(is_start, tf.int32), axis=1), tf.int32)
-        length = tf.random.stateless_poisson([num_rows], s_len, mean_span_words, dtype=tf.int32)
-        end = tf.minimum(start + length, lengths)
+        u_start = tf.random.stateless_uniform([num_rows], s_start, dtype=tf.float64)
+        u_len = tf.random.stateless_uniform([num_rows], s_len, dtype=tf.float64)
+        # g: first selected word at or after each position (n when none), by the sorted selected positions
+        selected_sorted = tf.sort(tf.where(mask, pos, n_col), axis=1)
+        before = tf.cumsum(tf.cast(mask, tf.int32), axis=1, exclusive=True)  # selected words before each position
+        g = tf.gather(tf.concat([selected_sorted, n_col], 1), before, batch_dims=1)
+        bounded = g < n_col
+        d = g - pos
+        weight = tf.where(eligible, tf.where(bounded, tf.gather(cdf, tf.clip_by_value(d, 0, width)),
+                                             tf.ones([], tf.float64)), tf.zeros([], tf.float64))
+        cum = tf.cumsum(weight, axis=1)
+        start = tf.reduce_sum(tf.cast(cum <= (u_start * cum[:, -1])[:, tf.newaxis], tf.int32), axis=1)
+        last_eligible = width - 1 - tf.argmax(tf.reverse(tf.cast(eligible, tf.int32), [1]), axis=1,
+                                              output_type=tf.int32)
+        start = tf.minimum(start, last_eligible)  # float rounding at u_start * total ~ total
+        d_s = tf.gather(d, start, batch_dims=1)
+        bounded_s = tf.gather(bounded, start, batch_dims=1)
+        # l = the smallest k with cdf[k] >= target: truncated to [0, d_s], or min(Poisson, d_s)
+        target = tf.where(bounded_s, u_len * tf.gather(cdf, tf.clip_by_value(d_s, 0, width)), u_len)
+        top = tf.where(bounded_s, d_s, d_s - 1)[:, tf.newaxis]
+        length = tf.reduce_sum(tf.cast((ks <= top) & (cdf[tf.newaxis, :] < target[:, tf.newaxis]), tf.int32), axis=1)
+        end = start + length
         span = (pos >= start[:, tf.newaxis]) & (pos < end[:, tf.newaxis]) & active[:, tf.newaxis]
-        accept = active & tf.logical_not(tf.reduce_any(span & mask, axis=1))
-        retire = (span | tf.equal(pos, end[:, tf.newaxis])) & accept[:, tf.newaxis]
-        return (step + 1, mask | (span & accept[:, tf.newaxis]), eligible & tf.logical_not(retire),
-                count + tf.where(accept, end - start, 0))
+        retire = (span | tf.equal(pos, end[:, tf.newaxis])) & active[:, tf.newaxis]
+        return (step + 1, mask | span, eligible & tf.logical_not(retire), count + tf.where(active, length, 0))
 
     init = (tf.constant(0), tf.zeros_like(in_row), in_row, tf.zeros_like(lengths))
     invariants = (tf.TensorShape([]), tf.TensorShape([None, None]), tf.TensorShape([None, None]),
@@ -160,8 +184,10 @@ def _check_policy_args(policy: str, speech_ratio: float, mean_span_words: float,
             raise ValueError(
                 f"{who}: policy='span' takes a whole mean_span_words >= 1, got {mean_span_words!r}"
             )
-    elif policy == "poisson" and not float(mean_span_words) > 0:
-        raise ValueError(f"{who}: policy='poisson' needs mean_span_words > 0, got {mean_span_words!r}")
+    elif policy == "poisson" and not 0 < float(mean_span_words) <= MAX_POISSON_MEAN:
+        # the exact sampler weighs starts by P(Poisson <= d), which underflows float64 past this
+        raise ValueError(f"{who}: policy='poisson' needs 0 < mean_span_words <= {MAX_POISSON_MEAN}, "
+                         f"got {mean_span_words!r}")
 
 
 def word_speech_mask_rows(
@@ -209,9 +235,12 @@ def interleave_rows(
     values; `units`: [B, (frames)]; `unit_rate_hz`: [B].
 
     Consecutive words of one modality in one record form a span. A speech span emits the
-    units of the frames in [its first word's start, its last word's end) (deduplicated
-    within the span when `dedup`), so pauses between its words are kept and pauses next
-    to text spans are not (slamkit does the same). A text span emits the SentencePiece
+    units of the frames from its first word's first frame to its last word's last frame
+    (deduplicated within the span when `dedup`), so pauses between its words are kept and
+    pauses next to text spans are not (slamkit does the same). A word's frames follow
+    `common.word_frames`: the frames starting inside it, or, for a word that covers no
+    frame start (20 ms, zero-length, in the encoder's missing last frame), the frame it lies
+    in: a speech span is NEVER empty. Words of a record without units stay text. A text span emits the SentencePiece
     ids of its words joined by single spaces. Each span is preceded by its marker, which
     is exactly "at the start and where the modality changes" because spans alternate.
 
@@ -227,14 +256,18 @@ def interleave_rows(
     """
     row_splits = words.row_splits
     word_row, _, num_rows = _row_layout(row_splits)
-    is_speech = tf.cast(is_speech, tf.bool)
-    n = tf.size(is_speech)
+    frames_per_row = tf.cast(units.row_lengths(), tf.int32)
+    # every word's frames by the one rule (`common.word_frames`: never empty when the record
+    # has units); a record without units has no frames to give, so its words stay text
+    word_lo, word_hi, _ = word_frames(
+        word_start.flat_values, word_end.flat_values, tf.gather(tf.cast(unit_rate_hz, tf.float64), word_row),
+        tf.gather(frames_per_row, word_row))
+    is_speech = tf.logical_and(tf.cast(is_speech, tf.bool), word_hi > word_lo)
 
     # segments: maximal runs of one modality within a record
     changes = dedup_rows(is_speech, word_row)
     seg = tf.cumsum(tf.cast(changes, tf.int32)) - 1
     first = tf.cast(tf.where(changes)[:, 0], tf.int32)
-    last = tf.concat([first[1:] - 1, tf.reshape(n - 1, [1])], 0)[: tf.size(first)]
     num_seg = tf.size(first)
     seg_row = tf.gather(word_row, first)
     seg_speech = tf.gather(is_speech, first)
@@ -267,14 +300,10 @@ def interleave_rows(
         ids = tf.boolean_mask(tf.cast(word_tokens.flat_values, tf.int32), tf.repeat(take, word_tokens.row_lengths()))
         text_parts.append((ids, tf.math.unsorted_segment_sum(counts, seg, num_seg)))
 
-    # speech spans: frames of [first word start, last word end) in the record's unit stream
-    frames_per_row = tf.cast(units.row_lengths(), tf.int32)
-    lo, hi = frame_bounds(
-        tf.gather(word_start.flat_values, first),
-        tf.gather(word_end.flat_values, last),
-        tf.gather(tf.cast(unit_rate_hz, tf.float64), seg_row),
-        tf.gather(frames_per_row, seg_row),
-    )
+    # speech spans: from their first word's first frame to their last word's last frame, so
+    # pauses between a span's words are kept (with repaired words, min / max over the span)
+    lo = tf.math.unsorted_segment_min(word_lo, seg, num_seg)
+    hi = tf.math.unsorted_segment_max(word_hi, seg, num_seg)
     offset = tf.gather(tf.cast(units.row_splits, tf.int32), seg_row)
     frames = tf.ragged.range(lo + offset, tf.where(seg_speech, hi, lo) + offset)
     unit_values = tf.gather(units.flat_values, frames.flat_values)
@@ -485,3 +514,11 @@ def word_interleave_batches(
         dedup=bool(dedup),
         unit_rate_hz=unit_rate_hz,
     )
+
+
+def _word_fields(a):
+    return [*WORD_KEYS, *(["unit_rate_hz"] if a["unit_rate_hz"] is None else [])]
+
+
+declare_fields(word_interleave, _word_fields)
+declare_fields(word_interleave_batches, _word_fields)
