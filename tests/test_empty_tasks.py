@@ -14,6 +14,14 @@ from slm_jax.data.pipeline import DatasetConfig, EmptyDataError, check_not_empty
 from slm_jax.data.registration import register_mixture, register_unit_task
 from slm_jax.testing import unit_corpus
 
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """gin bindings parsed here (e.g. OptimizerConfig.decay_steps) must not leak into later tests."""
+    import gin
+    yield
+    gin.clear_config()
+
 EMPTY = "test_empty_units_de"  # a lang='de' filter over the en/fr synthetic records: 0 examples
 TOO_LONG = "test_units_len_filtered"  # drops every example longer than the sequence length
 TRAIN_ONLY = "test_units_train_only"

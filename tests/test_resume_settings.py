@@ -11,6 +11,14 @@ from slm_jax import gin_utils
 from slm_jax.training import run_dir
 from slm_jax.training.optimizer import OptimizerConfig, make_schedule
 
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    """gin bindings parsed here (e.g. OptimizerConfig.decay_steps) must not leak into later tests."""
+    import gin
+    yield
+    gin.clear_config()
+
 # gin/runs/test_cpu.gin's schedule: peak 3e-3, 30 warmup steps, cosine to 0.1 of the peak
 TEST_CPU_OPT = OptimizerConfig(learning_rate=3e-3, warmup_steps=30, decay="cosine", weight_decay=0.01)
 
