@@ -49,8 +49,9 @@ class EspeakError(RuntimeError):
     """espeak-ng is missing, broken or lacks a voice; the message names what and how to fix it."""
 
 
-class EspeakNotFoundError(EspeakError):
-    """No `espeak-ng` binary on PATH."""
+class EspeakNotFoundError(EspeakError, FileNotFoundError):
+    """No `espeak-ng` binary on PATH (a FileNotFoundError too: every `slm-jax` command that builds
+    the demo corpus, not only `prepare`, then prints it in one line)."""
 
 
 class EspeakVoiceError(EspeakError, ValueError):

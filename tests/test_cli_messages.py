@@ -247,3 +247,16 @@ def test_a_cli_start_on_a_machine_without_gpu_prints_no_probe_lines(tmp_path):
             assert proc.returncode == 2 and "did you mean TRAIN_STEPS?" in proc.stderr
         else:
             assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(common.has_accelerator(), reason="checks a machine without a GPU/TPU device node")
+def test_quiet_start_survives_an_availability_probe_of_tensorflow():
+    """orbax's dependencies ask `importlib.util.find_spec("tensorflow")` before anything imports it
+    (`slm-jax inspect` printed TF's cudart probe twice): the filter must still wrap the real import."""
+    code = ("from slm_jax.cli.common import quiet_start; quiet_start(); import importlib.util; "
+            "assert importlib.util.find_spec('tensorflow') is not None; import tensorflow")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "XLA_FLAGS")}
+    env["PYTHONPATH"] = REPO
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if any(w in line for w in PROBE_WORDS)], proc.stderr

@@ -418,3 +418,32 @@ def test_slm_jax_train_continues_from_the_import(demo_data_dir, tmp_path):
     finally:
         gin.clear_config()
     assert checkpoints.list_complete_steps(os.path.join(model_dir, "checkpoints")) == [0, 2]
+
+
+def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path):
+    """A run made by import-hf with the speech layout trains only on tasks whose SpeechTextVocabulary
+    has the imported text block and streams: another text size or unit count would put every speech
+    id on another embedding row than the one the import initialised (found by a new user's run)."""
+    import types
+
+    from slm_jax.data.registration import register_corpus_task
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+    from slm_jax.training.train import ModelDataMismatchError, check_imported_vocabulary
+
+    model_dir = str(tmp_path / "model")
+    import_hf(save_hf_model(tmp_path / "hf", "llama", tie=True), model_dir,
+              vocab={"layout": "speech", "num_units": 10}, decoder_options=F32)
+    files = {"train": str(tmp_path / "none-*.tfrecord")}  # never read: the check needs the vocabulary only
+    cases = {"match": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB),
+             "text": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB - 40),
+             "units": SpeechTextVocabulary(None, num_units=500, text_vocab_size=TEXT_VOCAB)}
+    for name, vocab in cases.items():
+        register_corpus_task(f"imported_layout_{name}", files, [], vocab)
+    run = lambda name: types.SimpleNamespace(  # noqa: E731
+        model_dir=model_dir, eval_dataset=None,
+        train_dataset=types.SimpleNamespace(mixture_or_task_name=f"imported_layout_{name}"))
+    check_imported_vocabulary(run("match"))
+    with pytest.raises(ModelDataMismatchError, match=rf"text_vocab_size={TEXT_VOCAB - 40}.*text_vocab_size={TEXT_VOCAB}"):
+        check_imported_vocabulary(run("text"))
+    with pytest.raises(ModelDataMismatchError, match=r"num_units=500.*num_units=10"):
+        check_imported_vocabulary(run("units"))

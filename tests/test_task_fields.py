@@ -137,3 +137,35 @@ def test_legacy_unit_task_over_records_without_units_names_record(tmp_path):
     task = registration.register_unit_task("fields_units", {"train": str(tmp_path / "u.tfrecord")}, num_units=5)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"fields_units.*\[b\].*lacks field.*units"):
         _read(task)
+
+
+def test_cli_prints_a_missing_field_in_one_line(vocab, files, capsys):
+    """`slm-jax data show` (and `train`, which reads the same way) over records lacking a needed
+    field: one line naming the task, record and field, exit code 2, no traceback."""
+    from slm_jax import cli
+
+    registration.register_corpus_task("fields_cli", files, [functools.partial(word_interleave.word_interleave,
+                                                                               vocabulary=vocab)], vocab)
+    assert cli.main(["data", "show", "fields_cli"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("slm-jax data: MissingFieldError:")
+    assert "fields_cli" in err[0] and "utt2" in err[0] and "word_text" in err[0] and "Traceback" not in err[0]
+
+
+def test_repaired_words_are_counted_only_for_tasks_that_read_word_times(vocab, tmp_path):
+    """A 20 ms word (0.41-0.43 s at 25 Hz covers no frame start): `data stats` counts it as
+    repaired for a word-interleaving task and says nothing about words for a speech-only task
+    over the same records (which never read them)."""
+    utt = corpus.Utterance(id="short", lang="en", units=[(5 * f) % 10 for f in range(25)], unit_rate_hz=25.0,
+                           words=[("a", 0.0, 0.4), ("b", 0.41, 0.43), ("c", 0.5, 0.9)])
+    corpus.write_tfrecord_shards(str(tmp_path), "train", [utt], 1)
+    files = {"train": str(tmp_path / "train-*.tfrecord")}
+    words = registration.register_corpus_task(
+        "repairs_words", files, [functools.partial(word_interleave.word_interleave_batches, vocabulary=vocab)], vocab,
+        batched=True)
+    speech = registration.register_corpus_task(
+        "repairs_speech", files, [functools.partial(interleave.speech_only_batches, vocabulary=vocab)], vocab,
+        batched=True)
+    assert inspect_data.stats(words.name)[words.name]["repaired_words"] == 1
+    assert "repaired_words" not in inspect_data.stats(speech.name)[speech.name]

@@ -367,3 +367,18 @@ def test_text_cloze_pairs_encode_every_spelling_alike(fr_vocab):
     for side in ("correct", "wrong"):
         a, b = (fmt.encode(p.prompt, getattr(p, side)) for p in pairs)
         assert a.ids.tolist() == b.ids.tolist() and a.ending_start == b.ending_start
+
+
+def test_missing_espeak_is_one_line_from_any_command(monkeypatch, capsys):
+    """`slm-jax train|eval|data` build the demo corpus on first use too: a missing espeak-ng is one
+    line from each (EspeakNotFoundError is a FileNotFoundError, which `slm-jax` prints in one line)."""
+    from slm_jax import cli
+    from slm_jax_demo import tts
+
+    def train(argv):
+        raise tts.EspeakNotFoundError("espeak-ng not found on PATH; install it with `make espeak`")
+
+    monkeypatch.setattr(cli, "command", lambda name: train)
+    assert cli.main(["train", "--gin_file=gin/runs/demo_cpu.gin"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["slm-jax train: EspeakNotFoundError: espeak-ng not found on PATH; install it with `make espeak`"]

@@ -86,12 +86,26 @@ def main(argv=None) -> int:
     except CheckpointWriteError as err:  # the run stopped; a rerun after freeing space resumes exactly
         print(f"slm-jax {argv[0]}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    except Exception as err:  # noqa: BLE001 - only a file-system refusal becomes one line
-        reason = _file_system_refusal(err)
+    except Exception as err:  # noqa: BLE001 - only a file-system or record-field refusal becomes one line
+        reason = _file_system_refusal(err) or _record_field_refusal(err)
         if reason is None:
             raise
         print(f"slm-jax {argv[0]}: {reason}", file=sys.stderr)
         return 2
+
+
+def _record_field_refusal(err: BaseException) -> str | None:
+    """One line for a data read that stopped because a record lacks a field its task needs
+    (`slm_jax.data.registration.check_record_fields`: a TF assertion naming task, record and
+    field, raised from inside tf.data); None for any other error."""
+    if type(err).__name__ != "InvalidArgumentError":
+        return None
+    from slm_jax.data.registration import MISSING_FIELD_MARK
+    text = str(err)
+    if MISSING_FIELD_MARK not in text:
+        return None
+    line = next(ln for ln in text.splitlines() if MISSING_FIELD_MARK in ln).strip()
+    return "MissingFieldError: " + line.split("assertion failed:", 1)[-1].strip()
 
 
 def _file_system_refusal(err: BaseException) -> str | None:

@@ -97,11 +97,18 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader)
     """Runs the first `import tensorflow` (and TF's device probe) inside `filtered_stderr`, so
     commands that never import TensorFlow pay nothing."""
 
+    _busy = False
+
     def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
+        # Stays on sys.meta_path until TensorFlow is executed: libraries probe availability with
+        # `importlib.util.find_spec("tensorflow")` without importing it (orbax's dependencies do).
+        if name != "tensorflow" or self._busy:
             return None
-        sys.meta_path.remove(self)  # once; and lets the real finders answer
-        spec = importlib.util.find_spec(name)
+        self._busy = True  # lets the real finders answer the nested lookup
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._busy = False
         if spec is None or spec.loader is None:
             return spec
         self._loader = spec.loader
@@ -112,6 +119,8 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader)
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)  # once
         with filtered_stderr():
             self._loader.exec_module(module)
             # TF's CUDA platform is initialised lazily (cuInit at the first op): do it here.

@@ -37,6 +37,8 @@ def describe_run(argv):
     run = TrainRun()
     run_dir.check_compatible(run.model_dir, run.model)
     run_dir.check_bos(run.model_dir, run_bos_id())  # the scorer and generation read the same binding
+    from slm_jax.training.train import check_imported_vocabulary
+    check_imported_vocabulary(run)  # an imported run scores with the id layout it was imported with
     return run, rest
 
 

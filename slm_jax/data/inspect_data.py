@@ -165,7 +165,9 @@ def _record_checks(task, split: str, max_examples: int | None) -> dict:
     if missing:
         out["skipped_records"] = missing["records"]
         out["skipped_because"] = "; ".join(f"{e['records']} lack {f!r}" for f, e in missing["fields"].items())
-    if {"units", "unit_rate_hz", "word_start", "word_end"} <= set(task.source.feature_description):
+    # only tasks whose preprocessors read word times (a speech-only task over the same corpus repairs nothing)
+    uses_word_times = {"word_start", "word_end"} & set(getattr(task, "required_record_fields", None) or ())
+    if uses_word_times and {"units", "unit_rate_hz", "word_start", "word_end"} <= set(task.source.feature_description):
         counts = repaired_word_count(registration.source_records(task, split, max_examples))
         out["repaired_words"] = counts["repaired_words"]
     return out

@@ -333,6 +333,10 @@ def _present_np(value, spec) -> bool:
     return len(value) > 0
 
 
+# The words of the assertion below; `slm-jax` prints such a failure of a data read in one line.
+MISSING_FIELD_MARK = "lacks field(s)"
+
+
 def check_record_fields(dataset: tf.data.Dataset, task: str, needed: Mapping[str, str], description: Mapping,
                         on_missing_field: str = "error", batched: bool = False) -> tf.data.Dataset:
     """Records (or ragged record batches) whose fields `needed` ({field: preprocessor}) are all
@@ -357,7 +361,7 @@ def check_record_fields(dataset: tf.data.Dataset, task: str, needed: Mapping[str
                                   tf.logical_not(present[:, first]))
         assert_ok = tf.debugging.Assert(tf.reduce_all(ok), [
             f"task {task!r}: record", ids[tf.minimum(first, tf.size(ids, out_type=tf.int64) - 1)],
-            "lacks field(s)", missing, "(an absent field parses as empty); import them, or register the task "
+            MISSING_FIELD_MARK, missing, "(an absent field parses as empty); import them, or register the task "
             "with on_missing_field='skip'"], summarize=len(fields))
         with tf.control_dependencies([assert_ok]):
             return {k: tf.identity(v) for k, v in ex.items()}

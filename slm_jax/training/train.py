@@ -8,8 +8,10 @@ the run reads yields examples on every process (`slm_jax.data.pipeline.check_not
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -146,6 +148,47 @@ def check_vocabulary_fits(run) -> None:
                 f"DecoderConfig.vocab_size={run.model.vocab_size} is smaller than the vocabulary of "
                 f"{cfg.mixture_or_task_name!r} ({vocab_size} ids); set DecoderConfig.vocab_size >= {vocab_size} "
                 f"(a multiple of 128 is efficient)")
+
+
+IMPORT_RECORD = "hf_import.json"  # written by `slm-jax import-hf` (slm_jax.interop.hf_import.IMPORT_RECORD)
+_LAYOUT_FIELDS = ("text_vocab_size", "num_units", "num_pitch", "num_style", "langs")
+
+
+def check_imported_vocabulary(run) -> None:
+    """A run started by `slm-jax import-hf` trains and scores with the id layout it was imported
+    with: the task vocabulary's text block and speech streams (a `SpeechTextVocabulary` is laid
+    out by these sizes) must equal `MODEL_DIR/hf_import.json`'s, else every speech id would
+    address another row than the one the import initialised (a silently wrong model).
+    ModelDataMismatchError names the task, the field and both values; no-op without the record."""
+    import seqio
+    import tensorflow as tf
+
+    path = os.path.join(run.model_dir, IMPORT_RECORD)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        imported = json.load(f).get("vocab") or {}
+    if imported.get("layout") in (None, "none"):
+        return
+    for cfg in filter(None, (run.train_dataset, run.eval_dataset)):
+        try:
+            vocab = seqio.get_mixture_or_task(cfg.mixture_or_task_name).output_features["targets"].vocabulary
+        except ValueError:
+            continue  # get_dataset raises the detailed "not registered" error
+        vocab = getattr(vocab, "real", vocab)  # registration.LazyVocabulary
+        if not hasattr(vocab, "num_units"):
+            raise ModelDataMismatchError(
+                f"{cfg.mixture_or_task_name!r} uses {type(vocab).__name__}, but {path} was imported with the "
+                f"{imported['layout']!r} speech layout: register the task with a SpeechTextVocabulary of that layout")
+        for field in _LAYOUT_FIELDS:
+            want = tuple(imported.get(field) or ()) if field == "langs" else imported.get(field)
+            got = tuple(getattr(vocab, field)) if field == "langs" else getattr(vocab, field)
+            if want is not None and got != want:
+                raise ModelDataMismatchError(
+                    f"{cfg.mixture_or_task_name!r}: vocabulary {field}={got!r} but {path} has {field}={want!r}; "
+                    f"the task must use the imported layout (its text model is the imported tokenizer, "
+                    f"MODEL_DIR/tokenizer; SpeechTextVocabulary(<its SentencePiece model>, num_units=...)) "
+                    f"or ids do not line up with the imported embedding")
 
 
 def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:
@@ -305,6 +348,7 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     changed = run_dir.check_resume(model_dir, settings, run_dir.parse_allowed_changes(run.allow_resume_changes),
                                    hints={"schedule": hint} if hint else None)
     check_vocabulary_fits(run)
+    check_imported_vocabulary(run)
     trainer = build_trainer(run)
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
     gather = _process_gather()
