@@ -382,3 +382,27 @@ def test_missing_espeak_is_one_line_from_any_command(monkeypatch, capsys):
     assert cli.main(["train", "--gin_file=gin/runs/demo_cpu.gin"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["slm-jax train: EspeakNotFoundError: espeak-ng not found on PATH; install it with `make espeak`"]
+
+
+def test_prepare_spm_trains_on_the_words_of_records_without_text(tmp_path, capsys):
+    """Records imported from slamkit's `aligned_text` carry words and no `text`: their words are the
+    transcript (joined by spaces, normalised); a corpus with neither is one named line, not
+    SentencePiece's "training on 0 sentences"."""
+    import sentencepiece as spm
+
+    from slm_jax.data import corpus
+
+    words = "le chat noir dort sur le tapis rouge pendant que le chien mange".split()
+    utts = [corpus.Utterance(id=f"u{i}", lang="fr", units=list(range(40)), unit_rate_hz=25.0,
+                             words=[(w, 0.1 * j, 0.1 * j + 0.1) for j, w in enumerate(words[i:i + 5])])
+            for i in range(8)]
+    corpus.write_tfrecord_shards(str(tmp_path / "c"), "train", utts, 1)
+    assert spm_main([f"--input={tmp_path}/c/train-*.tfrecord", f"--model_prefix={tmp_path}/w", "--vocab_size=30",
+                     "--model_type=char"]) == 0
+    sp = spm.SentencePieceProcessor(model_file=f"{tmp_path}/w.model")
+    assert sp.decode(sp.encode("le chat dort")) == "le chat dort"  # every character came from the words
+    bare = [corpus.Utterance(id="b", lang="fr", units=list(range(40)), unit_rate_hz=25.0)]
+    corpus.write_tfrecord_shards(str(tmp_path / "b"), "train", bare, 1)
+    capsys.readouterr()
+    assert spm_main([f"--input={tmp_path}/b/train-*.tfrecord", f"--model_prefix={tmp_path}/x", "--vocab_size=8"]) == 1
+    assert "no record has a `text` or `words` field" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import sys
 
 PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N]   spoken EN/FR demo corpus + cloze pairs
 slm-jax prepare spm --input=GLOB --model_prefix=P --vocab_size=N        SentencePiece on corpus transcripts
-slm-jax prepare import --format=slamkit|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora"""
+slm-jax prepare import --format=slamkit|textlesslib|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora"""
 
 
 def main(argv) -> int:

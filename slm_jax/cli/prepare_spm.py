@@ -17,7 +17,7 @@ from slm_jax.data.tokenizers.spm import _iter_corpus_texts, _iter_text_files, tr
 
 def spm_main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry: trains a model from corpus shards (--input) or plain text files (--text_files)."""
-    p = argparse.ArgumentParser(prog="spm", description="Train a SentencePiece model (0 PAD, 1 EOS, 2 UNK) on "
+    p = argparse.ArgumentParser(prog="slm-jax prepare spm", description="Train a SentencePiece model (0 PAD, 1 EOS, 2 UNK) on "
                                 "transcripts normalised with NFKC + whitespace collapse.")
     p.add_argument("--input", help="glob of corpus shards (read with slm_jax.data.corpus.iter_utterances)")
     p.add_argument("--text_files", help="glob of text files, one transcript per line")
@@ -28,13 +28,16 @@ def spm_main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     if bool(args.input) == bool(args.text_files):
         p.error("give exactly one of --input or --text_files")
-    texts = _iter_corpus_texts(args.input) if args.input else _iter_text_files(args.text_files)
     try:
+        texts = list(_iter_corpus_texts(args.input) if args.input else _iter_text_files(args.text_files))
+        if not texts:  # SentencePiece would only say "training on 0 sentences failed"
+            raise ValueError(f"--input={args.input!r}: no record has a `text` or `words` field to train on"
+                             if args.input else f"--text_files={args.text_files!r}: every line is blank")
         path = train_sentencepiece(
             texts, args.model_prefix, args.vocab_size, args.model_type, args.character_coverage
         )
     except (ValueError, FileNotFoundError) as e:
-        print(f"spm: {e}", file=sys.stderr)
+        print(f"slm-jax prepare spm: {e}", file=sys.stderr)
         return 1
     logging.info("wrote %s", path)
     print(path)

@@ -93,11 +93,15 @@ def train_sentencepiece(
 
 
 def _iter_corpus_texts(pattern: str) -> Iterator[str]:
-    """Transcripts of the corpus shards matching `pattern` (normalised later, in training)."""
+    """Transcripts of the corpus shards matching `pattern` (normalised later, in training): a
+    record's `text`, else its `words` joined by spaces (records imported from slamkit's
+    `aligned_text` carry only words; word-level interleaving encodes exactly those words)."""
     from slm_jax.data.corpus import iter_utterances
 
     for utt in iter_utterances(pattern):
         text = getattr(utt, "text", None)
+        if not text and getattr(utt, "words", None):
+            text = " ".join(w[0] for w in utt.words)
         if text:
             yield text.decode("utf-8") if isinstance(text, bytes) else text
 
