@@ -195,8 +195,10 @@ def units_cache_key(centroids: np.ndarray, featurizer, features: str) -> dict[st
     the `--features` spec, frames per unit, the unit rate (Hz), the featurizer's input sample
     rate (Hz; audio is resampled to it) and, for a model encoder (`hubert:PATH:L`,
     `whisper:PATH`), a digest of its model folder (file names and sizes, config.json bytes)."""
-    c = np.ascontiguousarray(centroids, np.float32)
-    digest = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
+    from slm_jax.speech.pipeline import codebook_digest  # the digest `slm-jax units encode` records too
+
+    c = np.asarray(centroids, np.float32)
+    digest = codebook_digest(c)
     inner = getattr(featurizer, "inner", featurizer)  # a FrameStack wraps the featurizer
     sample_rate = getattr(inner, "sample_rate", None) or getattr(getattr(inner, "config", None), "sample_rate", None)
     return {"format": UNITS_CACHE_FORMAT, "codebook_sha256": digest, "codebook_shape": list(c.shape),
