@@ -50,6 +50,7 @@ DEFAULT_SEED = 0
 CONFIDENCE = 0.95
 BOOTSTRAP_TEST = "paired percentile bootstrap over pairs (two-sided, resampled differences re-centred on 0)"
 MCNEMAR_TEST = "McNemar exact (two-sided binomial on discordant pairs, p=1/2; a 0.5 tie counts by sign)"
+_TIE_TOLERANCE = 1e-9  # far below the 0.5/n grid of mean win differences, far above float noise
 _CELLS_PER_BLOCK = 1 << 22  # resample rows are drawn in blocks of about this many pair indices
 
 
@@ -100,7 +101,7 @@ def wins_of_record_pairs(pairs: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def align_wins(benchmark: str, a: dict[str, float], b: dict[str, float], max_shown: int = 5
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Two runs' `{pair id: win}` -> float64 [pairs] arrays in one order (sorted ids).
+    """Two runs' `{pair id: win}` -> float64 [pairs] arrays in one order (`a`'s).
     PairMismatchError naming the benchmark and a few ids only one run has."""
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
@@ -109,7 +110,7 @@ def align_wins(benchmark: str, a: dict[str, float], b: dict[str, float], max_sho
             f"only in the first: {only_a[:max_shown]}{' ...' if len(only_a) > max_shown else ''}; "
             f"only in the second: {only_b[:max_shown]}{' ...' if len(only_b) > max_shown else ''} "
             f"(evaluate both with the same benchmark files and --max_pairs)")
-    ids = sorted(a)
+    ids = list(a)
     return np.array([a[i] for i in ids], np.float64), np.array([b[i] for i in ids], np.float64)
 
 
@@ -177,7 +178,8 @@ def compare_paired(wins_a: Sequence[float], wins_b: Sequence[float], resamples: 
     diff = float(per_pair.mean())
     samples = bootstrap_means(per_pair, resamples, seed)
     low, high = percentile_interval(samples, confidence)
-    extreme = np.abs(samples - diff) >= abs(diff) - 1e-12 * max(1.0, abs(diff))  # re-centred null
+    # re-centred null; wins differences lie on a grid of 0.5/n, so a boundary within float noise counts as >=
+    extreme = np.abs(samples - diff) >= abs(diff) - _TIE_TOLERANCE
     p_boot = float((1 + extreme.sum()) / (1 + resamples))
     n_a, n_b = discordant_counts(wins_a, wins_b)
     return PairedComparison(diff, low, high, p_boot, mcnemar_exact_p(n_a, n_b), n_a, n_b, len(per_pair),
