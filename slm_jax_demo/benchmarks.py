@@ -33,8 +33,8 @@ def format_demo_table(results: dict[str, float]) -> str:
         bounds = [(results.get(f"{n}/ci_low"), results.get(f"{n}/ci_high")) for n in names]
         if any(lo is not None and hi is not None for lo, hi in bounds):
             any_interval = True
-            lines.append(f"{'':6}" + "".join(
-                f"{'' if lo is None or hi is None else f'[{100 * lo:.1f}, {100 * hi:.1f}]':>{col}}" for lo, hi in bounds))
+            cells = ["" if lo is None or hi is None else f"[{100 * lo:.1f}, {100 * hi:.1f}]" for lo, hi in bounds]
+            lines.append(f"{'':6}" + "".join(f"{c:>{col}}" for c in cells))
     if any_interval:
         lines.append("accuracy %, beneath it its 95% percentile-bootstrap interval over pairs")
     a = DEMO_ALIGNMENT

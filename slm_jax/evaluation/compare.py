@@ -353,7 +353,8 @@ def plot_accuracy_vs_tokens(result: dict[str, Any], path: str) -> str | None:
             x = [p["tokens"] if by_tokens else p["step"] for p in pts]
             y = [100 * p["accuracy"] for p in pts]
             err = [[100 * (p["accuracy"] - p["ci"][0]) for p in pts], [100 * (p["ci"][1] - p["accuracy"]) for p in pts]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"[{i + 1}] {os.path.basename(run['dir'].rstrip('/'))}")
+            label = f"[{i + 1}] {os.path.basename(run['dir'].rstrip('/'))}"
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
         ax.axhline(50, color="grey", linestyle=":", linewidth=1)
         ax.set_title(result["benchmarks"][name]["label"], fontsize="small")
         ax.set_xlabel("target tokens seen" if by_tokens else "checkpoint step (tokens seen unknown)")
