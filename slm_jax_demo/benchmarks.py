@@ -17,15 +17,29 @@ SUITE_NAME = "demo"
 
 
 def format_demo_table(results: dict[str, float]) -> str:
-    """sSC / sTC accuracy (%) in EN, FR, EN->FR, FR->EN and the alignment metrics."""
-    header = f"{'':6}" + "".join(f"{c:>9}" for c in ("EN", "FR", "EN->FR", "FR->EN"))
+    """sSC / sTC accuracy (%) in EN, FR, EN->FR, FR->EN and the alignment metrics.
+
+    Two lines per row when `results` hold intervals (`<name>/ci_low`, `<name>/ci_high`, as
+    `slm-jax eval` adds): the accuracy, then its 95% percentile-bootstrap interval over pairs
+    in brackets beneath it. The alignment metrics are means over items and have no interval."""
+    col = 14
+    header = f"{'':6}" + "".join(f"{c:>{col}}" for c in ("EN", "FR", "EN->FR", "FR->EN"))
     lines = [header]
+    any_interval = False
     for kind, label in (("ssc", "sSC"), ("stc", "sTC")):
-        cells = [results.get(f"{kind}_{p}") for p in LANG_PAIRS]
-        lines.append(f"{label:6}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>9}" for v in cells))
+        names = [f"{kind}_{p}" for p in LANG_PAIRS]
+        values = [results.get(n) for n in names]
+        lines.append(f"{label:6}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>{col}}" for v in values))
+        bounds = [(results.get(f"{n}/ci_low"), results.get(f"{n}/ci_high")) for n in names]
+        if any(lo is not None and hi is not None for lo, hi in bounds):
+            any_interval = True
+            cells = ["" if lo is None or hi is None else f"[{100 * lo:.1f}, {100 * hi:.1f}]" for lo, hi in bounds]
+            lines.append(f"{'':6}" + "".join(f"{c:>{col}}" for c in cells))
+    if any_interval:
+        lines.append("accuracy %, beneath it its 95% percentile-bootstrap interval over pairs")
     a = DEMO_ALIGNMENT
     if f"{a}/cos_parallel" in results:
-        lines.append(f"alignment of parallel EN/FR stories (mean over layers): "
+        lines.append(f"alignment of parallel EN/FR stories (mean over layers; no interval): "
                      f"cos parallel {results[f'{a}/cos_parallel']:.3f}, cos random {results[f'{a}/cos_random']:.3f}, "
                      f"R@1 EN->FR {100 * results[f'{a}/r1_en_fr']:.1f}%, FR->EN {100 * results[f'{a}/r1_fr_en']:.1f}%")
     return "\n".join(lines)

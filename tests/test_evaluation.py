@@ -356,6 +356,9 @@ def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     assert (model_dir / "eval" / "10.json").exists()
     out = capsys.readouterr().out
     assert "steps: 10 20" in out and pairs in out
+    m = record["metrics"]  # each accuracy with its 95% bootstrap interval, printed and recorded
+    assert m[f"{pairs}/ci_low"] <= m[pairs] <= m[f"{pairs}/ci_high"] and record["intervals"]["resamples"] == 2000
+    assert f"{100 * m[pairs]:.1f} [{100 * m[f'{pairs}/ci_low']:.1f}, {100 * m[f'{pairs}/ci_high']:.1f}]" in out
     if plot_accuracy(str(model_dir / "eval")):
         assert (model_dir / "eval" / "accuracy.png").stat().st_size > 1000
     assert eval_cli.cmd_eval([*gin_args, "--benchmarks=nope"]) == 2
@@ -371,7 +374,8 @@ def test_eval_cli_writes_json_per_checkpoint_plot_and_table(tmp_path, capsys):
     folder_args = [*gin_args, f"--benchmarks={salmon}", f"--centroids={tmp_path / 'km.npy'}", "--frame_stack=4"]
     assert eval_cli.cmd_eval(folder_args) == 0
     record = json.loads((model_dir / "eval" / "20.json").read_text())
-    assert sorted(k for k in record["metrics"] if not k.endswith("pair_mean")) == [
+    assert f"{salmon}/bg_alignment/pair_mean/ci_low" in record["metrics"]  # a folder's interval: its pair mean
+    assert sorted(k for k in record["metrics"] if "pair_mean" not in k) == [
         f"{salmon}/bg_alignment", f"{salmon}/speaker_consistency"]
     assert [p["id"] for p in record["details"][f"{salmon}/bg_alignment/pairs"]] == ["sample_0", "sample_1", "sample_2"]
     assert len(os.listdir(model_dir / "eval" / "units")) == 1

@@ -11,6 +11,7 @@ reason, MODEL_DIR and the complete step a rerun resumes from).
     slm-jax prepare demo-corpus|spm|import  build or import corpora, train SentencePiece
     slm-jax data show|stats TASK_OR_MIXTURE [--module_import=my_tasks]
     slm-jax eval --gin_file=RUN.gin --gin.MODEL_DIR=... --benchmarks=ssc_en,stc_en|demo [--all_checkpoints]
+    slm-jax compare RUN_DIR [RUN_DIR ...] [--step=N | --tokens=T]   accuracy [95% CI] and paired tests vs the first run
     slm-jax generate --gin_file=RUN.gin --prompts_from=ssc_en [--fewshot=asr|tts --data=GLOB]
     slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2 -> step 0
     slm-jax export-hf MODEL_DIR --out PATH [--step N]                        checkpoint -> HF safetensors
@@ -34,6 +35,7 @@ COMMANDS = {
     "prepare": ("prepare", "main"),
     "data": ("data", "data_main"),
     "eval": ("eval", "cmd_eval"),
+    "compare": ("compare", "main"),
     "generate": ("generate", "cmd_generate"),
     "import-hf": ("import_hf", "cmd_import_hf"),
     "export-hf": ("export_hf", "cmd_export_hf"),

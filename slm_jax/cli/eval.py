@@ -7,9 +7,13 @@
 The gin files are the run's own (the model, mesh and task they describe are what is
 evaluated; the token format is the task's). `eval` restores the latest complete checkpoint
 (or each of them), writes `MODEL_DIR/eval/<step>.json`, plots benchmark accuracy over
-checkpoints to `MODEL_DIR/eval/accuracy.png` (with matplotlib) and prints a table. Each
-`<step>.json` lists, per pair benchmark, every pair's id and both scores (`details`).
-Benchmark folders are read and paired before any audio is encoded.
+checkpoints to `MODEL_DIR/eval/accuracy.png` (with matplotlib) and prints a table: each pair
+accuracy in % with its 95% percentile-bootstrap interval over pairs, e.g. `82.5 [71.3, 92.5]`
+(`slm_jax.evaluation.stats`; seed 0, 2000 resamples). Each `<step>.json` lists, per pair
+benchmark, every pair's id and both scores (`details`), the interval (`metrics`:
+`<acc>/ci_low`, `<acc>/ci_high`) and the target tokens seen at that step (`tokens`, from
+MODEL_DIR/metrics.jsonl, when known). `slm-jax compare RUN_DIR ...` compares runs from these
+records. Benchmark folders are read and paired before any audio is encoded.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from slm_jax import gin_utils
 from slm_jax.cli.common import reports
 from slm_jax.evaluation import benchmarks as bench
 from slm_jax.evaluation.cloze import SCORE_MODES, BadPairError, UnitsCacheError
-from slm_jax.evaluation.results import plot_accuracy, write_eval_json
+from slm_jax.evaluation.results import interval_metrics, interval_settings, plot_accuracy, write_eval_json
 
 log = logging.getLogger("slm_jax")
 
@@ -128,9 +132,11 @@ def cmd_eval(argv) -> int:
     for step in steps:
         runner = ModelRunner.from_trainer(trainer, restore_params(trainer, run.model_dir, step))
         detailed = suite.run_detailed(runner)
+        detailed.update(interval_metrics(detailed))  # 95% bootstrap interval of each pair accuracy
         by_step[step] = {k: v for k, v in detailed.items() if isinstance(v, float)}
         if jax.process_index() == 0:  # every process computed the same replicated results
-            log.info("step %d: %s", step, write_eval_json(out_dir, step, detailed, options, run.model_dir))
+            path = write_eval_json(out_dir, step, detailed, options, run.model_dir, interval_settings())
+            log.info("step %d: %s", step, path)
     print(f"model_dir: {run.model_dir}  steps: {' '.join(map(str, steps))}  score: {options.score}")
     print(bench.format_steps_table(by_step))
     for suite, table in bench.suite_tables(args.benchmarks, by_step[steps[-1]]):

@@ -377,13 +377,40 @@ def checked_task_vocabulary(mixture_or_task_name: str, model_vocab_size: int):
 
 
 # --- reporting -----------------------------------------------------------------------------
+CI_SUFFIXES = ("/ci_low", "/ci_high")  # `results.interval_metrics` keys
+INTERVAL_NOTE = "accuracy % [95% percentile-bootstrap interval over pairs]; other metrics as computed"
+
+
+def format_with_interval(value: float, low: float | None = None, high: float | None = None) -> str:
+    """A fraction as `82.5 [71.3, 92.5]` (percent, one decimal), or `82.5` without an interval."""
+    if low is None or high is None:
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def format_metric_cell(results: dict[str, float], metric: str) -> str:
+    """One table cell: `-` when absent, the value with its interval (in %) when the results hold
+    `<metric>/ci_low` and `/ci_high`, else the value as computed (4 decimals)."""
+    value = results.get(metric)
+    if value is None:
+        return "-"
+    low, high = results.get(f"{metric}{CI_SUFFIXES[0]}"), results.get(f"{metric}{CI_SUFFIXES[1]}")
+    if low is None or high is None:
+        return f"{value:.4f}"
+    return format_with_interval(value, low, high)
+
+
 def format_steps_table(by_step: dict[int, dict[str, float]]) -> str:
-    """One row per metric, one column per checkpoint step."""
+    """One row per metric, one column per checkpoint step; a metric with an interval
+    (`<metric>/ci_low`, `/ci_high`) is shown in % as `82.5 [71.3, 92.5]`, with a note below."""
     steps = sorted(by_step)
-    metrics = sorted({k for r in by_step.values() for k, v in r.items() if isinstance(v, float)})
+    metrics = sorted({k for r in by_step.values() for k, v in r.items()
+                      if isinstance(v, float) and not k.endswith(CI_SUFFIXES)})
+    rows = [[format_metric_cell(by_step[s], m) for s in steps] for m in metrics]
     width = max([len(m) for m in metrics] + [9])
-    lines = [f"{'step':{width}}" + "".join(f"{s:>10}" for s in steps)]
-    for m in metrics:
-        cells = [by_step[s].get(m) for s in steps]
-        lines.append(f"{m:{width}}" + "".join(f"{'-' if v is None else f'{v:.4f}':>10}" for v in cells))
+    cols = [max([10, len(str(s)) + 2] + [len(r[j]) + 2 for r in rows]) for j, s in enumerate(steps)]
+    lines = [f"{'step':{width}}" + "".join(f"{s:>{c}}" for s, c in zip(steps, cols))]
+    lines += [f"{m:{width}}" + "".join(f"{cell:>{c}}" for cell, c in zip(row, cols)) for m, row in zip(metrics, rows)]
+    if any(k.endswith(CI_SUFFIXES) for r in by_step.values() for k in r):
+        lines.append(INTERVAL_NOTE)
     return "\n".join(lines)
