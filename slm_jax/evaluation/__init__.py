@@ -10,5 +10,7 @@
     generate.py     KV-cache generation, modality forcing, few-shot ASR / TTS
     metrics_text.py WER / CER / unit error rate (jiwer)
     benchmarks.py   benchmark names, BenchmarkSuite, run_benchmarks (in-training eval), tables
-    results.py      MODEL_DIR/eval/<step>.json records and the accuracy plot
+    results.py      MODEL_DIR/eval/<step>.json records (intervals, tokens seen) and the accuracy plot
+    stats.py        pair wins, percentile-bootstrap intervals, paired bootstrap + McNemar exact (numpy/scipy only)
+    compare.py      `slm-jax compare`: several runs' records side by side, budget check, JSON + plot (no JAX)
 """

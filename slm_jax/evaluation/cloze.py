@@ -36,6 +36,7 @@ import numpy as np
 
 from slm_jax.evaluation.likelihood import COUNT_ALL, COUNT_ENDING, SUM_ALL, SUM_ENDING, LikelihoodScorer, \
     ScoredSequence
+from slm_jax.evaluation.stats import pair_wins  # noqa: F401  (the one rule; re-exported)
 from slm_jax.evaluation.sequences import MODALITIES, MODALITY_CODE, SPEECH, Segment, SequenceFormat
 
 log = logging.getLogger("slm_jax")
@@ -163,12 +164,6 @@ def scores_from_sums(sums: np.ndarray, mode: str) -> np.ndarray:
     if mode == "ending_sum":
         return sums[:, SUM_ENDING]
     raise ValueError(f"score mode {mode!r}: expected one of {SCORE_MODES}")
-
-
-def pair_wins(correct: np.ndarray, wrong: np.ndarray) -> np.ndarray:
-    """float64 [pairs]: 1 where correct scores higher, 0.5 on a tie, 0 where wrong scores higher."""
-    correct, wrong = np.asarray(correct), np.asarray(wrong)
-    return np.where(correct > wrong, 1.0, np.where(correct == wrong, 0.5, 0.0))
 
 
 def pair_accuracy(correct: np.ndarray, wrong: np.ndarray) -> float:

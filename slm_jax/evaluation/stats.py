@@ -2,7 +2,7 @@
 
 A pair benchmark's record (`MODEL_DIR/eval/<step>.json`, `details["<name>/pairs"]`) holds
 every pair's id and the scores of its correct and wrong sequence. Everything here starts
-from per-pair WINS, the rule of `cloze.pair_wins`: 1 when correct scores higher, 0.5 on a
+from per-pair WINS, the rule of `pair_wins`: 1 when correct scores higher, 0.5 on a
 tie, else 0; the accuracy is their mean over pairs.
 
 - `accuracy_interval`: the 95% PERCENTILE BOOTSTRAP interval of the accuracy (Efron &
@@ -43,7 +43,13 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from slm_jax.evaluation.cloze import pair_wins
+
+
+def pair_wins(correct: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    """float64 [pairs]: 1 where correct scores higher, 0.5 on a tie, 0 where wrong scores higher
+    (SEEDS.md "How SLM benchmarks are scored"; slamkit's rule). `cloze` re-exports it."""
+    correct, wrong = np.asarray(correct), np.asarray(wrong)
+    return np.where(correct > wrong, 1.0, np.where(correct == wrong, 0.5, 0.0))
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
@@ -84,7 +90,7 @@ class PairedComparison:
 
 
 def wins_from_scores(correct: Sequence[float], wrong: Sequence[float]) -> np.ndarray:
-    """float64 [pairs] in {0, 0.5, 1}: `cloze.pair_wins`, the one rule."""
+    """float64 [pairs] in {0, 0.5, 1}: `pair_wins`, the one rule."""
     return pair_wins(np.asarray(correct, np.float64), np.asarray(wrong, np.float64))
 
 
