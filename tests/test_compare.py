@@ -317,3 +317,58 @@ def test_compare_is_a_listed_command_with_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         compare_cli.main(["--help"])
     assert exit_.value.code == 0 and "--allow_budget_mismatch" in capsys.readouterr().out
+
+
+# --- alignment: per-item values, intervals over items, paired comparison -----------------------
+def alignment_detailed(rng, n_items: int = 30, shift: float = 0.0) -> dict:
+    """An alignment result as `evaluate_alignment` gives it, with per-item values (+ `shift` on cos_parallel)."""
+    items = [{"id": f"story{i}", "cos_parallel": float(0.6 + shift + 0.1 * rng.normal()),
+              "cos_random": float(0.5 + 0.1 * rng.normal())} for i in range(n_items)]
+    cp = float(np.mean([x["cos_parallel"] for x in items]))
+    cr = float(np.mean([x["cos_random"] for x in items]))
+    return {"align/cos_parallel": cp, "align/cos_random": cr, "align/r1_en_fr": 0.1, "align/r1_fr_en": 0.1,
+            "align/num_items": n_items, "align/items": items}
+
+
+def test_alignment_item_values_average_to_the_summary():
+    from slm_jax.evaluation.alignment import alignment_metrics, item_values
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(9, 4, 6)), rng.normal(size=(9, 4, 6))
+    summary, per_item = alignment_metrics(a, b), item_values(a, b)
+    assert per_item["cos_parallel"].mean() == pytest.approx(summary["cos_parallel"][1:].mean(), abs=1e-12)
+    assert per_item["cos_random"].mean() == pytest.approx(summary["cos_random"][1:].mean(), abs=1e-12)
+    # item 0's off-diagonal mean, by hand, at layer 1
+    unit = lambda x: x / np.linalg.norm(x)  # noqa: E731
+    by_hand = np.mean([(unit(a[0, 1]) @ unit(b[j, 1]) + unit(a[j, 1]) @ unit(b[0, 1])) / 2 for j in range(1, 9)])
+    layers = [np.mean([(unit(a[0, l]) @ unit(b[j, l]) + unit(a[j, l]) @ unit(b[0, l])) / 2 for j in range(1, 9)])
+              for l in range(1, 4)]
+    assert per_item["cos_random"][0] == pytest.approx(np.mean(layers), abs=1e-12) and layers[0] == pytest.approx(by_hand)
+
+
+def test_alignment_gets_intervals_in_the_record_and_a_paired_comparison(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    runs = []
+    for name, shift in (("base", 0.0), ("inter", 0.08)):
+        model_dir = str(tmp_path / name)
+        write_metrics_jsonl(model_dir, {10: 10_000})
+        detailed = {**detailed_result({"ssc_en": pairs_with_accuracy(rng, N_PAIRS, 0.7)}, alignment=False),
+                    **alignment_detailed(np.random.default_rng(7), shift=shift)}
+        detailed.update(results.interval_metrics(detailed, resamples=300))
+        assert detailed["align/cos_gap"] == pytest.approx(detailed["align/cos_parallel"] - detailed["align/cos_random"])
+        low, high = detailed["align/cos_parallel/ci_low"], detailed["align/cos_parallel/ci_high"]
+        assert low < detailed["align/cos_parallel"] < high
+        assert "[" in bench.format_metric_cell(detailed, "align/cos_parallel")
+        assert "%" not in bench.format_metric_cell(detailed, "align/cos_parallel")
+        results.write_eval_json(os.path.join(model_dir, "eval"), 10, detailed, bench.EvalOptions(), model_dir,
+                                results.interval_settings(300))
+        runs.append(model_dir)
+    code, text, err = run_compare(capsys, runs[0], runs[1], runs[0], f"--out={tmp_path / 'cmp'}", "--no_plot")
+    assert code == 0, err
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    cp = result["alignment"]["align"]["cos_parallel"]
+    better, itself = cp["comparisons"]
+    assert better["diff"] == pytest.approx(0.08, abs=1e-9) and better["ci"][0] > 0 and better["p_bootstrap"] < 0.01
+    assert (itself["diff"], itself["p_bootstrap"]) == (0.0, 1.0)
+    assert cp["per_run"][1]["value"] == pytest.approx(cp["per_run"][0]["value"] + 0.08)
+    assert "align/cos_parallel" not in result["other_metrics"] and "align/r1_en_fr" in result["other_metrics"]
+    assert "align/cos_gap (30 items)" in text and "+0.080" in text

@@ -9,7 +9,11 @@ layer (the embeddings are layer 0). Per layer:
     r1_<a>_<b>     retrieval accuracy@1: fraction of i whose most similar <b> item is <b>_i
     r1_<b>_<a>     the same in the other direction
 
-The summary averages layers 1..L (the transformer blocks). Parallel utterances come from
+The summary averages layers 1..L (the transformer blocks). `evaluate_alignment` also returns
+per-item values (`items`: each item's cos_parallel and its mean cosine to the OTHER items'
+translations, both averaged over layers 1..L), so a result gets a bootstrap interval over items
+and two runs a paired comparison (`slm_jax.evaluation.stats`); their means are the summary's
+cos_parallel and cos_random exactly. Parallel utterances come from
 paired corpus records (`slm_jax.data.corpus.pair_parallel`, the demo's `paired/`), whole
 (`level="utterance"`) or cut into their aligned sentences (`level="sentence"`).
 """
@@ -150,6 +154,20 @@ def alignment_metrics(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def item_values(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Per item i (float64 [n] each), averaged over layers 1..L (layer 0 alone for a 1-layer array):
+    `cos_parallel` cos(a_i, b_i) and `cos_random` the mean over j != i of (cos(a_i, b_j) + cos(a_j, b_i)) / 2.
+    Their means over items equal `alignment_metrics`' cos_parallel and cos_random (layer means)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    n = a.shape[0]
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    sim = np.einsum("ild,jld->lij", unit(a), unit(b))  # [layers, n, n]
+    sim = sim[1:] if sim.shape[0] > 1 else sim
+    diagonal = np.einsum("lii->li", sim)
+    others = (sim.sum(axis=2) + sim.sum(axis=1) - 2 * diagonal) / (2 * (n - 1))
+    return {"cos_parallel": diagonal.mean(axis=0), "cos_random": others.mean(axis=0)}
+
+
 def summarize(per_layer: dict[str, np.ndarray], langs: tuple[str, str] = ("en", "fr")) -> dict:
     """Means over layers 1..L, named with the languages, plus the per-layer lists."""
     names = {"cos_parallel": "cos_parallel", "cos_random": "cos_random",
@@ -163,5 +181,8 @@ def evaluate_alignment(runner: ModelRunner, fmt: SequenceFormat, items: Sequence
                        batch_size: int = 16, langs: tuple[str, str] = ("en", "fr"), bos_id: int | None = None) -> dict:
     states = pooled_hidden_states(runner, fmt, [x.a for x in items] + [x.b for x in items], batch_size, bos_id)
     n = len(items)
-    return {**summarize(alignment_metrics(states[:n], states[n:]), langs), "num_items": n}
+    per_item = item_values(states[:n], states[n:])
+    records = [{"id": item.id, "cos_parallel": float(per_item["cos_parallel"][i]),
+                "cos_random": float(per_item["cos_random"][i])} for i, item in enumerate(items)]
+    return {**summarize(alignment_metrics(states[:n], states[n:]), langs), "num_items": n, "items": records}
 

@@ -378,7 +378,8 @@ def checked_task_vocabulary(mixture_or_task_name: str, model_vocab_size: int):
 
 # --- reporting -----------------------------------------------------------------------------
 CI_SUFFIXES = ("/ci_low", "/ci_high")  # `results.interval_metrics` keys
-INTERVAL_NOTE = "accuracy % [95% percentile-bootstrap interval over pairs]; other metrics as computed"
+INTERVAL_NOTE = ("accuracy % [95% percentile-bootstrap interval over pairs]; alignment cos_parallel / cos_gap "
+                 "[95% interval over items]; other metrics as computed")
 
 
 def format_with_interval(value: float, low: float | None = None, high: float | None = None) -> str:
@@ -389,14 +390,16 @@ def format_with_interval(value: float, low: float | None = None, high: float | N
 
 
 def format_metric_cell(results: dict[str, float], metric: str) -> str:
-    """One table cell: `-` when absent, the value with its interval (in %) when the results hold
-    `<metric>/ci_low` and `/ci_high`, else the value as computed (4 decimals)."""
+    """One table cell: `-` when absent, the value with its interval (in %; alignment cosines as
+    they are) when the results hold `<metric>/ci_low` and `/ci_high`, else the value (4 decimals)."""
     value = results.get(metric)
     if value is None:
         return "-"
     low, high = results.get(f"{metric}{CI_SUFFIXES[0]}"), results.get(f"{metric}{CI_SUFFIXES[1]}")
     if low is None or high is None:
         return f"{value:.4f}"
+    if metric.endswith(("/cos_parallel", "/cos_gap")):  # cosines, not accuracies: no percent
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
     return format_with_interval(value, low, high)
 
 

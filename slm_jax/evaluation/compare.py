@@ -13,8 +13,11 @@ bootstrap 95% interval and p-value, and McNemar's exact p (`stats.compare_paired
 sources there). Accuracies are the flat mean over pairs with their percentile bootstrap
 interval; a benchmark folder's row is named `<name>/pair_mean` (its official aggregation,
 e.g. ZeroSpeech's by-item mean, is listed among the other metrics, without an interval).
-Other float metrics every record holds (alignment cos / R@1, sWUGGY in_vocab, ...) are shown
-as they are, without an interval: their records keep means over items only.
+Alignment benchmarks whose records kept per-item values (`<name>/items`, `slm-jax eval` since
+issue 14) get cos_parallel and cos_gap (= cos_parallel - cos_random, per item) with bootstrap
+intervals over items, and a paired bootstrap of the difference with the reference (items matched
+by id). Other float metrics every record holds (R@1, sWUGGY in_vocab, ...) are shown as they
+are, without an interval.
 
 Token budgets (`budget_statuses`): a run whose target tokens seen differ from the
 reference's by more than `tolerance` (relative to the reference) is a MISMATCH; a run (or a
@@ -195,6 +198,31 @@ def compare_benchmark(name: str, choices: Sequence[RunChoice], resamples: int, s
     return out
 
 
+def common_alignments(choices: Sequence[RunChoice]) -> list[str]:
+    """Alignment benchmarks with per-item values in every compared record."""
+    return sorted(set.intersection(*[set(results.alignment_benchmark_names(c.record["details"])) for c in choices]))
+
+
+def compare_alignment(name: str, choices: Sequence[RunChoice], resamples: int, seed: int) -> dict[str, Any]:
+    """Per `results.ALIGNMENT_ITEM_METRICS` metric: each run's mean over items with its interval, and
+    each run vs the reference: the mean per-item difference, its paired bootstrap interval and p."""
+    out: dict[str, Any] = {}
+    for metric in results.ALIGNMENT_ITEM_METRICS:
+        values = [results.alignment_item_values(c.record["details"][f"{name}/items"], metric) for c in choices]
+        per_run = [stats.accuracy_interval(list(v.values()), resamples, seed) for v in values]
+        entry: dict[str, Any] = {"num_items": len(values[0]),
+                                 "per_run": [{"value": iv.estimate, "ci": [iv.low, iv.high]} for iv in per_run],
+                                 "comparisons": []}
+        for i, other in enumerate(values[1:], 1):
+            ref, run = stats.align_wins(f"{name} ({metric})", values[0], other)
+            c = stats.compare_paired(ref, run, resamples, seed)
+            entry["comparisons"].append({"run": i, "reference": 0, "diff": c.diff, "ci": [c.low, c.high],
+                                         "p_bootstrap": c.p_bootstrap, "test": stats.BOOTSTRAP_TEST,
+                                         "num_items": c.num_pairs, "resamples": c.resamples, "seed": c.seed})
+        out[metric] = entry
+    return out
+
+
 def other_metrics(choices: Sequence[RunChoice], benchmarks: Sequence[str]) -> dict[str, list[float]]:
     """Float metrics every compared record holds, other than the pair accuracies and their
     intervals: metric -> value per run (shown without an interval)."""
@@ -202,6 +230,8 @@ def other_metrics(choices: Sequence[RunChoice], benchmarks: Sequence[str]) -> di
     for c in choices:
         skip |= {_flat_key(c.record, n) for n in benchmarks}
     keys = set.intersection(*[{k for k, v in c.record["metrics"].items() if isinstance(v, float)} for c in choices])
+    for name in common_alignments(choices):
+        skip |= {f"{name}/{m}" for m in results.ALIGNMENT_ITEM_METRICS}
     keys = sorted(k for k in keys - skip if not k.endswith((f"/{results.CI_LOW}", f"/{results.CI_HIGH}")))
     return {k: [float(c.record["metrics"][k]) for c in choices] for k in keys}
 
@@ -247,6 +277,7 @@ def compare_runs(choices: Sequence[RunChoice], resamples: int = stats.DEFAULT_RE
                                                                     for k in SCORING_OPTIONS}}
                  for c, s in zip(choices, statuses)],
         "benchmarks": {n: compare_benchmark(n, choices, resamples, seed) for n in benchmarks},
+        "alignment": {n: compare_alignment(n, choices, resamples, seed) for n in common_alignments(choices)},
         "benchmarks_not_in_every_run": {n: [choices[i].run_dir for i in idx] for n, idx in partial.items()},
         "other_metrics": other_metrics(choices, benchmarks),
         "series": [accuracy_series(c, benchmarks, resamples, seed) for c in choices],
@@ -316,6 +347,17 @@ def format_compare_table(result: dict[str, Any]) -> str:
                              _p(c["p_bootstrap"]), _p(c["p_mcnemar"]),
                              f"{c['n_reference_better']} / {c['n_run_better']}"])
         lines += ["", "differences with [1] on the same pairs (matched by id):", *_grid(rows)]
+    for name, metrics in result.get("alignment", {}).items():
+        rows = [["", *[f"[{i + 1}]" for i in range(len(runs))]]]
+        for metric, m in metrics.items():
+            rows.append([f"{name}/{metric} ({m['num_items']} items)",
+                         *[f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]" for x in m["per_run"]]])
+        for metric, m in metrics.items():
+            for c in m["comparisons"]:
+                rows.append([f"  [{c['run'] + 1}] - [1] {metric}",
+                             *[""] * c["run"], f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] "
+                             f"p={_p(c['p_bootstrap'])}", *[""] * (len(runs) - c["run"] - 1)])
+        lines += ["", "alignment, mean over items [95% CI]; differences: paired bootstrap over items:", *_grid(rows)]
     if result["other_metrics"]:
         rows = [["", *[f"[{i + 1}]" for i in range(len(runs))]]]
         rows += [[k, *[f"{v:.4f}" for v in vals]] for k, vals in result["other_metrics"].items()]

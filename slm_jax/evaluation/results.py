@@ -87,6 +87,25 @@ def pair_benchmark_names(details: dict[str, Any]) -> list[str]:
                   if k.endswith(suffix) and isinstance(v, list) and f"{k[:-len(suffix)]}/num_pairs" in details)
 
 
+ALIGNMENT_ITEM_METRICS = ("cos_parallel", "cos_gap")  # per-item values of an alignment result with intervals
+
+
+def alignment_benchmark_names(details: dict[str, Any]) -> list[str]:
+    """The alignment benchmarks of a record that kept per-item values (`<name>/items`)."""
+    suffix = "/items"
+    return sorted(k[:-len(suffix)] for k, v in details.items() if k.endswith(suffix) and isinstance(v, list) and v
+                  and isinstance(v[0], dict) and "cos_parallel" in v[0])
+
+
+def alignment_item_values(items: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    """item id -> value of `metric` (ALIGNMENT_ITEM_METRICS): `cos_parallel`, or `cos_gap` =
+    cos_parallel - cos_random (the item's similarity to its translation beyond its similarity to
+    the other items' translations; its mean is the record's cos_parallel - cos_random)."""
+    if metric == "cos_gap":
+        return {str(x["id"]): float(x["cos_parallel"]) - float(x["cos_random"]) for x in items}
+    return {str(x["id"]): float(x[metric]) for x in items}
+
+
 def flat_accuracy_key(name: str, metrics: dict[str, Any]) -> str:
     """The metric that is the flat mean over pairs of benchmark `name`: `<name>/pair_mean` for a
     benchmark folder (which has one), else `<name>`."""
@@ -102,14 +121,20 @@ def interval_metrics(detailed: dict[str, Any], resamples: int = stats.DEFAULT_RE
                      seed: int = stats.DEFAULT_SEED) -> dict[str, float]:
     """`{<acc>/ci_low, <acc>/ci_high}` for every pair benchmark of `detailed` (a
     `BenchmarkSuite.run_detailed` result), `<acc>` its `flat_accuracy_key`: the 95% percentile
-    bootstrap interval over its pairs (`stats.accuracy_interval`). Alignment metrics get none:
-    their results hold means over items only."""
+    bootstrap interval over its pairs (`stats.accuracy_interval`); for every alignment benchmark
+    with per-item values, `<name>/cos_parallel` and `<name>/cos_gap` with their intervals over items."""
     out = {}
     for name in pair_benchmark_names(detailed):
         wins = list(stats.wins_of_record_pairs(detailed[f"{name}/pairs"]).values())
         interval = stats.accuracy_interval(wins, resamples, seed)
         key = flat_accuracy_key(name, detailed)
         out[f"{key}/{CI_LOW}"], out[f"{key}/{CI_HIGH}"] = interval.low, interval.high
+    for name in alignment_benchmark_names(detailed):
+        for metric in ALIGNMENT_ITEM_METRICS:
+            values = list(alignment_item_values(detailed[f"{name}/items"], metric).values())
+            interval = stats.accuracy_interval(values, resamples, seed)  # a mean over items, like an accuracy
+            out[f"{name}/{metric}"] = interval.estimate
+            out[f"{name}/{metric}/{CI_LOW}"], out[f"{name}/{metric}/{CI_HIGH}"] = interval.low, interval.high
     return out
 
 
