@@ -1,13 +1,17 @@
 # make demo: set up .venv, build the spoken demo corpus, train gin/runs/demo_cpu.gin, report, evaluate (sSC/sTC table).
 # make test: set up .venv and run the test suite (CPU, 8 fake devices): every tier that can run here.
 # make test-fast: the inner loop: deselects the slow, multiprocess, tpu_aot, espeak and gpu tiers.
+# make experiment: the CPU miniature of the cross-lingual interleaving comparison (gin/experiments/crosslingual):
+#   both arms under one token budget, every checkpoint evaluated, then `slm-jax compare` (about 35 min on 2 cores).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+EXP_DIR ?= runs/xl_mini
+EXP_GIN := gin/experiments/crosslingual
 
-.PHONY: demo test test-fast install clean bench espeak
+.PHONY: demo test test-fast install clean bench espeak experiment
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +36,15 @@ demo: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax inspect $(DEMO_DIR)
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --benchmarks=demo --all_checkpoints
+
+experiment: $(STAMP) espeak
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax prepare demo-corpus
+	for arm in baseline interleaved; do \
+	  JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=$(EXP_GIN)/mini_$$arm.gin --gin.MODEL_DIR="'$(EXP_DIR)/$$arm'" || exit 1; \
+	  JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=$(EXP_GIN)/mini_$$arm.gin --gin.MODEL_DIR="'$(EXP_DIR)/$$arm'" \
+	    --benchmarks=demo --all_checkpoints --no_plot || exit 1; \
+	done
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax compare $(EXP_DIR)/baseline $(EXP_DIR)/interleaved --out=$(EXP_DIR)/compare
 
 # Tests synthesize a small spoken corpus too, so espeak-ng must be present.
 test: $(STAMP) espeak

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("slm_jax", "slm_jax_demo")
+PACKAGES = ("slm_jax", "slm_jax_demo", "slm_jax_experiments")
 
 # Room -> rank. A module may import its own room or a room of LOWER rank; rooms of equal
 # rank may not import each other (evaluation and interop are siblings).
@@ -34,6 +34,7 @@ RANKS = {
     "slm_jax.testing": 7,
     "slm_jax.cli": 8,
     "slm_jax_demo": 9,
+    "slm_jax_experiments": 10,  # paper comparisons: consumers of the library and of the demo corpus
 }
 # Rooms inside data/, in the same one-way order.
 DATA_RANKS = {

@@ -1,4 +1,4 @@
-"""`slm-jax prepare demo-corpus|spm|import`: build or import corpora, train SentencePiece.
+"""`slm-jax prepare demo-corpus|spm|import|pair`: build or import corpora, train SentencePiece.
 
 `demo-corpus` needs espeak-ng: when it is missing, broken or lacks a voice, the command prints
 one line saying what and how to install it (`make espeak`, or apt-get install -y espeak-ng)
@@ -10,7 +10,8 @@ import sys
 
 PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N]   spoken EN/FR demo corpus + cloze pairs
 slm-jax prepare spm --input=GLOB --model_prefix=P --vocab_size=N        SentencePiece on corpus transcripts
-slm-jax prepare import --format=slamkit|textlesslib|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora"""
+slm-jax prepare import --format=slamkit|textlesslib|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora
+slm-jax prepare pair --input=GLOB --output=DIR/PREFIX [--lang_a=en --lang_b=fr]   parallel records -> paired shards"""
 
 
 def main(argv) -> int:
@@ -24,6 +25,9 @@ def main(argv) -> int:
     if what == "import":
         from slm_jax.cli.prepare_import import import_main
         return import_main(rest)
+    if what == "pair":
+        from slm_jax.cli.prepare_pair import pair_main
+        return pair_main(rest)
     if what == "demo-corpus":
         # the demo is a consumer of slm_jax; this forward keeps the documented command working
         from slm_jax_demo.corpus import EspeakError, demo_corpus_main
