@@ -430,3 +430,40 @@ def test_resume_from_a_checkpoint_saved_before_token_accounting(budget_run, tmp_
         assert line["tokens/task/demo_units_en"] == line["tokens/task/demo_units_fr"] == 0
     saved = checkpoints.read_token_counts(run_dir.checkpoints_dir(model_dir))
     assert saved["data_task_ids"] is False and saved["counts"] == _tokens(_metrics(model_dir)[last["step"]])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_count_the_global_batch_and_stop_together(demo_data_dir, tmp_path):
+    """2 processes x 4 devices, each reading its shard: the counts are the sum over both shards,
+    and both processes stop at the first step where that sum reaches the budget."""
+    import seqio
+
+    import slm_jax.testing.tasks  # noqa: F401
+    from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
+    from slm_jax.testing import unit_corpus
+    from tests.multiprocess import run_job
+    unit_corpus.ensure_demo_corpus()  # once, before two processes would both build it
+    cfg = DatasetConfig(MIX, LENGTH, BATCH)
+    shards = [DataIterator(get_dataset(cfg, seqio.ShardInfo(i, 2))) for i in range(2)]
+    per_step = []
+    for _ in range(12):
+        parts = [next(it) for it in shards]
+        per_step.append((sum(int(b["decoder_loss_weights"].sum()) for b in parts),
+                         {n: sum(int(b["decoder_loss_weights"][b["decoder_task_ids"] == i].sum()) for b in parts)
+                          for i, n in enumerate(["demo_units_en", "demo_units_fr"], 1)}))
+    cum = np.cumsum([t for t, _ in per_step])
+    budget = int(cum[5]) + 1  # reached at step 7
+    model_dir = str(tmp_path / "run")
+    run_job(["train", "--gin_file=gin/runs/test_cpu.gin", f"--gin.MODEL_DIR='{model_dir}'",
+             f"--gin.SEQUENCE_LENGTH={LENGTH}", f"--gin.BATCH_SIZE={BATCH}", "--gin.CHECKPOINT_PERIOD=1000",
+             "--gin.train.log_period=1000", "--gin.train.eval_period=0", f"--gin.TRAIN_TOKENS={budget}",
+             "--gin.train.token_probe_batches=2"], num_processes=2, devices_per_process=4)
+    lines = _metrics(model_dir)
+    assert list(lines) == [7] and checkpoints.list_complete_steps(run_dir.checkpoints_dir(model_dir)) == [7]
+    assert lines[7]["tokens/target"] == cum[6]
+    for name in ("demo_units_en", "demo_units_fr"):
+        assert lines[7][f"tokens/task/{name}"] == sum(tasks[name] for _, tasks in per_step[:7])
+    with open(os.path.join(model_dir, run_dir.TOKEN_BUDGET_FILE)) as f:
+        record = json.load(f)
+    assert record["processes"] == 2 and record["target_tokens_per_step"] == pytest.approx(cum[1] / 2)
