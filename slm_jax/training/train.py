@@ -418,8 +418,6 @@ def measure_token_budget(run: "TrainRun", settings: dict[str, Any], shard_info, 
     return dataclasses.replace(run, train_steps=estimate), record
 
 
-
-
 def _check_resume(run: "TrainRun", settings: dict[str, Any], launches, latest: int | None,
                   with_hint: bool = True) -> list[str]:
     """`run_dir.check_resume` of `settings` with the schedule hint; returns the allowed changes."""
