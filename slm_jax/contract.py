@@ -10,7 +10,8 @@ Three stages of a token stream carry features:
 * task features (what a SeqIO task's preprocessors emit per example, 1-D, unpacked):
   `targets` int32 token ids, optional `modality` int32 (`MODALITY_*`), `loss_mask` int32
   (1 = the target counts in the loss), `patch_ids` int32 (LST latent patch of each token,
-  -1 = none), `ctc_targets` int32 character ids (own length, mSLAM CTC);
+  -1 = none), `ctc_targets` int32 character ids (own length, mSLAM CTC), `task_ids` int32
+  (which mixture member the token came from, 1-based; added by `slm_jax.data.pipeline`);
 * model features (what `SLMFeatureConverter` / `slm_jax.data.pipeline` yield per batch,
   `[batch, length]` int32 each; the CTC stream `[batch, ctc_length]`);
 * logical axis names (what every parameter and activation is annotated with; rules in
@@ -25,6 +26,7 @@ MODALITY = "modality"
 LOSS_MASK = "loss_mask"
 PATCH_IDS = "patch_ids"
 CTC_TARGETS = "ctc_targets"
+TASK_IDS = "task_ids"  # added by `slm_jax.data.pipeline.get_dataset` after preprocessing, before packing
 # Per-token features that stay aligned with `targets` (same length) through splitting and packing.
 ALIGNED_TASK_FEATURES = (TARGETS, MODALITY, LOSS_MASK, PATCH_IDS)
 
@@ -47,6 +49,11 @@ DECODER_CTC_TARGETS = "decoder_ctc_targets"
 DECODER_CTC_SEGMENT_IDS = "decoder_ctc_segment_ids"
 DECODER_CTC_POSITIONS = "decoder_ctc_positions"
 CTC_MODEL_FEATURES = (DECODER_CTC_TARGETS, DECODER_CTC_SEGMENT_IDS, DECODER_CTC_POSITIONS)
+# Which mixture member each target token came from: 1-based index into
+# `slm_jax.data.pipeline.task_names(cfg)` (a task alone is member 1), 0 on padding. Token
+# accounting only (`tokens/task/<name>` in metrics.jsonl): never fed to a model.
+DECODER_TASK_IDS = "decoder_task_ids"
+ACCOUNTING_FEATURES = (DECODER_TASK_IDS,)
 # What the trainer feeds a dense model (per-modality losses read `decoder_modality`).
 TRAIN_FEATURES = (*CORE_MODEL_FEATURES[:3], DECODER_MODALITY, *CORE_MODEL_FEATURES[3:])
 
@@ -59,6 +66,10 @@ MODALITY_SPEECH = 2  # units, pitch, style
 MODALITY_MARKER = 3  # [Text], [Speech], language tags, EOS (and seqio extra ids)
 MODALITY_NAMES = {MODALITY_PAD: "pad", MODALITY_TEXT: "text", MODALITY_SPEECH: "speech",
                   MODALITY_MARKER: "marker"}
+# A target token's modality in token accounting (`tokens/target_<name>` in metrics.jsonl): its
+# MODALITY_NAMES name, except 0: a weighted target with modality 0 comes from a task that gives
+# no modality (the converter writes 0 = unknown, e.g. unit-only tasks with a UnitVocabulary).
+TARGET_MODALITY_NAMES = {**MODALITY_NAMES, MODALITY_PAD: "unknown"}
 
 # Modality names used by task formats and benchmarks ("speech" / "text").
 SPEECH = "speech"

@@ -12,6 +12,7 @@ from slm_jax.data import corpus
 from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets, sentinel_id
 from slm_jax.data.feature_converter import SLMFeatureConverter
 from slm_jax.data.pipeline import (
+    ACCOUNTING_KEYS,
     BATCH_KEYS,
     CTC_KEYS,
     EXTRA_KEYS,
@@ -161,7 +162,7 @@ def test_task_without_ctc_gives_the_same_batches(pack):
     ref = _batches(ref.map(lambda ex: {k: ex[k] for k in BATCH_KEYS + EXTRA_KEYS}).batch(2, drop_remainder=True))
     assert len(ours) == len(ref) > 0
     for o, r in zip(ours, ref):
-        assert set(o) == set(BATCH_KEYS + EXTRA_KEYS) == set(r)
+        assert set(o) == set(BATCH_KEYS + EXTRA_KEYS + ACCOUNTING_KEYS) and set(r) == set(BATCH_KEYS + EXTRA_KEYS)
         for k in r:
             np.testing.assert_array_equal(o[k], r[k], err_msg=k)
     with pytest.raises(ValueError, match="dataset has no 'ctc_targets' feature"):
@@ -176,7 +177,7 @@ def test_get_dataset_passes_ctc_keys_for_tasks_and_mixtures():
     for provider in (name, mix):
         cfg = DatasetConfig(provider, sequence_length=10, batch_size=2, shuffle=False, num_epochs=1, ctc_length=12)
         (b,) = _batches(get_dataset(cfg))[:1]
-        assert set(b) == set(BATCH_KEYS + EXTRA_KEYS + CTC_KEYS)
+        assert set(b) == set(BATCH_KEYS + EXTRA_KEYS + ACCOUNTING_KEYS + CTC_KEYS)
         assert CTC_KEYS == ("decoder_ctc_targets", "decoder_ctc_segment_ids", "decoder_ctc_positions")
         for k in CTC_KEYS:
             assert b[k].shape == (2, 12) and b[k].dtype == np.int32, k
@@ -214,7 +215,7 @@ def test_spoken_demo_ctc_task_end_to_end(tiny_corpus):
     cfg = DatasetConfig("spoken_demo_speech_ctc_en", sequence_length=32, batch_size=1, shuffle=False,
                         num_epochs=1, ctc_length=48)
     (b,) = _batches(get_dataset(cfg))
-    assert set(b) == set(BATCH_KEYS + EXTRA_KEYS + CTC_KEYS) and b["decoder_ctc_targets"].shape == (1, 48)
+    assert set(b) == set(BATCH_KEYS + EXTRA_KEYS + ACCOUNTING_KEYS + CTC_KEYS) and b["decoder_ctc_targets"].shape == (1, 48)
     t, n = ctc_targets_from_packed(b["decoder_ctc_targets"], b["decoder_ctc_segment_ids"],
                                    b["decoder_ctc_positions"], 4, leading_sentinel=True)
     # Same targets as interleave.speech_only (the plain speech task), segment by segment.

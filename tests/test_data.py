@@ -14,7 +14,7 @@ import tensorflow as tf
 import slm_jax.testing.tasks
 from slm_jax.testing import unit_corpus as demo_corpus
 from slm_jax.data.preprocessors import common as prep
-from slm_jax.data.pipeline import BATCH_KEYS, EXTRA_KEYS, DataIterator, DatasetConfig, get_dataset
+from slm_jax.data.pipeline import ACCOUNTING_KEYS, BATCH_KEYS, EXTRA_KEYS, DataIterator, DatasetConfig, get_dataset
 from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
 
 pytestmark = pytest.mark.usefixtures("demo_data_dir")
@@ -224,7 +224,7 @@ def test_batches_keys_dtypes_and_determinism():
     it1 = DataIterator.from_config(_cfg())
     it2 = DataIterator.from_config(_cfg())
     b1, b2 = _take(it1, 3), _take(it2, 3)
-    assert set(b1[0]) == set(BATCH_KEYS + EXTRA_KEYS)
+    assert set(b1[0]) == set(BATCH_KEYS + EXTRA_KEYS + ACCOUNTING_KEYS)
     for k, v in b1[0].items():
         assert v.dtype == np.int32 and v.shape == (4, 64), k
     assert it1.shapes["decoder_target_tokens"] == ((4, 64), np.dtype(np.int32))
@@ -240,8 +240,9 @@ def test_batches_keys_dtypes_and_determinism():
 
 def test_unpacked_batches_have_all_keys():
     b = next(DataIterator.from_config(_cfg(pack=False, mixture_or_task_name="demo_units_en")))
-    assert set(b) == set(BATCH_KEYS + EXTRA_KEYS)
+    assert set(b) == set(BATCH_KEYS + EXTRA_KEYS + ACCOUNTING_KEYS)
     tok = (b["decoder_target_tokens"] != 0).astype(np.int32)
+    np.testing.assert_array_equal(b["decoder_task_ids"], tok)  # a task alone is member 1
     np.testing.assert_array_equal(b["decoder_segment_ids"], tok)
     np.testing.assert_array_equal(b["decoder_positions"], np.arange(64)[None] * tok)
     # Shifted right with 0 as BOS.

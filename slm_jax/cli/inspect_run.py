@@ -1,4 +1,5 @@
-"""`slm-jax inspect MODEL_DIR [--step N]`: checkpoint steps, size, params hash, loss summary."""
+"""`slm-jax inspect MODEL_DIR [--step N]`: checkpoint steps, size, params hash, tokens seen, loss
+summary, token budget, launches."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ def main(argv) -> int:
     print(f"step: {step}")
     print(f"num_params: {sum(int(np.prod(x.shape)) for x in leaves)}")
     print(f"params_sha256: {checkpoints.params_sha256(params)}")
+    _print_tokens(args.model_dir, step)
     _print_metrics_summary(args.model_dir)
+    _print_token_budget(args.model_dir)
     _print_launches(args.model_dir)
     return 0
 
@@ -59,6 +62,31 @@ def _print_metrics_summary(model_dir: str) -> None:
     if evals:
         print(f"eval_loss: {_fmt(evals[-1]['eval_loss'], '.4f')} (step {evals[-1]['step']})")
     print(f"tokens_per_second: {_fmt(last.get('tokens_per_second'), ',.0f')}")
+
+
+def _print_tokens(model_dir: str, step: int) -> None:
+    """The cumulative token counts saved with checkpoint `step` (one `tokens/*` key a line), or
+    why there are none."""
+    record = checkpoints.read_token_counts(run_dir.checkpoints_dir(model_dir), step)
+    counts = (record or {}).get("counts")
+    if not counts:
+        print("tokens: n/a (a checkpoint saved before token accounting, or an import-hf step 0)")
+        return
+    print(f"tokens/target: {counts.get('tokens/target', 0):,} (step {step})")
+    for key in sorted(k for k in counts if k != "tokens/target"):
+        print(f"  {key}: {counts[key]:,}")
+
+
+def _print_token_budget(model_dir: str) -> None:
+    """`token_budget.json` of a run with TRAIN_TOKENS: the budget, the measured rates and the estimate."""
+    record = run_dir.read_token_budget(model_dir)
+    if record is None:
+        return
+    print(f"token_budget ({run_dir.TOKEN_BUDGET_FILE}): train_tokens {_fmt(record.get('train_tokens'), ',')}, estimated_steps "
+          f"{record.get('estimated_steps')}, target_tokens_per_step {_fmt(record.get('target_tokens_per_step'), ',.1f')} "
+          f"(packing_efficiency {_fmt(record.get('packing_efficiency'), '.3f')}, target_fraction "
+          f"{_fmt(record.get('target_fraction'), '.3f')}, {record.get('probe_batches')} probe batches, measured at "
+          f"step {record.get('start_step', 0)})")
 
 
 def _print_launches(model_dir: str) -> None:

@@ -32,5 +32,9 @@ def main(argv) -> int:
         shown = ", ".join(f"{k}={v:.4g}" if math.isfinite(v) else f"{k}=n/a"
                           for k, v in last.items() if isinstance(v, float))
         print(f"done: step {last['step']}: {shown}")
+    if last and "tokens/target" in last:
+        budget = f" of TRAIN_TOKENS={run.train_tokens:,}" if run.train_tokens is not None else ""
+        reached = " (already reached: nothing trained)" if last.get("budget_reached") else ""
+        print(f"tokens: {last['tokens/target']:,} target tokens{budget} at step {last['step']}{reached}")
     print(f"MODEL_DIR: {run.model_dir}")
     return 0

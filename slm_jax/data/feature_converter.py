@@ -10,6 +10,9 @@ Task features (all int32, 1-D, the same length as `targets`):
                 Missing -> ones (every token is a target, as in seqio).
     patch_ids   optional; index of the latent patch (LST) a token belongs to, >= 0.
                 Missing -> -1 ("no patch").
+    task_ids    optional; 1-based index of the mixture member the token came from
+                (`slm_jax.data.pipeline` tags each member). Missing -> no
+                `decoder_task_ids` output (the pipeline then writes 1 on every token).
 
 Model features (int32 [length]); position i of every feature describes TARGET token i:
 
@@ -21,6 +24,8 @@ Model features (int32 [length]); position i of every feature describes TARGET to
     decoder_positions       0.. within each packed example, 0 on padding (pack=True only)
     decoder_modality        modality of the target token, 0 on padding
     decoder_patch_ids       patch id of the target token, -1 on padding
+    decoder_task_ids        task id of the target token, 0 on padding (only when the task
+                            has `task_ids`; token accounting, never fed to a model)
 
 The first five are exactly `seqio.DecoderFeatureConverter`'s (unpacked: three, like
 seqio; `slm_jax.data.pipeline` adds segment ids and positions to unpacked rows). A model
@@ -77,11 +82,13 @@ from slm_jax.data.preprocessors.common import as_ragged
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
-# feature -> (value when a task lacks it, offset while packing, value on padding)
+# feature -> (value when a task lacks it, offset while packing, value on padding). `task_ids`
+# (values >= 1, no offset needed) yields its model feature only when the task has it.
 OPTIONAL_FEATURES = {
     "modality": (0, 1, 0),
     "loss_mask": (1, 1, 0),
     "patch_ids": (-1, 2, -1),
+    c.TASK_IDS: (1, 0, 0),
 }
 
 
@@ -260,6 +267,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         "modality": FeatureSpec(dtype=tf.int32),
         "loss_mask": FeatureSpec(dtype=tf.int32),
         "patch_ids": FeatureSpec(dtype=tf.int32),
+        c.TASK_IDS: FeatureSpec(dtype=tf.int32),
         CTC_KEY: FeatureSpec(dtype=tf.int32),
     }
     MODEL_FEATURES: ClassVar[dict] = {
@@ -352,6 +360,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
         packed = ("targets", *keys, *((CTC_KEY,) if has_ctc else ()))
         self.TASK_FEATURES = {k: type(self).TASK_FEATURES[k] for k in packed}
         self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES)
+        if c.TASK_IDS in keys:
+            self.MODEL_FEATURES[c.DECODER_TASK_IDS] = FeatureSpec(dtype=tf.int32)
         if has_ctc:
             self.MODEL_FEATURES.update({k: FeatureSpec(dtype=tf.int32) for k in CTC_MODEL_FEATURES})
         lengths = {key: length for key in self.TASK_FEATURES}
@@ -406,6 +416,8 @@ class SLMFeatureConverter(seqio.FeatureConverter):
             c.DECODER_PATCH_IDS: (_unoffset(features["patch_ids"], "patch_ids") if "patch_ids" in features
                                   else tf.fill(tf.shape(targets), tf.constant(OPTIONAL_FEATURES["patch_ids"][2]))),
         }
+        if c.TASK_IDS in features:
+            out[c.DECODER_TASK_IDS] = _unoffset(features[c.TASK_IDS], c.TASK_IDS)
         if self.pack:
             out["decoder_segment_ids"] = segment_ids
             out["decoder_positions"] = features["targets_positions"]
@@ -439,7 +451,7 @@ class SLMFeatureConverter(seqio.FeatureConverter):
 
     def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
         length = task_feature_lengths["targets"]
-        keys = list(type(self).MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
+        keys = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
         lengths = {key: length for key in keys}
         if CTC_KEY in task_feature_lengths:
             lengths.update({key: task_feature_lengths[CTC_KEY] for key in CTC_MODEL_FEATURES})

@@ -10,7 +10,9 @@ uninterrupted one.
 Batches are dicts of int32 arrays `[batch_size // num_shards, sequence_length]`:
 `decoder_input_tokens, decoder_target_tokens, decoder_loss_weights,
 decoder_segment_ids, decoder_positions` (always all five, packed or not), plus
-`EXTRA_KEYS` (`decoder_modality, decoder_patch_ids`, same shape). A task with a
+`EXTRA_KEYS` (`decoder_modality, decoder_patch_ids`, same shape) and `ACCOUNTING_KEYS`
+(`decoder_task_ids`, same shape: which member of `task_names(cfg)` each token came from,
+1-based, 0 on padding; for token accounting, never fed to a model). A task with a
 `ctc_targets` feature (mSLAM CTC, `slm_jax.data.preprocessors.ctc_targets`) and `DatasetConfig.ctc_length`
 set also gets `CTC_KEYS` (`decoder_ctc_targets, decoder_ctc_segment_ids,
 decoder_ctc_positions`, int32 `[batch_size // num_shards, ctc_length]`; see
@@ -42,6 +44,7 @@ tf.config.set_visible_devices([], "GPU")
 BATCH_KEYS = contract.CORE_MODEL_FEATURES
 EXTRA_KEYS = contract.EXTRA_MODEL_FEATURES
 CTC_KEYS = contract.CTC_MODEL_FEATURES
+ACCOUNTING_KEYS = contract.ACCOUNTING_FEATURES
 
 
 @gin.configurable
@@ -237,50 +240,104 @@ def _targets_vocabulary(cfg: DatasetConfig):
     return vocab if hasattr(vocab, "modality_ids_tf") else None
 
 
-def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None) -> tf.data.Dataset:
+def _mixed_tasks(provider: seqio.Mixture, split: str) -> list[seqio.Task]:
+    """The tasks `seqio.Mixture.get_dataset` samples from, in its order: `Mixture.tasks`
+    (nested mixtures flattened, sorted by name) that have `split`, rate 0 included."""
+    return [task for task in provider.tasks if split in task.splits]
+
+
+def task_names(cfg: DatasetConfig) -> list[str]:
+    """The members `decoder_task_ids` numbers: entry i is the task of id i + 1. A task alone:
+    [its name]; a mixture: its leaf tasks with `cfg.split`, as seqio's Mixture samples them
+    (members of rate 0 included: they never appear). Raises what `get_dataset` raises for a
+    name that is not registered or a split a member lacks."""
+    provider = _validate(cfg, seqio.ShardInfo(index=0, num_shards=1))
+    if isinstance(provider, seqio.Mixture):
+        return [task.name for task in _mixed_tasks(provider, cfg.split)]
+    return [provider.name]
+
+
+def _tagged_mixture(provider: seqio.Mixture, cfg: DatasetConfig, shard_info: seqio.ShardInfo,
+                    passthrough: tuple[str, ...] = ()) -> tf.data.Dataset:
+    """`provider.get_dataset(...)` as `seqio.get_dataset` calls it, with one more per-token
+    feature: `task_ids` (int32, the shape of `targets`, the member's 1-based index in
+    `task_names`). Every member is tagged BEFORE sampling, with seqio's own sampling (the
+    mixture's `_sample_fn`, `_get_all_mixing_rates`, its seed rule), so every other feature
+    is bit-identical to seqio's mixture and the tf.data iterator stays checkpointable.
+    (Tagging after sampling is impossible: the sampler does not say which member it drew.)"""
+    provider._check_compatible_features()  # noqa: SLF001 - seqio's own step, in its order
+    tasks = _mixed_tasks(provider, cfg.split)
+    keys = set(provider.output_features) | set(passthrough)
+
+    def tag(index: int):
+        def add(ex):
+            return {**ex, contract.TASK_IDS: tf.fill(tf.shape(ex[contract.TARGETS]), tf.constant(index, tf.int32))}
+        return add
+
+    datasets = [
+        provider.get_task_dataset(task, keys, {"targets": cfg.sequence_length}, cfg.split, cfg.use_cached,
+                                  cfg.shuffle, cfg.seed, shard_info, cfg.num_epochs, True, True)
+        .map(tag(i + 1), num_parallel_calls=tf.data.AUTOTUNE)
+        for i, task in enumerate(tasks)
+    ]
+    rates = provider._get_all_mixing_rates(tasks)  # noqa: SLF001
+    # seqio.Mixture.get_dataset's seed rule
+    sample_seed = cfg.seed if cfg.seed is not None else (None if cfg.shuffle else 42)
+    return provider._sample_fn(datasets, rates, sample_seed)  # noqa: SLF001
+
+
+def _task_dataset(provider, cfg: DatasetConfig, shard_info: seqio.ShardInfo, passthrough: tuple[str, ...] = (),
+                  task_ids: bool = True) -> tf.data.Dataset:
+    """Task features of `provider` as `seqio.get_dataset` reads them (a mixture: tagged with
+    `task_ids` by `_tagged_mixture` unless `task_ids=False`; a task alone: untagged)."""
+    if isinstance(provider, seqio.Mixture) and task_ids:
+        return _tagged_mixture(provider, cfg, shard_info, passthrough)
+    extra = {"passthrough_features": list(passthrough)} if passthrough and isinstance(provider, seqio.Mixture) else {}
+    return provider.get_dataset({"targets": cfg.sequence_length}, split=cfg.split, use_cached=cfg.use_cached,
+                                shuffle=cfg.shuffle, seed=cfg.seed, shard_info=shard_info,
+                                num_epochs=cfg.num_epochs, trim_output_features=True, **extra)
+
+
+def _with_single_task_ids(ex: dict) -> dict:
+    """`decoder_task_ids` of a task alone: 1 on every token, 0 on padding (no packing cost)."""
+    return {**ex, contract.DECODER_TASK_IDS: tf.cast(tf.not_equal(ex[contract.DECODER_TARGET_TOKENS], 0), tf.int32)}
+
+
+def get_dataset(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None,
+                task_ids: bool = True) -> tf.data.Dataset:
     """Per-process batches of `cfg` for `shard_info` (default: the only shard).
 
     Each process reads a disjoint part of the data (file-level sharding when there
     are enough files, else example-level) and gets `batch_size // num_shards` rows;
     an incomplete last batch is dropped (only reachable with finite `num_epochs`).
+    The rows are those of `seqio.get_dataset(name, ..., SLMFeatureConverter)` plus
+    `decoder_task_ids` (module docstring). `task_ids=False` builds the pipeline as it was
+    before token accounting (no `decoder_task_ids`): a tf.data iterator position saved by
+    that pipeline restores only into the same graph.
     """
     shard_info = shard_info or seqio.ShardInfo(index=0, num_shards=1)
     provider = _validate(cfg, shard_info)
     converter = SLMFeatureConverter(pack=cfg.pack, vocabulary=_targets_vocabulary(cfg))
     if cfg.ctc_length is None:
-        ds = seqio.get_dataset(
-            cfg.mixture_or_task_name,
-            task_feature_lengths={"targets": cfg.sequence_length},
-            feature_converter=converter,
-            dataset_split=cfg.split,
-            use_cached=cfg.use_cached,
-            shuffle=cfg.shuffle,
-            num_epochs=cfg.num_epochs,
-            shard_info=shard_info,
-            seed=cfg.seed,
-            verbose=False,
-        )
+        ds = converter(_task_dataset(provider, cfg, shard_info, task_ids=task_ids), {"targets": cfg.sequence_length})
     else:
         # What seqio.get_dataset does, except that the task only sees the targets' length:
         # seqio would trim a `ctc_targets` OUTPUT feature to sequence_length["ctc_targets"]
         # silently, while the converter fails on an over-long one. Mixtures keep only output
         # features, so `ctc_targets` is passed through explicitly.
-        extra = {"passthrough_features": [CTC_KEY]} if isinstance(provider, seqio.Mixture) else {}
-        ds = provider.get_dataset(
-            {"targets": cfg.sequence_length},
-            split=cfg.split,
-            use_cached=cfg.use_cached,
-            shuffle=cfg.shuffle,
-            seed=cfg.seed,
-            shard_info=shard_info,
-            num_epochs=cfg.num_epochs,
-            **extra,
-        )
+        ds = _task_dataset(provider, cfg, shard_info, passthrough=(CTC_KEY,), task_ids=task_ids)
         ds = converter(ds, {"targets": cfg.sequence_length, CTC_KEY: cfg.ctc_length})
     if not cfg.pack:
         ds = ds.map(_add_unpacked_segments, num_parallel_calls=tf.data.AUTOTUNE)
-    keys = BATCH_KEYS + EXTRA_KEYS + tuple(k for k in CTC_KEYS if k in ds.element_spec)
-    ds = ds.map(lambda ex: {k: tf.cast(ex[k], tf.int32) for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
+    single = task_ids and contract.DECODER_TASK_IDS not in ds.element_spec
+    keys = (BATCH_KEYS + EXTRA_KEYS + (ACCOUNTING_KEYS if task_ids else ())
+            + tuple(k for k in CTC_KEYS if k in ds.element_spec))
+
+    def select(ex):
+        ex = _with_single_task_ids(ex) if single else ex
+        return {k: tf.cast(ex[k], tf.int32) for k in keys}
+
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(cfg.batch_size // shard_info.num_shards, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -299,8 +356,9 @@ class DataIterator:
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
 
     @classmethod
-    def from_config(cls, cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None) -> "DataIterator":
-        return cls(get_dataset(cfg, shard_info))
+    def from_config(cls, cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo] = None,
+                    task_ids: bool = True) -> "DataIterator":
+        return cls(get_dataset(cfg, shard_info, task_ids))
 
     def __iter__(self):
         return self

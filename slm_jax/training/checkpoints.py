@@ -9,6 +9,7 @@ Layout of `MODEL_DIR` (a local path or `gs://...`), one orbax step directory per
         state/                      # the train-state pytree (orbax PyTree/OCDBT format)
         data/process_0_of_1.index   # tf.train.Checkpoint of process 0's tf.data iterator
         data/process_0_of_1.data-00000-of-00001
+        tokens/tokens.json          # the run's cumulative token counts at this step (process 0 writes it)
       30.orbax-checkpoint-tmp-.../  # a save in progress (or killed): never used
 
 Why the data iterator lives inside the orbax step: a run resumes from exactly one
@@ -21,7 +22,10 @@ commit as the state.
 Completeness (see `is_complete_step_dir`): a step counts only when orbax considers its
 directory finalized, its `_CHECKPOINT_METADATA` parses and carries a commit timestamp,
 every item listed there exists (finalized) and `state` is one of them, and a `data`
-item holds one iterator checkpoint per saving process. The orbax manager is given a
+item holds one iterator checkpoint per saving process, and a `tokens` item holds its
+JSON file. Steps without a `tokens` item (an `import-hf` step 0, a checkpoint written before
+token accounting) are complete too: their counts are unknown (`read_token_counts` -> None).
+The orbax manager is given a
 step-name format that applies the same test, so orbax's own step list, garbage
 collection (`max_to_keep`) and restore never see a half-written step either.
 """
@@ -47,6 +51,10 @@ log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
+# The run's cumulative token counts at the step (`slm_jax.training.metrics.TokenCounter`), one JSON
+# object: {"counts": {metrics.jsonl tokens/* key: int}, "data_task_ids": bool, ...}.
+TOKENS_ITEM = "tokens"
+TOKENS_FILE = "tokens.json"
 # orbax writes this file in every step directory (orbax/_src/metadata/checkpoint.py).
 STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
 # ... and this one last, just before the commit rename (orbax/_src/path/atomicity.py).
@@ -216,7 +224,8 @@ def is_complete_step_dir(step_dir: epath.PathLike) -> bool:
         the commit step after every item was written, on every file system;
       * every item named in that metadata's `item_handlers` exists as a finalized
         directory, and `state` is one of them;
-      * a `data` item holds `process_{i}_of_{n}.index` for every i < n.
+      * a `data` item holds `process_{i}_of_{n}.index` for every i < n;
+      * a `tokens` item holds `tokens.json`.
     A directory copied, truncated or left by a kill mid-save fails one of these.
     """
     step_dir = epath.Path(step_dir)
@@ -236,6 +245,8 @@ def is_complete_step_dir(step_dir: epath.PathLike) -> bool:
             if not item_dir.is_dir() or not ocp.step.is_path_finalized(item_dir):
                 return False
         if DATA_ITEM in items and not _data_item_complete(step_dir / DATA_ITEM):
+            return False
+        if TOKENS_ITEM in items and not (step_dir / TOKENS_ITEM / TOKENS_FILE).exists():
             return False
         return True
     except OSError as e:  # unreadable (e.g. deleted while listing): not usable
@@ -318,11 +329,11 @@ def _absolute(directory) -> epath.Path:
 class CheckpointManager:
     """Saves/restores the train state and data iterator position under `directory`.
 
-    A thin wrapper over `orbax.checkpoint.CheckpointManager` with two items: `state`
+    A thin wrapper over `orbax.checkpoint.CheckpointManager` with three items: `state`
     (any pytree of `jax.Array`, e.g. `{'step', 'params', 'opt_state'}`, saved with
-    `StandardSave`, asynchronously when `async_save`) and `data` (the iterator,
-    written synchronously before `save` returns). Only complete steps are ever
-    listed or restored (see `is_complete_step_dir`).
+    `StandardSave`, asynchronously when `async_save`), `data` (the iterator,
+    written synchronously before `save` returns) and `tokens` (a JSON object, optional).
+    Only complete steps are ever listed or restored (see `is_complete_step_dir`).
     """
 
     def __init__(
@@ -354,6 +365,7 @@ class CheckpointManager:
             item_handlers={
                 STATE_ITEM: ocp.StandardCheckpointHandler(),
                 DATA_ITEM: DataIteratorHandler(),
+                TOKENS_ITEM: ocp.JsonCheckpointHandler(filename=TOKENS_FILE),
             },
         )
 
@@ -373,8 +385,9 @@ class CheckpointManager:
     # -- save / restore -----------------------------------------------------------
 
     def save(self, step: int, state, data_iterator: DataIterator | None = None, *,
-             force: bool = False) -> bool:
-        """Saves `state` (and the iterator position) as step `step`.
+             force: bool = False, tokens: dict | None = None) -> bool:
+        """Saves `state` (and the iterator position, and `tokens`: a JSON-able dict, the
+        `tokens` item, identical on every process: process 0 writes it) as step `step`.
 
         Off-period steps are skipped unless `force` (used for the final step). A step
         that is already saved (or being saved) is skipped too, so a forced final
@@ -393,6 +406,8 @@ class CheckpointManager:
         items = {STATE_ITEM: ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items[DATA_ITEM] = DataIteratorSave(data_iterator)
+        if tokens is not None:
+            items[TOKENS_ITEM] = ocp.args.JsonSave(json.loads(json.dumps(tokens)))
         # force=True for orbax: our own period policy already decided. A leftover
         # incomplete directory for this step is replaced by orbax's save.
         try:
@@ -422,7 +437,12 @@ class CheckpointManager:
 
     def has_data_state(self, step: int) -> bool:
         """Whether step `step` saved a data iterator position (an `import-hf` step 0 has none)."""
-        return (_step_dir(self.directory, step) / DATA_ITEM).exists()
+        return has_data_item(self.directory, step)
+
+    def token_counts(self, step: int) -> dict | None:
+        """The `tokens` item of step `step` (`read_token_counts`), None when it has none."""
+        self.wait_until_finished()
+        return read_token_counts(self.directory, step)
 
     def restore(self, abstract_state, step: int | None = None,
                 data_iterator: DataIterator | None = None):
@@ -500,6 +520,29 @@ def params_sha256(params) -> str:
         h.update(f"{key}\0{a.shape}\0".encode("utf-8"))
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def has_data_item(directory: epath.PathLike, step: int) -> bool:
+    """Whether step `step` in `directory` saved a data iterator position (an `import-hf` step 0 has none)."""
+    return (_step_dir(directory, step) / DATA_ITEM).exists()
+
+
+def read_token_counts(directory: epath.PathLike, step: int | None = None) -> dict | None:
+    """The `tokens` item (a dict, see `TOKENS_ITEM`) of complete step `step` (default: the
+    latest) in `directory`; None when that step has none (an `import-hf` step 0, a checkpoint
+    written before token accounting). FileNotFoundError naming `directory` when there is no
+    such complete step; ValueError naming the file when it is not a JSON object."""
+    step = _resolve_step(directory, step)
+    path = _step_dir(directory, step) / TOKENS_ITEM / TOKENS_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def restore_params_to_host(directory: str, step: int | None = None) -> tuple[int, dict]:

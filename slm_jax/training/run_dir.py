@@ -8,7 +8,10 @@ the CLI read it).
       launches.jsonl        one JSON object per launch: time, start step, TRAIN_STEPS, resume settings,
                             what changed and which change the launch allowed (`slm-jax inspect` shows it)
       model_config.json     the model's fields + parameter shapes (resume compatibility record)
-      metrics.jsonl         one JSON object per logged step
+      metrics.jsonl         one JSON object per logged step (and per checkpoint step): losses, speed,
+                            cumulative token counts (`tokens/*`)
+      token_budget.json     runs with TRAIN_TOKENS: the measured target tokens per step and the step
+                            estimate the LR schedule ends at (`write_token_budget`)
       tensorboard/          the same scalars as TensorBoard events
       eval/<step>.json      `slm-jax eval` results (+ accuracy.png)
 
@@ -28,6 +31,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
 EVAL = "eval"
+TOKEN_BUDGET_FILE = "token_budget.json"
 
 
 class IncompatibleModelDirError(ValueError):
@@ -112,7 +116,8 @@ RESUME_SETTINGS: dict[str, tuple[str, bool]] = {
     "data_order": ("train/DatasetConfig.split / .seed (SEED) / .shuffle / .pack / .num_epochs", True),
     "vocabulary": ("the task's targets vocabulary (class, vocab_size)", True),
     "schedule": ("OptimizerConfig.learning_rate / .warmup_steps / .decay / .final_lr_fraction / .decay_steps "
-                 "(TRAIN_STEPS when decay_steps=None)", True),
+                 "(TRAIN_STEPS when decay_steps=None), TRAIN_TOKENS (train.train_tokens; with it, the measured "
+                 "step estimate of token_budget.json replaces TRAIN_STEPS)", True),
     # The optimizer state is restored as saved: another optimizer layout cannot resume at all.
     "optimizer": ("the optimizer (AdamW; OptimizerConfig.grad_clip_norm None vs set)", False),
 }
@@ -291,3 +296,42 @@ def check_bos(model_dir: str, bos_id: int) -> None:
             f"MODEL_DIR={model_dir} records BOS id {record['bos_id']} ({record.get('source')}; "
             f"{path(model_dir, BOS_FILE)}) but the run uses {bos_id}: pass MODEL_DIR/model.gin after the run's gin "
             f"file, or --gin.run_bos_id.bos_id={record['bos_id']}")
+
+
+# Runs with a token budget (TRAIN_TOKENS): what the probe measured and the step estimate.
+TOKEN_BUDGET_KEYS = ("train_tokens", "probe_batches", "target_tokens_per_step", "packed_tokens_per_step",
+                     "capacity_tokens_per_step", "packing_efficiency", "target_fraction", "estimated_steps",
+                     "batch_size", "sequence_length", "mixture")
+
+
+def write_token_budget(model_dir: str, record: Mapping[str, Any]) -> None:
+    """`MODEL_DIR/token_budget.json` (rewritten whole): `record` holds at least
+    `TOKEN_BUDGET_KEYS` (ValueError naming the missing ones); process 0 only."""
+    import jax
+    missing = [k for k in TOKEN_BUDGET_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{TOKEN_BUDGET_FILE}: record lacks {missing}")
+    if jax.process_index() != 0:
+        return
+    gfile = _gfile()
+    gfile.makedirs(str(model_dir))
+    tmp = path(model_dir, TOKEN_BUDGET_FILE + ".tmp")
+    with gfile.GFile(tmp, "w") as f:
+        json.dump(dict(record), f, indent=1, sort_keys=True)
+    gfile.rename(tmp, path(model_dir, TOKEN_BUDGET_FILE), overwrite=True)
+
+
+def read_token_budget(model_dir: str) -> dict[str, Any] | None:
+    """`MODEL_DIR/token_budget.json` as a dict, None when the run has none. ModelDirError for a
+    file that is not a JSON object."""
+    p, gfile = path(model_dir, TOKEN_BUDGET_FILE), _gfile()
+    if not gfile.exists(p):
+        return None
+    with gfile.GFile(p) as f:
+        try:
+            record = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ModelDirError(f"{p}: not valid JSON ({err})") from err
+    if not isinstance(record, dict):
+        raise ModelDirError(f"{p}: expected a JSON object, got {type(record).__name__}")
+    return record

@@ -3,11 +3,19 @@
 `train` is the gin entry point (`slm-jax train`); everything it calls is plain code.
 Order matters for users: every config error surfaces before the first compile, and
 before step 1: the resume settings (`run_dir.RESUME_SETTINGS`), then that every task
-the run reads yields examples on every process (`slm_jax.data.pipeline.check_not_empty`).
+the run reads yields examples on every process (`slm_jax.data.pipeline.check_not_empty`),
+then, for a token budget (`train.train_tokens`), the measured target tokens per step.
+
+Token budgets: with TRAIN_TOKENS the run stops at the first step whose cumulative global
+loss-weighted target tokens reach it; the LR schedule ends at the step estimated from the
+first `token_probe_batches` batches (`MODEL_DIR/token_budget.json`), TRAIN_STEPS is ignored.
+Token accounting (`tokens/*` in metrics.jsonl, `metrics.TokenCounter`) is always on; the
+counts travel with each checkpoint (`checkpoints.TOKENS_ITEM`).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -21,7 +29,7 @@ import numpy as np
 
 from slm_jax.training import distributed, partitioning, run_dir
 from slm_jax.training.distributed import DistributedConfig
-from slm_jax.training.metrics import MetricsWriter, mfu
+from slm_jax.training.metrics import MetricsWriter, TokenCounter, mfu, sum_over_processes, target_and_packed
 from slm_jax.training.optimizer import OptimizerConfig
 from slm_jax.training.partitioning import MeshConfig
 from slm_jax.training.trainer import TrainConfig, Trainer
@@ -90,6 +98,13 @@ def resume_settings(run) -> dict[str, Any]:
         mixture["rates"] = {task.name: round(rate / total, 9) for task, rate in members}
         vocabulary = _vocabulary_record(provider.output_features["targets"].vocabulary)
     constant = opt.decay == "constant"
+    schedule = {"learning_rate": opt.learning_rate, "warmup_steps": opt.warmup_steps, "decay": opt.decay,
+                "final_lr_fraction": None if constant else opt.final_lr_fraction,
+                # the step where the decay ends: what TRAIN_STEPS (or the TRAIN_TOKENS estimate)
+                # moves when decay_steps=None
+                "decay_end_step": None if constant else (opt.decay_steps or run.train_steps)}
+    if run.train_tokens is not None:  # absent without a budget, so older launch records compare equal
+        schedule["train_tokens"] = run.train_tokens
     return {
         "batch_size": data.batch_size,
         "sequence_length": {"sequence_length": data.sequence_length, "ctc_length": data.ctc_length},
@@ -98,10 +113,7 @@ def resume_settings(run) -> dict[str, Any]:
                        "num_epochs": data.num_epochs},
         "vocabulary": vocabulary,
         "optimizer": {"kind": "adamw", "grad_clip": opt.grad_clip_norm is not None},
-        "schedule": {"learning_rate": opt.learning_rate, "warmup_steps": opt.warmup_steps, "decay": opt.decay,
-                     "final_lr_fraction": None if constant else opt.final_lr_fraction,
-                     # the step where the decay ends: what TRAIN_STEPS moves when decay_steps=None
-                     "decay_end_step": None if constant else (opt.decay_steps or run.train_steps)},
+        "schedule": schedule,
     }
 
 
@@ -127,7 +139,9 @@ def schedule_hint(run, saved: dict[str, Any] | None, start_step: int | None) -> 
         pass
     moved_end_only = {**old, "decay_end_step": None} == {**new, "decay_end_step": None}
     if moved_end_only and opt.decay_steps is None and old.get("decay_end_step"):
-        text += (f" TRAIN_STEPS moves the end of the {opt.decay} decay (OptimizerConfig.decay_steps=None follows "
+        mover = ("The step estimate of TRAIN_TOKENS (re-measured: token_budget.json)" if run.train_tokens is not None
+                 else "TRAIN_STEPS")
+        text += (f" {mover} moves the end of the {opt.decay} decay (OptimizerConfig.decay_steps=None follows "
                  f"it): to extend the run with the schedule continuous, pass "
                  f"--gin.OptimizerConfig.decay_steps={old['decay_end_step']} (the LR then stays at its end value).")
     return text or None
@@ -263,6 +277,12 @@ class TrainRun:
     model: Any = gin.REQUIRED  # a registered model config: DecoderConfig or LSTConfig
     train_dataset: Any = gin.REQUIRED  # slm_jax.data.pipeline.DatasetConfig
     train_steps: int = gin.REQUIRED
+    # Token budget (TRAIN_TOKENS): stop at the first step whose cumulative global loss-weighted
+    # target tokens reach it; int >= 1, or None to stop at train_steps. When set, train_steps is
+    # ignored: the LR schedule ends at the step estimated from `token_probe_batches` batches
+    # (int >= 1) of the train stream, recorded in MODEL_DIR/token_budget.json.
+    train_tokens: int | None = None
+    token_probe_batches: int = 32
     eval_dataset: Any = None
     optimizer: OptimizerConfig = OptimizerConfig()
     mesh: MeshConfig = MeshConfig()
@@ -289,9 +309,14 @@ class TrainRun:
     def __post_init__(self):
         for key, value in (("TRAIN_STEPS (train.train_steps)", self.train_steps),
                            ("CHECKPOINT_PERIOD (train.checkpoint_period)", self.checkpoint_period),
-                           ("train.log_period", self.log_period)):
-            if not isinstance(value, int) or value < 1:
+                           ("train.log_period", self.log_period),
+                           ("train.token_probe_batches", self.token_probe_batches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key}={value!r} must be an int >= 1")
+        if self.train_tokens is not None and (not isinstance(self.train_tokens, int)
+                                              or isinstance(self.train_tokens, bool) or self.train_tokens < 1):
+            raise ValueError(f"TRAIN_TOKENS (train.train_tokens)={self.train_tokens!r} must be an int >= 1 "
+                             f"(loss-weighted target tokens) or None (stop at TRAIN_STEPS)")
         run_dir.parse_allowed_changes(self.allow_resume_changes)
         if self.benchmarks and self.benchmark_period:
             if not isinstance(self.benchmark_period, int) or self.benchmark_period % self.log_period:
@@ -309,21 +334,121 @@ def build_trainer(run: TrainRun, devices=None) -> Trainer:
 BenchmarkFn = Callable[[Trainer, Any], dict[str, float]]
 
 
+# --- token budgets -----------------------------------------------------------------------------
+
+
+def probe_token_rates(cfg, shard_info, gather, batches: int) -> dict[str, Any]:
+    """Target and packed tokens per step, measured on the first `batches` batches of a FRESH
+    iterator of `cfg` on this process's shard (`shard_info`), summed over the processes of the
+    job (`gather`: `_process_gather()`; a collective then). A finite stream
+    (`DatasetConfig.num_epochs`) may give fewer batches; all processes stop at the same one.
+
+    Returns {probe_batches, target_tokens_per_step, packed_tokens_per_step,
+    capacity_tokens_per_step (global batch * length), packing_efficiency (packed / capacity),
+    target_fraction (target / packed), target_tokens (the probe's total), processes}.
+    Raises EmptyDataError when the batches hold no loss-weighted target token.
+    """
+    from slm_jax.data.pipeline import DataIterator, EmptyDataError, get_dataset
+    iterator = DataIterator(get_dataset(cfg, shard_info))
+    local, read = np.zeros(2, np.int64), 0
+    for _ in range(batches):
+        batch = _next_batch_on_every_process(iterator) if cfg.num_epochs is not None else next(iterator, None)
+        if batch is None:
+            break
+        local += target_and_packed(batch)
+        read += 1
+    target, packed = (int(v) for v in sum_over_processes(local, gather))
+    if target == 0:
+        raise EmptyDataError(f"TRAIN_TOKENS: the first {read} batches of {cfg.mixture_or_task_name!r} (split "
+                             f"{cfg.split!r}) hold no loss-weighted target token; no number of steps reaches a "
+                             f"token budget")
+    capacity = cfg.batch_size * cfg.sequence_length
+    return {"probe_batches": read, "target_tokens": target, "target_tokens_per_step": target / read,
+            "packed_tokens_per_step": packed / read, "capacity_tokens_per_step": capacity,
+            "packing_efficiency": packed / read / capacity, "target_fraction": target / max(packed, 1),
+            "processes": jax.process_count()}
+
+
+def estimated_budget_steps(train_tokens: int, probe: dict[str, Any], start_step: int = 0,
+                           start_tokens: int = 0) -> int:
+    """The step expected to reach `train_tokens`: `start_step` + ceil(the tokens still missing
+    after `start_tokens` / the probe's target tokens per step), at least 1."""
+    missing = max(train_tokens - start_tokens, 0)
+    per_step_num, per_step_den = probe["target_tokens"], probe["probe_batches"]  # exact rational rate
+    return max(start_step + -(-missing * per_step_den // per_step_num), 1)
+
+
+def _budget_matches(record: dict | None, run: "TrainRun", mixture: Any, latest_step: int | None) -> bool:
+    """Whether `token_budget.json` holds this run's estimate: same TRAIN_TOKENS, batch, length
+    and mixture, measured at a step this MODEL_DIR has reached."""
+    if not record:
+        return False
+    data = run.train_dataset
+    same = (record.get("train_tokens") == run.train_tokens and record.get("batch_size") == data.batch_size
+            and record.get("sequence_length") == data.sequence_length
+            and record.get("mixture") == json.loads(json.dumps(mixture, sort_keys=True))
+            and isinstance(record.get("estimated_steps"), int) and record["estimated_steps"] >= 1)
+    return same and record.get("start_step", 0) <= (latest_step or 0)
+
+
+def _settings_before_probe(settings: dict[str, Any], launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The resume settings to check before the probe has measured the schedule's end: that end as
+    the last launch recorded it (the check runs again once it is measured)."""
+    saved = ((launches[-1].get("settings") or {}).get("schedule") or {}) if launches else {}
+    if "decay_end_step" not in saved:
+        return settings
+    return {**settings, "schedule": {**settings["schedule"], "decay_end_step": saved["decay_end_step"]}}
+
+
+def measure_token_budget(run: "TrainRun", settings: dict[str, Any], shard_info, gather,
+                         start_step: int = 0, start_tokens: int = 0) -> tuple["TrainRun", dict[str, Any]]:
+    """Probes the train stream (`probe_token_rates`), writes MODEL_DIR/token_budget.json and
+    returns (`run` with train_steps = the estimate, the record). `start_step` / `start_tokens`:
+    where a resumed run stands (the estimate counts the missing tokens from there)."""
+    probe = probe_token_rates(run.train_dataset, shard_info, gather, run.token_probe_batches)
+    estimate = estimated_budget_steps(run.train_tokens, probe, start_step, start_tokens)
+    data = run.train_dataset
+    record = {**{k: v for k, v in probe.items() if k != "target_tokens"}, "train_tokens": run.train_tokens,
+              "estimated_steps": estimate, "batch_size": data.batch_size, "sequence_length": data.sequence_length,
+              "mixture": settings["mixture"], "start_step": start_step, "start_target_tokens": start_tokens}
+    run_dir.write_token_budget(run.model_dir, record)
+    log.info("TRAIN_TOKENS=%d: %.1f target tokens per step (packing efficiency %.3f, %d probe batches): the "
+             "budget is expected at step %d, where the LR schedule ends", run.train_tokens,
+             probe["target_tokens_per_step"], probe["packing_efficiency"], probe["probe_batches"], estimate)
+    return dataclasses.replace(run, train_steps=estimate), record
+
+
+def _check_resume(run: "TrainRun", settings: dict[str, Any], launches, latest: int | None,
+                  with_hint: bool = True) -> list[str]:
+    """`run_dir.check_resume` of `settings` with the schedule hint; returns the allowed changes."""
+    hint = schedule_hint(run, launches[-1].get("settings") if launches else None, latest) if with_hint else None
+    return run_dir.check_resume(run.model_dir, settings, run_dir.parse_allowed_changes(run.allow_resume_changes),
+                                hints={"schedule": hint} if hint else None)
+
+
+def _restored_tokens(ckpt_dir: str, step: int | None) -> dict[str, Any] | None:
+    """The `tokens` item of `step` (None: no step, or a step saved without one)."""
+    from slm_jax.training.checkpoints import read_token_counts
+    return None if step is None else read_token_counts(ckpt_dir, step)
+
+
 def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn | None = None) -> dict[str, Any]:
-    """Train until `run.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+    """Train until `run.train_steps` (or, with `run.train_tokens`, until the first step whose
+    cumulative target tokens reach it), resuming from MODEL_DIR if it holds a checkpoint.
 
     `benchmark_fn(trainer, params) -> {name: value}` scores `run.benchmarks` every
     `run.benchmark_period` steps (e.g. `slm_jax.evaluation.benchmarks.in_training_scorer`);
     ValueError if benchmarks are configured without one.
 
-    Returns the last logged metrics (used by tests and the demo report); after a
-    preemption notice (SIGTERM) it saves the step every process reached, returns early
-    with `preempted_at_step` set, and the next launch resumes from that step.
+    Returns the last logged metrics (used by tests and the demo report; `tokens/*` included);
+    after a preemption notice (SIGTERM) it saves the step every process reached, returns early
+    with `preempted_at_step` set, and the next launch resumes from that step. A budget run that
+    already reached its budget returns {"step": the restored step, "budget_reached": True, tokens/*}.
     """
     import seqio
 
-    from slm_jax.data.pipeline import DataIterator, check_not_empty, get_dataset
-    from slm_jax.training.checkpoints import CheckpointManager, list_complete_steps
+    from slm_jax.data.pipeline import DataIterator, check_not_empty, get_dataset, task_names
+    from slm_jax.training.checkpoints import CheckpointManager, has_data_item, list_complete_steps
     from slm_jax.training.preemption import PreemptionWatcher
 
     if run.benchmarks and run.benchmark_period and benchmark_fn is None:
@@ -337,16 +462,26 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
 
     # 1. Everything that can be checked without compiling.
     model_dir = run.model_dir
+    ckpt_dir = run_dir.checkpoints_dir(model_dir)
     run_dir.check_compatible(model_dir, run.model)
     from slm_jax.data.feature_converter import run_bos_id  # the BOS the training packs start segments with
     run_dir.check_bos(model_dir, run_bos_id())
-    settings = resume_settings(run)
     launches = run_dir.read_launches(model_dir)
-    saved_steps = list_complete_steps(run_dir.checkpoints_dir(model_dir))
-    hint = schedule_hint(run, launches[-1].get("settings") if launches else None,
-                         max(saved_steps) if saved_steps else None)
-    changed = run_dir.check_resume(model_dir, settings, run_dir.parse_allowed_changes(run.allow_resume_changes),
-                                   hints={"schedule": hint} if hint else None)
+    saved_steps = list_complete_steps(ckpt_dir)
+    latest = max(saved_steps) if saved_steps else None
+    budget = run.train_tokens
+    measure = False  # the budget's step estimate is not recorded yet: probe the stream
+    if budget is not None:
+        log.info("TRAIN_TOKENS=%d: the run stops at the first step whose cumulative target tokens reach it; "
+                 "TRAIN_STEPS (train.train_steps=%d) is ignored", budget, run.train_steps)
+        record = run_dir.read_token_budget(model_dir)
+        if _budget_matches(record, run, resume_settings(run)["mixture"], latest):
+            run = dataclasses.replace(run, train_steps=record["estimated_steps"])
+        else:
+            measure = True
+    settings = resume_settings(run)
+    changed = _check_resume(run, _settings_before_probe(settings, launches) if measure else settings, launches,
+                            latest, with_hint=not measure)
     check_vocabulary_fits(run)
     check_imported_vocabulary(run)
     trainer = build_trainer(run)
@@ -358,11 +493,27 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     if run.eval_dataset is not None and run.eval_period:
         check_not_empty(run.eval_dataset, shard, gather)
         eval_factory = lambda: DataIterator(get_dataset(run.eval_dataset, shard))  # noqa: E731
-    data_iter = DataIterator(get_dataset(run.train_dataset, shard))
+    tokens_saved = _restored_tokens(ckpt_dir, latest)
+    done_tokens = int(((tokens_saved or {}).get("counts") or {}).get("tokens/target", 0))
+    if measure:
+        if latest is not None and done_tokens >= budget:
+            run = dataclasses.replace(run, train_steps=latest)  # nothing left to train: no probe
+        else:
+            run, _ = measure_token_budget(run, settings, shard, gather, latest or 0, done_tokens)
+        settings = resume_settings(run)
+        changed = _check_resume(run, settings, launches, latest)  # again, with the measured end of the schedule
+        trainer = build_trainer(run)
+    # The data item of a step saved before token accounting restores only into that pipeline
+    # (and a run resumed from one keeps it: its later steps say so with data_task_ids=False).
+    new_stream = sorted(set(changed) & set(run_dir.DATA_SETTINGS))
+    legacy_data = False
+    if latest is not None and not new_stream and has_data_item(ckpt_dir, latest):
+        legacy_data = tokens_saved is None or tokens_saved.get("data_task_ids") is False
+    data_iter = DataIterator(get_dataset(run.train_dataset, shard, task_ids=not legacy_data))
     run_dir.write_run_files(model_dir, run.model)
 
     # 2. Restore or initialise.
-    ckpt = CheckpointManager(run_dir.checkpoints_dir(model_dir), save_period=run.checkpoint_period,
+    ckpt = CheckpointManager(ckpt_dir, save_period=run.checkpoint_period,
                              max_to_keep=run.keep_checkpoints, async_save=run.async_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
@@ -370,15 +521,22 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
         # `slm-jax import-hf` writes step 0 without an input position: the data starts at its beginning
         imported = start == 0 and not ckpt.has_data_state(0)
         # the saved position belongs to another stream after an allowed data change
-        new_stream = sorted(set(changed) & set(run_dir.DATA_SETTINGS))
         if new_stream:
             log.warning("Resume with changed %s (train.allow_resume_changes): the train data starts again from "
                         "the beginning of the new stream", ", ".join(new_stream))
         state = ckpt.restore(trainer.abstract_state, step=start,
                              data_iterator=None if imported or new_stream else data_iter)
+        if tokens_saved is None and start > 0:
+            log.warning("Checkpoint step %d has no token counts (saved before token accounting): tokens/* count "
+                        "from 0 at this step", start)
+        if legacy_data:
+            log.warning("Checkpoint step %d holds the input position of the pipeline before token accounting: the "
+                        "train data resumes in that layout, without per-member ids (a mixture's tokens are counted "
+                        "as tokens/task/%s)", start, "<untagged>")
     else:
         start = 0
         state = trainer.init_state(run.seed)
+    counter = TokenCounter(task_names(run.train_dataset), restored=(tokens_saved or {}).get("counts"))
     run_dir.record_launch(model_dir, settings, config_str, start, run.train_steps, changed)
     writer = MetricsWriter(model_dir, resume_step=start)
 
@@ -389,6 +547,17 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
     pending: list[tuple[int, Any]] = []
     last: dict[str, Any] = {}
     window_start, window_steps = time.perf_counter(), 0
+    # Budget: the counts are global only after a sync (a collective); one step adds at most
+    # batch * length target tokens (0/1 loss weights), so no step before `next_check` can reach it.
+    synced_at, next_check, warned_past_estimate = start, start + 1, False
+
+    def sync(step: int) -> None:
+        nonlocal synced_at, next_check
+        if synced_at != step:
+            counter.sync(gather)
+            synced_at = step
+        if budget is not None:
+            next_check = step + max(1, -(-(budget - counter.target) // tokens_per_step))
 
     def check_finite():
         bad = _first_non_finite([(s, jax.device_get(l)) for s, l in pending])
@@ -400,14 +569,42 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
                 f"{model_dir} is intact; lower OptimizerConfig.learning_rate or raise TrainConfig.z_loss")
         pending.clear()
 
+    def checkpoint_tokens() -> dict[str, Any]:
+        return {"counts": counter.values(), "data_task_ids": not legacy_data, "train_tokens": budget}
+
+    if budget is not None:
+        sync(start)
+    reached = budget is not None and counter.target >= budget
+    if reached:
+        log.info("TRAIN_TOKENS=%d already reached at step %d (%d target tokens): nothing to train", budget, start,
+                 counter.target)
+        last = {"step": start, "budget_reached": True, **counter.values()}
+    steps = (itertools.count(start + 1) if budget is not None else range(start + 1, run.train_steps + 1))
     try:
-        for step in range(start + 1, run.train_steps + 1):
-            batch = trainer.global_batch(next_train_batch(data_iter, run.train_dataset, step))
-            state, metrics = trainer.train_step(state, batch)
+        for step in ([] if reached else steps):
+            local = next_train_batch(data_iter, run.train_dataset, step)
+            counter.add(local)
+            state, metrics = trainer.train_step(state, trainer.global_batch(local))
             pending.append((step, (metrics["loss"], metrics["grad_norm"], metrics["param_norm"])))
             window_steps += 1
 
-            if step % run.log_period == 0 or step == run.train_steps:
+            if budget is None:
+                is_last = step == run.train_steps
+            else:
+                if step >= next_check or step == run.train_steps:
+                    sync(step)
+                is_last = synced_at == step and counter.target >= budget
+                if not is_last and step >= run.train_steps and not warned_past_estimate:
+                    warned_past_estimate = True
+                    log.warning("Step %d (the estimate of token_budget.json) has %d of TRAIN_TOKENS=%d target tokens: "
+                                "training on at the schedule's end learning rate until the budget is reached",
+                                step, counter.target, budget)
+            stopping = not is_last and preemption.should_stop(step)
+            saving = ckpt.should_save(step) or is_last or stopping
+            logged = step % run.log_period == 0 or is_last
+
+            if logged or saving:  # a metrics line at every checkpoint: tokens/* are known at each saved step
+                sync(step)
                 check_finite()
                 values = drop_absent_modalities({k: float(v) for k, v in jax.device_get(metrics).items()})
                 if values.get("ctc_dropped_chars", 0) > 0:
@@ -419,10 +616,11 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
                 tps = tokens_per_step * window_steps / max(elapsed, 1e-9)
                 values["tokens_per_second"] = tps
                 values["mfu"] = mfu(tps, flops_per_token, jax.device_count())
-                if eval_factory is not None and step % run.eval_period == 0:
+                if logged and eval_factory is not None and step % run.eval_period == 0:
                     values.update(evaluate(trainer, state["params"], eval_factory, run.eval_steps))
-                if benchmark_fn is not None and step % run.benchmark_period == 0:
+                if logged and benchmark_fn is not None and step % run.benchmark_period == 0:
                     values.update({f"bench/{k}": v for k, v in benchmark_fn(trainer, state["params"]).items()})
+                values.update(counter.values())
                 writer.write(step, values)
                 last = {"step": step, **values}
                 if bar is not None:
@@ -431,16 +629,18 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
             if bar is not None:
                 bar.update(1)
 
-            if ckpt.should_save(step) or step == run.train_steps:
+            if saving:
                 check_finite()
-                ckpt.save(step, state, data_iter, force=True)
-            if step < run.train_steps and preemption.should_stop(step):
-                check_finite()
-                ckpt.save(step, state, data_iter, force=True)
+                ckpt.save(step, state, data_iter, force=True, tokens=checkpoint_tokens())
+            if stopping:
                 ckpt.wait_until_finished()
                 log.warning("Preemption notice (SIGTERM): saved step %d in %s; relaunch the same command to resume",
                             step, model_dir)
                 last = {**last, "step": last.get("step", step), "preempted_at_step": step}
+                break
+            if is_last:
+                if budget is not None:
+                    log.info("TRAIN_TOKENS=%d reached at step %d (%d target tokens)", budget, step, counter.target)
                 break
         ckpt.wait_until_finished()
     finally:
