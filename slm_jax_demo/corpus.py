@@ -13,7 +13,9 @@ speech), none of which repeats a corpus story's prompt in either language
 (`stories.BENCHMARK_EXCLUSION_RULE`; the count rejected is in `benchmark_stories.json`), so
 each of the 8 cloze files has `num_benchmark_stories` pairs (400: an accuracy's 95% interval
 is about +/-5 points). The train and validation splits do not depend on the benchmark
-stories: for a seed they are those of VERSION 2, bit for bit.
+stories: for a seed they are those of VERSION 2 (same texts, times, units, centroids and
+SentencePiece pieces; as between any two builds, only `word_token_model` differs, because
+spm.model records the build's temp path).
 
 Cloze pairs: the prompt (every sentence but the ending) and each ending (the correct one, the
 StoryCloze wrong one, the TopicCloze one) are synthesised as separate utterances by the same
