@@ -512,37 +512,121 @@ def _write_story(rng: np.random.Generator, frame: _Frame) -> tuple[list[tuple[st
 
 
 def generate_stories(num_stories: int, seed: int) -> list[Story]:
-    """`num_stories` parallel EN/FR stories, identical for the same `seed`.
+    """`num_stories` parallel EN/FR stories with ids `story00000`..., identical for the same `seed`.
 
     Topics are drawn uniformly. The TopicCloze ending of each story is the ending of a
     randomly chosen story of another topic; when the batch has none (tiny batches), a
     story of another topic is generated for it from the same random stream.
+    ValueError: `num_stories` < 0.
     """
     if num_stories < 0:
         raise ValueError(f"num_stories must be >= 0, got {num_stories}")
     rng = np.random.default_rng(seed)
-    drafts = []
-    for _ in range(num_stories):
-        topic = _pick(rng, TOPICS)
-        sentences, wrong = _write_story(rng, _sample_frame(rng, topic))
-        drafts.append((topic, sentences, wrong))
+    return _assemble(rng, [_draft(rng) for _ in range(num_stories)], "story")
+
+
+# The benchmark stories' own seed stream: SeedSequence(seed) with this spawn key is independent
+# of `np.random.default_rng(seed)` (the corpus stories' stream) for every seed.
+BENCHMARK_STREAM = 1
+BENCHMARK_ID_PREFIX = "bench"
+# Candidates drawn per requested story before giving up (the grammar has far more distinct
+# prompts than any demo needs; a draw that rejects this much is a misconfiguration).
+_MAX_DRAWS_PER_STORY = 20
+
+BENCHMARK_EXCLUSION_RULE = ("a candidate is rejected when its prompt (every sentence but the ending) equals, "
+                            "in English or in French, the prompt of an excluded story (the corpus) or of a "
+                            "benchmark story drawn before it")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkDraw:
+    """Benchmark stories and what their draw rejected (`BENCHMARK_EXCLUSION_RULE`).
+
+    `stories`: ids `bench00000`...; `candidates`: stories drawn in all; `rejected_excluded`:
+    candidates whose prompt equals an excluded story's; `rejected_duplicate`: candidates whose
+    prompt equals an earlier benchmark story's. candidates == len(stories) + both rejections.
+    """
+    stories: list[Story]
+    candidates: int
+    rejected_excluded: int
+    rejected_duplicate: int
+
+    def report(self) -> dict:
+        """JSON-ready summary (the corpus writes it to `benchmark_stories.json`)."""
+        return {"num_stories": len(self.stories), "candidates": self.candidates,
+                "rejected_excluded": self.rejected_excluded, "rejected_duplicate": self.rejected_duplicate,
+                "rule": BENCHMARK_EXCLUSION_RULE}
+
+
+def prompt_keys(sentences_en, sentences_fr) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys `BENCHMARK_EXCLUSION_RULE` compares: (("en", *EN prompt), ("fr", *FR prompt)),
+    the prompt being every sentence but the last."""
+    return ("en", *sentences_en[:-1]), ("fr", *sentences_fr[:-1])
+
+
+def generate_benchmark_stories(num_stories: int, seed: int, exclude=()) -> BenchmarkDraw:
+    """`num_stories` stories for the cloze benchmarks, none of which repeats a story of `exclude`.
+
+    Drawn from the grammar of `generate_stories` with the benchmark stream
+    (`SeedSequence(seed, spawn_key=(BENCHMARK_STREAM,))`), so they do not depend on how many
+    corpus stories there are, and the corpus stories do not depend on them. Candidates are
+    drawn one at a time and rejected by `BENCHMARK_EXCLUSION_RULE`; TopicCloze endings are then
+    taken among the accepted stories only. Identical for the same (`num_stories`, `seed`,
+    prompts of `exclude`); a larger `num_stories` extends a smaller draw's accepted
+    candidates (the TopicCloze endings are drawn afresh).
+    ValueError: `num_stories` < 0, or fewer than `num_stories` accepted after
+    `_MAX_DRAWS_PER_STORY * num_stories` candidates.
+    """
+    if num_stories < 0:
+        raise ValueError(f"num_benchmark_stories must be >= 0, got {num_stories}")
+    excluded = {key for story in exclude for key in prompt_keys(story.sentences_en, story.sentences_fr)}
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(BENCHMARK_STREAM,)))
+    drafts, seen, candidates, rejected_excluded, rejected_duplicate = [], set(), 0, 0, 0
+    while len(drafts) < num_stories:
+        if candidates >= _MAX_DRAWS_PER_STORY * num_stories:
+            raise ValueError(f"only {len(drafts)} of {num_stories} benchmark stories after {candidates} candidates "
+                             f"({rejected_excluded} equal to an excluded story, {rejected_duplicate} duplicates): "
+                             f"the grammar cannot give that many distinct prompts; lower num_benchmark_stories")
+        draft = _draft(rng)
+        candidates += 1
+        keys = prompt_keys([en for en, _ in draft[1]], [fr for _, fr in draft[1]])
+        if excluded.intersection(keys):
+            rejected_excluded += 1
+        elif seen.intersection(keys):
+            rejected_duplicate += 1
+        else:
+            seen.update(keys)
+            drafts.append(draft)
+    return BenchmarkDraw(_assemble(rng, drafts, BENCHMARK_ID_PREFIX), candidates, rejected_excluded,
+                         rejected_duplicate)
+
+
+def _draft(rng: np.random.Generator):
+    """One story before its TopicCloze ending: (topic, [(en, fr) sentences], (en, fr) wrong ending)."""
+    topic = _pick(rng, TOPICS)
+    sentences, wrong = _write_story(rng, _sample_frame(rng, topic))
+    return topic, sentences, wrong
+
+
+def _assemble(rng: np.random.Generator, drafts, id_prefix: str) -> list[Story]:
+    """Stories `{id_prefix}{i:05d}` from `drafts`, each with a TopicCloze ending of another draft."""
     stories = []
     for i, (topic, sentences, wrong) in enumerate(drafts):
-        (topic_en, topic_fr), source = _topic_ending(rng, drafts, topic)
+        (topic_en, topic_fr), source = _topic_ending(rng, drafts, topic, id_prefix)
         stories.append(Story(
-            id=f"story{i:05d}", topic=topic,
+            id=f"{id_prefix}{i:05d}", topic=topic,
             sentences_en=[en for en, _ in sentences], sentences_fr=[fr for _, fr in sentences],
             wrong_ending_en=wrong[0], wrong_ending_fr=wrong[1],
             topic_ending_en=topic_en, topic_ending_fr=topic_fr, topic_ending_source=source))
     return stories
 
 
-def _topic_ending(rng: np.random.Generator, drafts, topic: str) -> tuple[tuple[str, str], str]:
+def _topic_ending(rng: np.random.Generator, drafts, topic: str, id_prefix: str) -> tuple[tuple[str, str], str]:
     """The ending of a random draft of another topic, and that draft's story id."""
     others = [j for j, draft in enumerate(drafts) if draft[0] != topic]
     if others:
         j = _pick(rng, others)
-        return drafts[j][1][-1], f"story{j:05d}"
+        return drafts[j][1][-1], f"{id_prefix}{j:05d}"
     foreign = _pick(rng, [t for t in TOPICS if t != topic])
     sentences, _ = _write_story(rng, _sample_frame(rng, foreign))
     return sentences[-1], f"generated:{foreign}"

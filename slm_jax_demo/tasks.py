@@ -44,7 +44,7 @@ from slm_jax.data.preprocessors import task_formats
 from slm_jax.data.preprocessors import word_interleave
 from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets
 from slm_jax.data.registration import LazyVocabulary, register_corpus_task, register_mixture
-from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
+from slm_jax_demo.corpus import VERSION, DemoCorpusParams, ensure_spoken_demo_corpus
 from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
 
 LANGS = ("en", "fr")
@@ -53,7 +53,7 @@ SPLITS = ("train", "validation")
 
 SPEECH_VOCAB = SpeechTextVocabulary(None, num_units=NUM_UNITS, langs=LANGS)
 TEXT_VOCAB = LazyVocabulary(
-    "spoken_demo_v2_spm",
+    f"spoken_demo_v{VERSION}_spm",
     lambda: SpeechTextVocabulary(os.path.join(ensure_spoken_demo_corpus(), "spm.model"), num_units=NUM_UNITS,
                                  langs=LANGS))
 

@@ -381,6 +381,23 @@ def synthesize_utterance(sentences_words: Sequence[Sequence[str]], voice: Voice,
     return np.concatenate(pieces).astype(np.float32), words_out, sentences_out
 
 
+def skip_utterance(sentences_words: Sequence[Sequence[str]], rng: np.random.Generator) -> None:
+    """Advances `rng` exactly as `synthesize_utterance(sentences_words, voice, rng=rng)` would,
+    without synthesising anything (no espeak-ng call).
+
+    A corpus that stops synthesising an utterance it no longer needs keeps every later draw
+    of its stream, hence every later utterance's timing, unchanged. `synthesize_utterance`
+    draws one gap jitter before every word but the first of a sentence and one before every
+    sentence but the first. ValueError: as `synthesize_utterance` (an empty sentence).
+    """
+    if not sentences_words or any(len(s) == 0 for s in sentences_words):
+        raise ValueError("skip_utterance needs non-empty sentences, "
+                         f"got {list(map(list, sentences_words))}")
+    gaps = sum(len(s) for s in sentences_words) - 1  # (words - 1) per sentence + (sentences - 1)
+    for _ in range(gaps):
+        _jitter(0.0, rng)
+
+
 def _silence(seconds: float) -> np.ndarray:
     return np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
 

@@ -1,5 +1,6 @@
 """The spoken demo corpus end to end: espeak-ng -> units -> corpus, paired records, cloze
-pairs, SentencePiece; its SeqIO tasks produce packed batches a model can train on."""
+pairs (from separate benchmark stories), SentencePiece; its SeqIO tasks produce packed
+batches a model can train on."""
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ pytestmark = [pytest.mark.espeak,
               pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                  reason="espeak-ng not installed (apt-get install -y espeak-ng)")]
 
-SMALL = dict(num_stories=12, num_units=32, spm_vocab_size=120, voices_per_lang=2, seed=3)
+SMALL = dict(num_stories=12, num_units=32, spm_vocab_size=120, voices_per_lang=2, seed=3, num_benchmark_stories=6)
+CLOZE_NAMES = sorted(f"{b}_{p}" for b in ("ssc", "stc") for p in ("en", "fr", "en_fr", "fr_en"))
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,15 @@ def test_paired_records_and_spm(small_corpus):
     assert os.path.isfile(os.path.join(small_corpus, "spm.model"))
 
 
+def _cloze(root, name):
+    with open(os.path.join(root, "cloze", f"{name}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def test_cloze_pairs_cover_languages_and_directions(small_corpus):
     names = sorted(f[:-len(".jsonl")] for f in os.listdir(os.path.join(small_corpus, "cloze")))
-    assert names == sorted(f"{b}_{p}" for b in ("ssc", "stc") for p in ("en", "fr", "en_fr", "fr_en"))
-    with open(os.path.join(small_corpus, "cloze", "stc_en_fr.jsonl")) as f:
-        items = [json.loads(line) for line in f]
+    assert names == CLOZE_NAMES
+    items = _cloze(small_corpus, "stc_en_fr")
     assert items
     for item in items:
         assert item["prompt"]["lang"] == "en" and item["correct"]["lang"] == "fr" == item["wrong"]["lang"]
@@ -57,15 +63,59 @@ def test_cloze_pairs_cover_languages_and_directions(small_corpus):
         assert item["correct"]["text"] != item["wrong"]["text"]
 
 
+def test_cloze_files_hold_the_benchmark_stories(small_corpus):
+    """Every file: one pair per benchmark story (unique ids, the same in every file); a side
+    spoken in one language is the same wherever it occurs; no prompt is a corpus story's."""
+    from slm_jax_demo.corpus import BENCHMARK_REPORT, _joined
+    from slm_jax_demo.stories import generate_stories
+
+    files = {name: _cloze(small_corpus, name) for name in CLOZE_NAMES}
+    ids = [item["id"] for item in files["ssc_en"]]
+    assert len(ids) == len(set(ids)) == SMALL["num_benchmark_stories"]
+    assert all([item["id"] for item in items] == ids for items in files.values())
+    for kind in ("ssc", "stc"):
+        for prompt_lang, ending_lang in (("en", "fr"), ("fr", "en")):
+            cross = files[f"{kind}_{prompt_lang}_{ending_lang}"]
+            assert [x["prompt"] for x in cross] == [x["prompt"] for x in files[f"{kind}_{prompt_lang}"]]
+            assert [x["correct"] for x in cross] == [x["correct"] for x in files[f"ssc_{ending_lang}"]]
+            assert [x["wrong"] for x in cross] == [x["wrong"] for x in files[f"{kind}_{ending_lang}"]]
+    corpus_prompts = {(lang, _joined(s.sentences(lang)[:-1])) for s in generate_stories(SMALL["num_stories"],
+                                                                                       SMALL["seed"])
+                      for lang in ("en", "fr")}
+    assert not {(x["prompt"]["lang"], x["prompt"]["text"]) for items in files.values() for x in items} & corpus_prompts
+    with open(os.path.join(small_corpus, BENCHMARK_REPORT)) as f:
+        report = json.load(f)
+    assert report["num_stories"] == SMALL["num_benchmark_stories"] <= report["candidates"]
+
+
 @pytest.mark.slow
-def test_build_is_deterministic(small_corpus, tmp_path):
+def test_build_is_deterministic_and_its_splits_ignore_the_benchmark(small_corpus, tmp_path):
+    """A build with another benchmark size has the same train and validation records (and units)."""
+    import dataclasses
+
+    import sentencepiece
+
     from slm_jax.data import corpus
     from slm_jax_demo.corpus import DemoCorpusParams, ensure_spoken_demo_corpus
-    again = ensure_spoken_demo_corpus(str(tmp_path), DemoCorpusParams(**SMALL))
-    pattern = os.path.join("speech", "train-en-*.tfrecord")
-    a = [u.units for u in corpus.iter_utterances(os.path.join(small_corpus, pattern))]
-    b = [u.units for u in corpus.iter_utterances(os.path.join(again, pattern))]
-    assert a == b
+    again = ensure_spoken_demo_corpus(str(tmp_path), DemoCorpusParams(**{**SMALL, "num_benchmark_stories": 2}))
+    assert len(_cloze(again, "stc_fr_en")) == 2
+    spms = [sentencepiece.SentencePieceProcessor(model_file=os.path.join(root, "spm.model"))
+            for root in (small_corpus, again)]
+    assert [[p.id_to_piece(i) for i in range(p.get_piece_size())] for p in spms] == [
+        [p.id_to_piece(i) for i in range(p.get_piece_size())] for p in reversed(spms)]
+    np.testing.assert_array_equal(np.load(os.path.join(small_corpus, "centroids.npy")),
+                                  np.load(os.path.join(again, "centroids.npy")))
+    for split in ("train", "validation"):
+        for lang in ("en", "fr"):
+            pattern = os.path.join("speech", f"{split}-{lang}-*.tfrecord")
+            # word_token_model is the sha256 of spm.model, whose trainer_spec records the build's
+            # temp path; the SentencePiece pieces (hence every word_token_ids) are compared instead.
+            a, b = ([{**dataclasses.asdict(u), "word_token_model": None} for u in
+                     corpus.iter_utterances(os.path.join(root, pattern))] for root in (small_corpus, again))
+            assert a and a == b
+        pattern = os.path.join("paired", f"{split}-*.tfrecord")
+        assert list(corpus.read_paired_tfrecord(os.path.join(small_corpus, pattern))) == list(
+            corpus.read_paired_tfrecord(os.path.join(again, pattern)))
 
 
 def test_spoken_tasks_give_packed_batches(small_corpus, monkeypatch):

@@ -1,6 +1,7 @@
 """Tests for the parallel EN/FR story grammar (slm_jax_demo.stories)."""
 import re
 
+import numpy as np
 import pytest
 
 from slm_jax_demo import stories as st
@@ -156,3 +157,113 @@ def test_by_language_accessors(corpus):
     assert story.topic_ending("fr") == story.topic_ending_fr
     with pytest.raises(ValueError, match="unknown language 'de'"):
         story.sentences("de")
+
+
+# ----------------------------------------------------------------------------- benchmark stories
+def _prompts(stories):
+    return {key for s in stories for key in st.prompt_keys(s.sentences_en, s.sentences_fr)}
+
+
+def test_benchmark_stories_never_repeat_a_corpus_prompt(corpus):
+    draw = st.generate_benchmark_stories(400, seed=0, exclude=corpus)
+    assert [s.id for s in draw.stories[:2]] == ["bench00000", "bench00001"]
+    assert len({s.id for s in draw.stories}) == 400
+    assert not _prompts(draw.stories) & _prompts(corpus)
+    assert len(_prompts(draw.stories)) == 2 * 400  # no two benchmark stories share a prompt either
+    assert draw.candidates == 400 + draw.rejected_excluded + draw.rejected_duplicate
+    assert draw.report()["rejected_excluded"] == draw.rejected_excluded and "prompt" in draw.report()["rule"]
+    by_id = {s.id: s for s in draw.stories}
+    for story in draw.stories:  # TopicCloze endings come from accepted benchmark stories of another topic
+        source = by_id[story.topic_ending_source]
+        assert source.topic != story.topic and story.topic_ending_fr == source.sentences_fr[-1]
+
+
+def test_benchmark_stream_is_its_own():
+    """Not the corpus stream (same seed), deterministic, and a larger draw extends a smaller one."""
+    small, large = st.generate_benchmark_stories(20, seed=3), st.generate_benchmark_stories(30, seed=3)
+    assert small == st.generate_benchmark_stories(20, seed=3)
+    assert [s.sentences_en for s in large.stories[:20]] == [s.sentences_en for s in small.stories]
+    assert not _prompts(small.stories) & _prompts(st.generate_stories(20, seed=3))
+    assert _prompts(small.stories) != _prompts(st.generate_benchmark_stories(20, seed=4).stories)
+
+
+def test_benchmark_draw_rejects_excluded_prompts():
+    first = st.generate_benchmark_stories(8, seed=1).stories
+    draw = st.generate_benchmark_stories(5, seed=1, exclude=first[:3])  # the first 3 candidates are excluded
+    assert (draw.rejected_excluded, draw.rejected_duplicate, draw.candidates) == (3, 0, 8)
+    assert [s.sentences_fr for s in draw.stories] == [s.sentences_fr for s in first[3:]]
+
+
+def test_benchmark_draw_rejects_duplicates_and_gives_up(monkeypatch):
+    rng = np.random.default_rng(0)
+    a, b = st._draft(rng), st._draft(rng)
+    sequence = iter([a, a, b, a])
+    monkeypatch.setattr(st, "_draft", lambda rng: next(sequence))
+    draw = st.generate_benchmark_stories(2, seed=0)
+    assert (draw.rejected_excluded, draw.rejected_duplicate, draw.candidates) == (0, 1, 3)
+    assert [s.sentences_en for s in draw.stories] == [[en for en, _ in a[1]], [en for en, _ in b[1]]]
+    monkeypatch.setattr(st, "_draft", lambda rng: a)
+    with pytest.raises(ValueError, match=r"only 1 of 2 benchmark stories after 40 candidates .*39 duplicates"):
+        st.generate_benchmark_stories(2, seed=0)
+    with pytest.raises(ValueError, match="num_benchmark_stories must be >= 0"):
+        st.generate_benchmark_stories(-1, seed=0)
+
+
+# The corpus's benchmark size rule (slm_jax_demo.corpus; no espeak-ng needed).
+@pytest.mark.parametrize("env,expected", [
+    ({}, (400, 400)),
+    ({"SLM_JAX_DEMO_NUM_STORIES": "12"}, (12, 12)),
+    ({"SLM_JAX_DEMO_NUM_STORIES": "1000"}, (1000, 400)),
+    ({"SLM_JAX_DEMO_NUM_STORIES": "12", "SLM_JAX_DEMO_NUM_BENCHMARK_STORIES": "5"}, (12, 5)),
+    ({"SLM_JAX_DEMO_NUM_BENCHMARK_STORIES": "0"}, (400, 0)),
+])
+def test_corpus_params_from_env(monkeypatch, env, expected):
+    from slm_jax_demo import corpus as demo_corpus
+    for name in ("SLM_JAX_DEMO_NUM_STORIES", "SLM_JAX_DEMO_NUM_BENCHMARK_STORIES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    params = demo_corpus.params_from_env()
+    assert (params.num_stories, params.num_benchmark_stories) == expected
+    assert params.seed == demo_corpus.DemoCorpusParams.seed
+
+
+@pytest.mark.parametrize("name,value", [("SLM_JAX_DEMO_NUM_STORIES", "0"),
+                                        ("SLM_JAX_DEMO_NUM_BENCHMARK_STORIES", "many")])
+def test_corpus_params_from_env_refuse_bad_values(monkeypatch, name, value):
+    from slm_jax_demo import corpus as demo_corpus
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"{name}='{value}': expected an integer >= "):
+        demo_corpus.params_from_env()
+
+
+@pytest.mark.parametrize("argv,env,expected", [
+    ([], {}, (400, 400)),
+    (["--num_stories=12"], {}, (12, 12)),
+    (["--num_stories=12", "--num_benchmark_stories=7"], {}, (12, 7)),
+    ([], {"SLM_JAX_DEMO_NUM_STORIES": "20"}, (20, 20)),
+    (["--num_stories=12"], {"SLM_JAX_DEMO_NUM_BENCHMARK_STORIES": "3"}, (12, 3)),
+])
+def test_demo_corpus_command_builds_what_train_reads(monkeypatch, argv, env, expected):
+    """`slm-jax prepare demo-corpus` without flags builds the corpus `ensure_spoken_demo_corpus()`
+    (train, eval) reads under the same environment."""
+    from slm_jax_demo import corpus as demo_corpus
+    for name in ("SLM_JAX_DEMO_NUM_STORIES", "SLM_JAX_DEMO_NUM_BENCHMARK_STORIES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    requested = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_ensure(data_dir, params):
+        requested.append(params)
+        raise Stop
+
+    monkeypatch.setattr(demo_corpus, "ensure_spoken_demo_corpus", fake_ensure)
+    with pytest.raises(Stop):
+        demo_corpus.demo_corpus_main(argv)
+    assert (requested[0].num_stories, requested[0].num_benchmark_stories) == expected
+    if not argv:
+        assert requested[0] == demo_corpus.params_from_env()

@@ -139,3 +139,17 @@ def test_utterance_times_are_exact(voice, text):
 def test_utterance_rejects_empty_sentence():
     with pytest.raises(ValueError, match="non-empty sentences"):
         tts.synthesize_utterance([["hello"], []], EN)
+
+
+@pytest.mark.parametrize("sentences", [[["one"]], [["one", "day", "tom"], ["he"], ["found", "a", "shell"]]])
+def test_skip_utterance_draws_what_synthesize_utterance_draws(monkeypatch, sentences):
+    """The corpus skips utterances it no longer needs; the rest of its random stream must not move."""
+    monkeypatch.setattr(tts, "synthesize_word", lambda word, voice: np.full(80, 0.5, np.float32))
+    synthesized, skipped = np.random.default_rng(5), np.random.default_rng(5)
+    tts.synthesize_utterance(sentences, EN, rng=synthesized)
+    tts.skip_utterance(sentences, skipped)
+    assert skipped.bit_generator.state == synthesized.bit_generator.state
+    gaps = sum(map(len, sentences)) - 1
+    assert (np.random.default_rng(5).bit_generator.state == skipped.bit_generator.state) == (gaps == 0)
+    with pytest.raises(ValueError, match="non-empty sentences"):
+        tts.skip_utterance([["hello"], []], skipped)
