@@ -2,7 +2,7 @@
 # make test: set up .venv and run the test suite (CPU, 8 fake devices): every tier that can run here.
 # make test-fast: the inner loop: deselects the slow, multiprocess, tpu_aot, espeak and gpu tiers.
 # make experiment: the CPU miniature of the cross-lingual interleaving comparison (gin/experiments/crosslingual):
-#   both arms under one token budget, every checkpoint evaluated, then `slm-jax compare` (about 35 min on 2 cores).
+#   both arms under one token budget, every checkpoint evaluated, then `slm-jax compare` (under 40 min on 2 cores).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -35,14 +35,14 @@ demo: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax data stats spoken_demo_xl_mix --module_import=slm_jax_demo.tasks
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax inspect $(DEMO_DIR)
-	JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --benchmarks=demo --all_checkpoints
+	JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=gin/runs/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'" --benchmarks=demo --batch_size=64
 
 experiment: $(STAMP) espeak
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax prepare demo-corpus
 	for arm in baseline interleaved; do \
 	  JAX_PLATFORMS=cpu $(BIN)/slm-jax train --gin_file=$(EXP_GIN)/mini_$$arm.gin --gin.MODEL_DIR="'$(EXP_DIR)/$$arm'" || exit 1; \
 	  JAX_PLATFORMS=cpu $(BIN)/slm-jax eval --gin_file=$(EXP_GIN)/mini_$$arm.gin --gin.MODEL_DIR="'$(EXP_DIR)/$$arm'" \
-	    --benchmarks=demo --all_checkpoints --no_plot || exit 1; \
+	    --benchmarks=demo --all_checkpoints --batch_size=64 --no_plot || exit 1; \
 	done
 	JAX_PLATFORMS=cpu $(BIN)/slm-jax compare $(EXP_DIR)/baseline $(EXP_DIR)/interleaved --out=$(EXP_DIR)/compare
 

@@ -314,6 +314,7 @@ def fake_demo_corpus(data_dir, rng):
 @pytest.mark.slow
 def test_run_benchmarks_on_the_trainer_mesh_and_demo_table(tmp_path, monkeypatch, dense):
     monkeypatch.delenv("SLM_JAX_DEMO_NUM_STORIES", raising=False)
+    monkeypatch.delenv("SLM_JAX_DEMO_NUM_BENCHMARK_STORIES", raising=False)
     fake_demo_corpus(tmp_path, np.random.default_rng(7))
     trainer = Trainer(CFG, OptimizerConfig(), TrainConfig(), make_mesh(MeshConfig(2, 4, 1)), DEFAULT_RULES,
                       10, 8, 32)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N]   spoken EN/FR demo corpus + cloze pairs
+PREPARE_HELP = """slm-jax prepare demo-corpus [--data_dir=DIR] [--num_stories=N] [--num_benchmark_stories=N]   spoken EN/FR demo corpus + cloze pairs
 slm-jax prepare spm --input=GLOB --model_prefix=P --vocab_size=N        SentencePiece on corpus transcripts
 slm-jax prepare import --format=slamkit|textlesslib|spiritlm --input=GLOB --output=DIR/PREFIX   import unit corpora
 slm-jax prepare pair --input=GLOB --output=DIR/PREFIX [--lang_a=en --lang_b=fr]   parallel records -> paired shards"""

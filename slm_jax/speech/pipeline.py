@@ -118,7 +118,7 @@ class SpectralFeatures:
         padded[0, :len(wave)] = wave
         fn = self._features.log_mel if self.kind == "logmel" else self._features.mfcc
         feats, n_frames = fn(padded, [len(wave)], config=self.config)
-        return np.asarray(feats[0, :n_frames[0]])
+        return np.asarray(feats)[0, :int(n_frames[0])]
 
 
 class FrameStack:
