@@ -8,6 +8,7 @@ segment for the BOS and the marker (rounded up to a multiple of 128).
 
     python bench/lst_vs_dense.py --gin_file=gin/models/lst_1b.gin --seq_len=8192 --batch_size=2   # H100
     python bench/lst_vs_dense.py --gin_file=gin/models/lst_tiny.gin --seq_len=256 --steps=3        # CPU smoke
+    python bench/lst_vs_dense.py --gin_file=gin/models/lst_1b.gin --seq_len=8192 --attention_impl=xla,flash_gpu
 
 Prints one JSON line per model and the LST/dense ratio of units per second (target >= 2.5x).
 """
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 fills)")
+    p.add_argument("--attention_impl", default=None,
+                   help="comma-separated DecoderConfig.attention_impl values (global and local stacks); "
+                        "dense and LST run once per value (default: the config's)")
     return p.parse_args(argv)
 
 
@@ -103,23 +107,35 @@ def main(argv=None):
     mesh = make_mesh(MeshConfig(data, fsdp, tensor))
     batch = speech_batch(np.random.default_rng(0), args.batch_size, args.seq_len, lst_cfg.vocab_size, args.segments)
     units = int((batch[contract.DECODER_MODALITY] == SPEECH).sum())
+    impls = args.attention_impl.split(",") if args.attention_impl else [lst_cfg.global_model.attention_impl]
     rows = []
-    for name, cfg in (("dense", lst_cfg.global_model), ("lst", lst_cfg)):
-        trainer = Trainer(cfg, OptimizerConfig(warmup_steps=10), TrainConfig(), mesh, DEFAULT_RULES, 1000,
-                          args.batch_size, args.seq_len)
-        seconds, metrics = time_steps(trainer, batch, args.steps, args.warmup)
-        row = {"model": name, "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
-               "num_params": cfg.num_params(), "batch": args.batch_size, "seq_len": args.seq_len,
-               "step_seconds": seconds, "units_per_second": units / seconds, "loss": float(metrics["loss"])}
-        if name == "lst":
-            row.update(patch_size=cfg.patch_size, global_length=cfg.global_length,
-                       uncovered_tokens=float(metrics["uncovered_tokens"]))
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    ratio = rows[1]["units_per_second"] / rows[0]["units_per_second"]
-    print(f"\nLST (static {lst_cfg.patch_size}) / dense speech units per second: {ratio:.2f}x "
-          f"({rows[1]['units_per_second']:,.0f} vs {rows[0]['units_per_second']:,.0f}; target >= 2.5x)")
-
+    for impl in impls:
+        impl_cfg = dataclasses.replace(lst_cfg, global_model=dataclasses.replace(lst_cfg.global_model,
+                                                                                 attention_impl=impl))
+        pair = []
+        for name, cfg in (("dense", impl_cfg.global_model), ("lst", impl_cfg)):
+            trainer = Trainer(cfg, OptimizerConfig(warmup_steps=10), TrainConfig(), mesh, DEFAULT_RULES, 1000,
+                              args.batch_size, args.seq_len)
+            seconds, metrics = time_steps(trainer, batch, args.steps, args.warmup)
+            row = {"model": name, "attention_impl": impl, "device": jax.devices()[0].device_kind,
+                   "num_devices": jax.device_count(), "num_params": cfg.num_params(), "batch": args.batch_size,
+                   "seq_len": args.seq_len, "step_seconds": seconds, "units_per_second": units / seconds,
+                   "loss": float(metrics["loss"])}
+            if name == "lst":
+                row.update(patch_size=cfg.patch_size, global_length=cfg.global_length,
+                           uncovered_tokens=float(metrics["uncovered_tokens"]))
+            print(json.dumps(row), flush=True)
+            pair.append(row)
+        rows.extend(pair)
+        ratio = pair[1]["units_per_second"] / pair[0]["units_per_second"]
+        print(f"[{impl}] LST (static {lst_cfg.patch_size}) / dense speech units per second: {ratio:.2f}x "
+              f"({pair[1]['units_per_second']:,.0f} vs {pair[0]['units_per_second']:,.0f}; target >= 2.5x)",
+              flush=True)
+    if len(impls) > 1:
+        first = {r["model"]: r["units_per_second"] for r in rows[:2]}
+        print(f"\nunits/s relative to attention_impl={impls[0]!r}:")
+        for r in rows:
+            print(f"  {r['model']:5s} {r['attention_impl']:20s} {r['units_per_second'] / first[r['model']]:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,11 @@ torch.compile) and prints the ratio, so the comparison is from one run on one de
 
     python bench/train_step.py --gin_file=gin/models/1b.gin --seq_len=2048 --batch_size=4 --peer
     python bench/train_step.py --gin_file=gin/models/tiny.gin --steps=5          # CPU smoke run
+    python bench/train_step.py --gin_file=gin/models/1b.gin --seq_len=8192 --batch_size=1 \
+        --attention_impl=xla,flash_gpu,cudnn --peer --peer_modes=eager       # fused vs XLA vs torch SDPA
+
+`--attention_impl` takes a comma-separated list: slm_jax runs once per implementation (each
+with the same synthetic batches) and the summary gives every system relative to the first.
 
 Prints one JSON line per measured system, then a summary with ratios.
 """
@@ -36,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 fills)")
     p.add_argument("--segments", type=int, default=4, help="packed segments per row (random lengths)")
+    p.add_argument("--attention_impl", default=None,
+                   help="comma-separated DecoderConfig.attention_impl values, one slm_jax run each "
+                        "(default: the config's)")
     p.add_argument("--peer", action="store_true", help="also run the HF transformers peer (torch)")
     p.add_argument("--peer_modes", default="eager,compile")
     p.add_argument("--out", default=None, help="append JSON lines here too")
@@ -70,6 +78,7 @@ def load_model_config(gin_file, bindings):
 
 def bench_slm_jax(args, cfg):
     import jax
+    from slm_jax.models.attention import resolve_attention_impl
     from slm_jax.training import metrics as metrics_lib
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.partitioning import DEFAULT_RULES, MeshConfig, make_mesh
@@ -98,7 +107,11 @@ def bench_slm_jax(args, cfg):
     return {"system": "slm_jax", "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
             "tokens_per_second": tps, "step_seconds": step_s, "warmup_seconds": warmup_s,
             "mfu": metrics_lib.mfu(tps, cfg.flops_per_token(args.seq_len), jax.device_count()),
-            "loss": float(m["loss"]), "attention_impl": cfg.attention_impl, "remat": cfg.remat_policy}
+            "loss": float(m["loss"]), "attention_impl": cfg.attention_impl,
+            "attention_resolved": resolve_attention_impl(
+                cfg.attention_impl, length=args.seq_len, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                head_dim=cfg.resolved_head_dim, dtype=cfg.dtype, platform=jax.default_backend()),
+            "remat": cfg.remat_policy}
 
 
 def bench_peer(args, cfg, mode):
@@ -149,8 +162,16 @@ def main(argv=None):
     cfg = load_model_config(args.gin_file, args.gin)
     print(f"# model {args.gin_file}: {cfg.num_params() / 1e6:.1f}M params, batch {args.batch_size} x "
           f"{args.seq_len}, {cfg.flops_per_token(args.seq_len) / 1e9:.2f} GFLOP/token", flush=True)
-    results = [bench_slm_jax(args, cfg)]
-    print(json.dumps(results[-1]), flush=True)
+    import dataclasses
+    impls = args.attention_impl.split(",") if args.attention_impl else [cfg.attention_impl]
+    results = []
+    for impl in impls:
+        try:
+            results.append(bench_slm_jax(args, dataclasses.replace(cfg, attention_impl=impl)))
+            results[-1]["system"] = f"slm_jax[{impl}]"
+        except Exception as err:  # noqa: BLE001 - e.g. a fused kernel this device cannot run; keep the others
+            results.append({"system": f"slm_jax[{impl}]", "error": f"{type(err).__name__}: {err}"})
+        print(json.dumps(results[-1]), flush=True)
     if args.peer:
         for mode in args.peer_modes.split(","):
             try:
@@ -158,14 +179,16 @@ def main(argv=None):
             except Exception as err:  # noqa: BLE001 - report the peer failure, keep our figure
                 results.append({"system": f"hf_torch_{mode}", "error": f"{type(err).__name__}: {err}"})
             print(json.dumps(results[-1]), flush=True)
-    ours = results[0]["tokens_per_second"]
-    print("\nsystem               tokens/s      MFU   slm_jax / system")
+    ours = next((r["tokens_per_second"] for r in results if "error" not in r), None)
+    if ours is None:
+        raise SystemExit("every slm_jax run failed")
+    print(f"\nsystem                       tokens/s      MFU   {results[0]['system']} / system")
     for r in results:
         if "error" in r:
-            print(f"{r['system']:18s}  failed: {r['error'][:80]}")
+            print(f"{r['system']:26s}  failed: {r['error'][:80]}")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "  n/a"
-        print(f"{r['system']:18s} {r['tokens_per_second']:10,.0f} {mfu:>8s}   {ours / r['tokens_per_second']:.2f}x")
+        print(f"{r['system']:26s} {r['tokens_per_second']:10,.0f} {mfu:>8s}   {ours / r['tokens_per_second']:.2f}x")
     if args.out:
         with open(args.out, "a") as f:
             for r in results:

@@ -1,13 +1,25 @@
 """Grouped-query self-attention over packed rows.
 
 A token attends to earlier tokens of its OWN segment only (causal AND same segment id),
-so packed examples never leak into each other. Two implementations:
+so packed examples never leak into each other. Implementations (`DecoderConfig.attention_impl`):
 
-- `xla`: explicit einsums + fp32 softmax; runs everywhere, the reference.
-- `dot_product_attention`: `jax.nn.dot_product_attention` with the causal+segment mask
-  passed explicitly (cuDNN flash attention on NVIDIA GPUs, XLA elsewhere). `auto` picks
-  it on GPU only after a one-off probe shows the cuDNN kernel honours the segment mask,
-  and falls back to `xla` otherwise.
+- `xla`: explicit einsums + fp32 softmax (`slm_jax.kernels.attention.reference_attention`);
+  runs everywhere, the reference; materialises [batch, heads, length, length].
+- `splash` (TPU): JAX's Pallas splash attention, fused forward and backward, per device
+  inside `jax.shard_map` (`slm_jax.kernels.attention`).
+- `flash_gpu` (GPU): JAX's Pallas/Triton flash attention with segment ids.
+- `cudnn` (GPU): `jax.nn.dot_product_attention(implementation='cudnn')` with the
+  causal+segment mask passed as an explicit [batch, 1, length, length] mask.
+- `dot_product_attention`: the same call, letting JAX pick (XLA off GPU).
+- `splash_interpret`, `flash_gpu_interpret`: the Pallas kernels in interpret mode, on any
+  backend (tests; slow).
+- `auto`: per platform of the run's devices: `splash` on TPU; on GPU `flash_gpu` when a probe
+  at the run's shapes (its length, heads, GQA groups, dtype; forward AND gradients, on a packed
+  row) matches the reference, else `cudnn` under the same probe, else `xla`; `xla` elsewhere.
+  The choice (and a failed probe's reason) is logged once.
+
+A fused implementation asked for by name never falls back: on the wrong platform it is
+refused with a ValueError naming `DecoderConfig.attention_impl`.
 
 Decode mode (`kv_cache=...`, for generation): the new tokens' keys/values are written
 into a per-layer cache at buffer slots [index, index + n) and the queries attend over the
@@ -27,17 +39,18 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from slm_jax.kernels.attention import fused_attention, masked_attention, packed_causal_mask, reference_attention
 from slm_jax.models.layers import DenseGeneral, apply_rope
 
-ATTENTION_IMPLS = ("xla", "dot_product_attention", "auto")
+ATTENTION_IMPLS = ("xla", "dot_product_attention", "cudnn", "splash", "flash_gpu", "splash_interpret",
+                   "flash_gpu_interpret", "auto")
+# the platform each fused implementation needs when asked for by name
+_NEEDS_PLATFORM = {"splash": ("tpu",), "flash_gpu": ("gpu", "cuda", "rocm"), "cudnn": ("gpu", "cuda")}
+_log = logging.getLogger("slm_jax")
 
-
-def packed_causal_mask(segment_ids: jax.Array) -> jax.Array:
-    """[batch, 1, length, length] bool: causal and within-segment."""
-    length = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (causal[None] & same_segment)[:, None]
+xla_attention = reference_attention
+__all__ = ["ATTENTION_IMPLS", "Attention", "DecodeState", "attend", "cached_mask", "masked_attention",
+           "packed_causal_mask", "resolve_attention_impl", "xla_attention"]
 
 
 def cached_mask(index, query_segment_ids: jax.Array, cache_segment_ids: jax.Array) -> jax.Array:
@@ -50,67 +63,121 @@ def cached_mask(index, query_segment_ids: jax.Array, cache_segment_ids: jax.Arra
     return (causal[None] & same_segment & filled)[:, None]
 
 
-def masked_attention(q, k, v, mask):
-    """q: [b, t, h, d]; k, v: [b, s, kv, d] with h a multiple of kv; mask: [b, 1, t, s] bool."""
-    b, t, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (1.0 / np.sqrt(d))
-    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
-
-
-def xla_attention(q, k, v, segment_ids):
-    """q: [b, t, h, d]; k, v: [b, s, kv, d] with h a multiple of kv."""
-    return masked_attention(q, k, v, packed_causal_mask(segment_ids))
-
-
 def jax_dot_product_attention(q, k, v, segment_ids, implementation=None):
     mask = packed_causal_mask(segment_ids)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
+def run_platform() -> str:
+    """The platform the traced program is for: the active mesh's devices (also under AOT
+    compilation for a TPU topology from a CPU host), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.abstract_device is not None:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
 @functools.cache
-def cudnn_honours_segments() -> bool:
-    """One-off probe on the default backend: does cuDNN attention respect segment masks?
+def probe_fused(impl: str, length: int, num_heads: int, num_kv_heads: int, head_dim: int, dtype_name: str):
+    """Does `impl` match the reference at these shapes on this host's GPU? Returns (ok, why).
 
-    Compares cuDNN with the XLA reference on a packed row; any error (no GPU, unsupported
-    shape, old cuDNN) means no.
+    One packed row of `length` tokens (three segments and end padding), the run's heads, GQA
+    groups and dtype; outputs AND the gradients of q, k, v compared with the XLA reference.
+    Any error (lowering, compile, unsupported shape) means no.
     """
-    if jax.default_backend() != "gpu":
-        return False
+    dtype = jnp.dtype(dtype_name)
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, length, num_heads, head_dim)), dtype)
+    k, v = (jnp.asarray(rng.standard_normal((1, length, num_kv_heads, head_dim)), dtype) for _ in range(2))
+    cuts = sorted({max(1, length // 3), max(1, (2 * length) // 3), max(1, length - max(1, length // 16))})
+    seg = np.zeros((1, length), np.int32)
+    for i, (a, b) in enumerate(zip([0] + cuts[:-1], cuts), start=1):
+        seg[0, a:b] = i
+    seg = jnp.asarray(seg)
+    weights = jnp.asarray(rng.standard_normal((1, length, num_heads, head_dim)), jnp.float32)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, seg).astype(jnp.float32) * weights)
+
+    tol = 1e-2 if dtype == jnp.float32 else 6e-2
     try:
-        rng = np.random.default_rng(0)
-        shape = (2, 128, 4, 64)
-        q, k, v = (jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for _ in range(3))
-        seg = jnp.asarray(np.repeat([[1] * 50 + [2] * 60 + [0] * 18], 2, axis=0), jnp.int32)
-        got = jax.jit(functools.partial(jax_dot_product_attention, implementation="cudnn"))(q, k, v, seg)
-        want = jax.jit(xla_attention)(q, k, v, seg)
-        return bool(jnp.allclose(got.astype(jnp.float32), want.astype(jnp.float32), atol=2e-2))
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+            got = jax.jit(jax.value_and_grad(loss(functools.partial(attend, impl=impl)), argnums=(0, 1, 2)))(q, k, v)
+            want = jax.jit(jax.value_and_grad(loss(reference_attention), argnums=(0, 1, 2)))(q, k, v)
+        outs_got = jax.jit(lambda q, k, v: attend(q, k, v, seg, impl))(q, k, v).astype(jnp.float32)
+        outs_want = reference_attention(q, k, v, seg).astype(jnp.float32)
     except Exception as err:  # noqa: BLE001 - any failure means "don't use it"
-        logging.info("cuDNN attention probe failed, using XLA attention: %s", err)
-        return False
+        return False, f"{type(err).__name__}: {str(err)[:300]}"
+    checks = [("output", outs_got, outs_want)] + [(f"d{n}", g, w) for n, g, w in zip("qkv", got[1], want[1])]
+    for name, g, w in checks:
+        scale = float(jnp.max(jnp.abs(w))) or 1.0
+        err = float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32)))) / scale
+        if not np.isfinite(err) or err > tol:
+            return False, f"{name} differs from the XLA reference by {err:.3g} (relative to its max; tolerance {tol})"
+    return True, "matches the XLA reference (output and gradients)"
 
 
-def resolve_attention_impl(name: str) -> str:
+@functools.cache
+def _log_choice(name: str, impl: str, platform: str, why: str):
+    _log.info("attention: %s on %s (DecoderConfig.attention_impl=%r%s)", impl, platform, name,
+              f"; {why}" if why else "")
+
+
+def resolve_attention_impl(name: str, *, length: int | None = None, num_heads: int | None = None,
+                           num_kv_heads: int | None = None, head_dim: int | None = None,
+                           dtype=jnp.float32, platform: str | None = None) -> str:
+    """The implementation a run uses: `name` itself, checked against the platform, or `auto`'s
+    pick (module docstring). The shapes are those of training (for `auto`'s GPU probe).
+
+    Raises ValueError for an unknown name, or a fused implementation asked for by name on a
+    platform that does not run it."""
     if name not in ATTENTION_IMPLS:
         raise ValueError(f"DecoderConfig.attention_impl={name!r}: expected one of {ATTENTION_IMPLS}")
-    if name == "auto":
-        return "cudnn" if cudnn_honours_segments() else "xla"
-    return name
+    platform = platform or run_platform()
+    if name in _NEEDS_PLATFORM:
+        if platform not in _NEEDS_PLATFORM[name]:
+            raise ValueError(f"DecoderConfig.attention_impl={name!r} runs on {'/'.join(_NEEDS_PLATFORM[name])}, but "
+                             f"this run's devices are {platform!r}; use 'auto' (picks per platform), 'xla', or "
+                             f"'{name}_interpret' where one exists (Pallas interpreter, tests)")
+        _log_choice(name, name, platform, "")
+        return name
+    if name != "auto":
+        _log_choice(name, name, platform, "")
+        return name
+    if platform == "tpu":
+        impl, why = "splash", "Pallas splash attention"
+    elif platform in ("gpu", "cuda", "rocm") and None not in (length, num_heads, num_kv_heads, head_dim):
+        shapes = (int(length), int(num_heads), int(num_kv_heads), int(head_dim), jnp.dtype(dtype).name)
+        impl, why = "xla", ""
+        reasons = []
+        for candidate in ("flash_gpu", "cudnn"):
+            ok, reason = probe_fused(candidate, *shapes)
+            reasons.append(f"{candidate}: {reason}")
+            if ok:
+                impl = candidate
+                break
+        why = f"probe at length {length}, {num_heads}/{num_kv_heads} heads, {jnp.dtype(dtype).name}: " + \
+            "; ".join(reasons)
+        if impl == "xla":
+            _log.warning("attention: no fused GPU attention passed its probe, using xla (%s)", why)
+    else:
+        impl, why = "xla", "no fused attention on this platform"
+    _log_choice(name, impl, platform, why)
+    return impl
 
 
 def attend(q, k, v, segment_ids, impl: str):
-    """Dispatch on a resolved implementation name ('xla', 'dot_product_attention', 'cudnn')."""
+    """Dispatch on a resolved implementation name (see the module docstring)."""
     if impl == "xla":
-        return xla_attention(q, k, v, segment_ids)
+        return reference_attention(q, k, v, segment_ids)
     if impl == "dot_product_attention":
         return jax_dot_product_attention(q, k, v, segment_ids)
     if impl == "cudnn":
         return jax_dot_product_attention(q, k, v, segment_ids, implementation="cudnn")
+    if impl in ("splash", "flash_gpu"):
+        return fused_attention(q, k, v, segment_ids, kernel=impl)
+    if impl in ("splash_interpret", "flash_gpu_interpret"):
+        return fused_attention(q, k, v, segment_ids, kernel=impl.removesuffix("_interpret"), interpret=True)
     raise ValueError(f"unknown attention implementation {impl!r}")
 
 

@@ -52,7 +52,9 @@ class DecoderConfig:
     param_dtype: parameter dtype name.
     scan_layers: stack the blocks with `nn.scan` (params get a leading `layers` axis).
     remat_policy: activation rematerialisation, one of `REMAT_POLICIES`.
-    attention_impl: one of `slm_jax.models.attention.ATTENTION_IMPLS`.
+    attention_impl: one of `slm_jax.models.attention.ATTENTION_IMPLS`: "xla" (reference), "splash"
+      (TPU Pallas), "flash_gpu" (GPU Pallas/Triton), "cudnn", "auto" (per platform; the fused path
+      where it passes a probe at the run's shapes, logged once), "*_interpret" (tests).
     ctc_num_classes: classes of the mSLAM CTC head over the final hidden states, >= 0 (0: no
       head); the size of the run's CharVocabulary (padded to the tensor-parallel size).
     """
@@ -133,6 +135,13 @@ class DecoderConfig:
         if include_embeddings:
             total += self.vocab_size * self.embed_dim * (1 if self.tie_embeddings else 2)
         return total
+
+    def resolved_attention_impl(self, length: int) -> str:
+        """`attention_impl` resolved for rows of `length` tokens on the traced program's platform
+        (`slm_jax.models.attention.resolve_attention_impl`; `auto` probes at these shapes)."""
+        return resolve_attention_impl(self.attention_impl, length=length, num_heads=self.num_heads,
+                                      num_kv_heads=self.num_kv_heads, head_dim=self.resolved_head_dim,
+                                      dtype=self.dtype)
 
     def flops_per_token(self, sequence_length: int) -> float:
         """Training FLOPs per token (fwd+bwd): 6 x matmul params + attention.
@@ -244,7 +253,8 @@ class Decoder(nn.Module):
     def _blocks(self, x, segment_ids, positions, cache, decode, collect_hidden: bool):
         """The layer stack -> (x, new {'key','value'} or None, stacked block outputs or None)."""
         cfg = self.config
-        impl = resolve_attention_impl(cfg.attention_impl)
+        # decoding always uses the cache's einsums (Attention), so only training/scoring resolve
+        impl = "xla" if cache is not None else cfg.resolved_attention_impl(x.shape[1])
         layer_kv = None if cache is None else {"key": cache["key"], "value": cache["value"]}
         block_cls = _ScanBlock if cfg.scan_layers else DecoderBlock
         if cfg.remat_policy != "none" and cache is None:  # decoding keeps no activations to save

@@ -37,14 +37,12 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from slm_jax import contract
 from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_MLP, MODALITY_SPEECH
 from slm_jax.kernels import patching
 from slm_jax.models import interface
-from slm_jax.models.attention import resolve_attention_impl
+from slm_jax.kernels.sharding import shard_map_logical
 from slm_jax.models.decoder import REMAT_POLICIES, DecoderBlock, DecoderConfig, _ScanBlock, ctc_logits, lm_logits
 from slm_jax.models.interface import ModelOutput
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm
@@ -263,26 +261,22 @@ def per_batch_shard(fn, *args):
     """Runs `fn` on each device's rows (`jax.shard_map` over the mesh axes of the logical
     "batch" axis) when a mesh is active: a Pallas kernel is an opaque custom call the SPMD
     partitioner would otherwise run on gathered, replicated inputs. Every arg and the
-    output have the batch as their leading axis."""
-    mesh = jax.sharding.get_abstract_mesh()
-    batch_axes = nn.logical_to_mesh_axes((AXIS_BATCH,))[0] if not mesh.empty else None
-    names = tuple(jax.tree.leaves(batch_axes))  # None, one mesh axis name or a tuple of them
-    shards = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-    if shards == 1 or args[0].shape[0] % shards:  # e.g. the 1-row batch of parameter init
-        return fn(*args)
-    spec = P(batch_axes)
-    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec for _ in args), out_specs=spec, check_vma=False)(*args)
+    output have the batch as their leading axis; the other dims stay whole."""
+    def axes(ndim):
+        return (AXIS_BATCH,) + (None,) * (ndim - 1)
+    out_ndim = jax.eval_shape(fn, *args).ndim
+    return shard_map_logical(fn, args, [axes(a.ndim) for a in args], axes(out_ndim))
 
 
 # --- the model -----------------------------------------------------------------------------------
 def _stack(cfg: DecoderConfig, name: str):
     """cfg.num_layers DecoderBlocks (scanned / remat as the config says), called (x, seg, pos)."""
-    impl = resolve_attention_impl(cfg.attention_impl)
     block_cls = _ScanBlock if cfg.scan_layers else DecoderBlock
     if cfg.remat_policy != "none":
         block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
 
     def apply(x, seg, pos):
+        impl = cfg.resolved_attention_impl(x.shape[1])  # the global and the local stacks alike
         if cfg.scan_layers:
             stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
