@@ -39,9 +39,14 @@ def format_demo_table(results: dict[str, float]) -> str:
         lines.append("accuracy %, beneath it its 95% percentile-bootstrap interval over pairs")
     a = DEMO_ALIGNMENT
     if f"{a}/cos_parallel" in results:
-        lines.append(f"alignment of parallel EN/FR stories (mean over layers; no interval): "
-                     f"cos parallel {results[f'{a}/cos_parallel']:.3f}, cos random {results[f'{a}/cos_random']:.3f}, "
-                     f"R@1 EN->FR {100 * results[f'{a}/r1_en_fr']:.1f}%, FR->EN {100 * results[f'{a}/r1_fr_en']:.1f}%")
+        def with_ci(key):
+            lo, hi = results.get(f"{key}/ci_low"), results.get(f"{key}/ci_high")
+            return f"{results[key]:.3f}" + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
+        gap = f", gap {with_ci(f'{a}/cos_gap')}" if f"{a}/cos_gap" in results else ""
+        lines.append(f"alignment of parallel EN/FR stories (mean over layers; 95% interval over items): "
+                     f"cos parallel {with_ci(f'{a}/cos_parallel')}, cos random {results[f'{a}/cos_random']:.3f}"
+                     f"{gap}, R@1 EN->FR {100 * results[f'{a}/r1_en_fr']:.1f}%, "
+                     f"FR->EN {100 * results[f'{a}/r1_fr_en']:.1f}%")
     return "\n".join(lines)
 
 
