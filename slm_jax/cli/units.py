@@ -154,7 +154,7 @@ def units_main(argv: list[str]) -> int:
                 done = "already sampled" if stats.skipped else "sampled"
                 print(f"fit: {stats.files} files {done}, {stats.frames_seen} frames ({stats.frames_used} kept) -> "
                       f"{stats.sample_path}; bad records skipped: {stats.bad_records}. When all {worker.count} "
-                      f"workers are done: slm-jax units fit --from_samples --out={args.out} --k={args.k} "
+                      f"workers are done: slm-jax units fit --from_samples --out={args.out} --k=K "
                       f"--audio={args.audio}")
         else:
             stats = encode_folder(args.audio, args.centroids, args.out, reencode=args.reencode, worker=worker,

@@ -28,6 +28,11 @@ output with records but no sidecar (written before sidecars existed) is refused 
 `fit` writes `km.npy.meta.json` (features, frame stack, rates, k, seed); `encode` refuses a
 codebook whose sidecar names other features or another rate than the run's (same dims do not
 mean same features: HuBERT layer 6 vs 11, logmel at 50 vs 25 Hz).
+
+Many workers (`worker=`, see `speech.workers`): `encode` reads only the worker's files and
+writes its own shard `OUT-IIIII-of-NNNNN.jsonl` (with its own sidecar, resumed as above);
+`fit` writes the worker's frame sample and `fit_from_samples` fits on all of them
+(`speech.frame_sample`); `speech.verify` checks the shards together.
 """
 from __future__ import annotations
 
