@@ -200,8 +200,8 @@ def test_verify_passes_then_catches_missing_duplicated_unlisted_and_absent(tmp_p
     assert code == 1 and "FAILED" in text
     assert f"missing (1 files in --audio, in no shard): {dropped}" in text
     where_other = f"{os.path.basename(other)}:{len(read_lines(other))}"
-    assert f"duplicated (1 ids in more than one place): {copied} ({os.path.basename(big)}:1 and {where_other})" in text \
-        or f"{copied} ({where_other} and {os.path.basename(big)}:1)" in text
+    places = sorted([f"{os.path.basename(big)}:1", where_other])  # listed in shard order
+    assert f"duplicated (1 ids in more than one place): {copied} ({places[0]} and {places[1]})" in text
     # An id in the shards whose audio is gone, and a worker whose shard is absent.
     gone = next(i for s in shards[1:] for i in ids_of(s) if i not in (dropped, copied))
     os.remove(wavs / f"{gone}.wav")
@@ -306,3 +306,14 @@ def test_fit_from_samples_refuses_incomplete_or_mixed_samples(tmp_path, wavs, ca
         pipeline.fit_codebook(str(wavs), km, max_frames=50, worker=Worker(1, 2), **{**FIT, "seed": 4})
     code = units_cli.units_main(["fit", "--from_samples", f"--out={km}", "--k=4", "--rate_hz=50"])
     assert code == 2 and "--rate_hz come from the workers' samples" in capsys.readouterr().err
+
+
+def test_fit_with_workers_that_own_no_files(tmp_path, wavs):
+    km, count = str(tmp_path / "km.npy"), 12  # 7 files, 12 workers
+    kept = [pipeline.fit_codebook(str(wavs), km, max_frames=10 ** 6, worker=Worker(i, count), **FIT).files
+            for i in range(count)]
+    assert 0 in kept and sum(kept) == N_FILES
+    single = str(tmp_path / "single.npy")
+    pipeline.fit_codebook(str(wavs), single, max_frames=10 ** 6, **FIT)
+    assert pipeline.fit_from_samples(km, k=4, iters=5, shard=False, audio_source=str(wavs)).files == N_FILES
+    np.testing.assert_array_equal(kmeans.load_centroids(km), kmeans.load_centroids(single))

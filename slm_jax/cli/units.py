@@ -94,7 +94,8 @@ def _verify(args) -> int:
     for problem in report.problems:
         print(f"  problem: {problem}")
     if account.missing:
-        print(f"  missing ({len(account.missing)} files in --audio, in no shard): {_listed(account.missing, args.show)}")
+        print(f"  missing ({len(account.missing)} files in --audio, in no shard): "
+              f"{_listed(account.missing, args.show)}")
     if account.duplicated:
         dup = [f"{i} ({' and '.join(places)})" for i, places in account.duplicated.items()]
         print(f"  duplicated ({len(dup)} ids in more than one place): {_listed(dup, args.show)}")

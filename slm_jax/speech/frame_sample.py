@@ -107,7 +107,8 @@ def read_sample(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def find_samples(codebook_path: str) -> list[str]:
     """Every worker sample file of `codebook_path`, sorted."""
-    pattern = f"{glob.escape(os.fspath(codebook_path))}.frames-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].npz"
+    five = "[0-9]" * 5
+    pattern = f"{glob.escape(os.fspath(codebook_path))}.frames-{five}-of-{five}.npz"
     return sorted(glob.glob(pattern))
 
 
