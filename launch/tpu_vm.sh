@@ -4,7 +4,7 @@
 #
 #   launch/tpu_vm.sh --name=NAME --zone=ZONE --accelerator-type=v5litepod-16 \
 #       [--project=P] [--queued] [--spot] [--version=RUNTIME] [--repo=GIT_URL [--branch=REF]] \
-#       [--skip-create] [--skip-install] [--no-stream] [--stop] [--dry-run] \
+#       [--skip-create] [--skip-install] [--setup-only] [--no-stream] [--stop] [--dry-run] \
 #       [--] [slm-jax train flags, e.g. --gin_file=gin/runs/tpu_v5e_1b.gin --gin.MODEL_DIR="'gs://b/run'"]
 #
 # Every worker runs one process; JAX finds the others itself (SLM_JAX_DISTRIBUTED=tpu).
@@ -12,6 +12,7 @@
 # by all processes). --stop sends SIGTERM to the run on every worker: it saves a
 # checkpoint at a step all processes agree on and exits 0; running this script again
 # (with --skip-create --skip-install) resumes it.
+# --setup-only creates and installs, and trains nothing (e.g. before launch/tpu_vm_units.sh).
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 
@@ -28,6 +29,7 @@ SKIP_CREATE=0
 SKIP_INSTALL=0
 STREAM=1
 STOP=0
+SETUP_ONLY=0
 DRY_RUN="${DRY_RUN:-0}"
 REMOTE_DIR="slm_jax"           # relative to the remote home directory
 LOG="slm_jax_train.log"        # on every worker, in the remote home directory
@@ -51,7 +53,8 @@ while (($#)); do
     --no-stream) STREAM=0 ;;
     --stop) STOP=1 ;;
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --setup-only) SETUP_ONLY=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     --) shift; TRAIN_ARGS+=("$@"); break ;;
     *) TRAIN_ARGS+=("$1") ;;
   esac
@@ -203,4 +206,4 @@ fi
 if [[ "$SKIP_INSTALL" == 0 ]]; then
   install
 fi
-train
+[[ "$SETUP_ONLY" == 1 ]] || train

@@ -5,10 +5,12 @@ import subprocess
 
 import pytest
 
+from slm_jax.speech import workers
 from slm_jax.training import distributed
 from tests.multiprocess import REPO
 
-SCRIPTS = ["launch/tpu_vm.sh", "launch/slurm_gpu.sbatch", "launch/local.sh"]
+SCRIPTS = ["launch/tpu_vm.sh", "launch/slurm_gpu.sbatch", "launch/local.sh", "launch/slurm_units.sbatch",
+           "launch/tpu_vm_units.sh"]
 
 
 def run_script(script, *args, env=None):
@@ -126,3 +128,81 @@ def test_local_dry_run_single_process_defaults_to_the_demo():
     assert proc.returncode == 0, proc.stderr
     (words,) = commands(proc.stdout)
     assert words[-2:] == ["train", "--gin_file=gin/runs/demo_cpu.gin"]
+
+
+def test_tpu_vm_setup_only_installs_and_trains_nothing():
+    proc = run_script("launch/tpu_vm.sh", "--name=slm-v4", "--zone=z", "--accelerator-type=v4-16", "--setup-only",
+                      "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    *_, install = commands(proc.stdout)
+    assert "pip install" in flag(install, "command") and "slm-jax train" not in proc.stdout
+
+
+# --- speech units on many workers (issue 16) ---------------------------------------------------
+
+SLURM_ARRAY_TASK = {"SLURM_JOB_ID": "4103", "SLURM_ARRAY_JOB_ID": "4100", "SLURM_ARRAY_TASK_ID": "3",
+                    "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "16", "SLURM_SUBMIT_DIR": "/shared/slm_jax"}
+UNITS_FLAGS = ["--audio=/data/wavs", "--centroids=/data/km.npy", "--out=/data/units.jsonl"]
+
+
+def test_slurm_units_array_task_runs_its_worker():
+    proc = run_script("launch/slurm_units.sbatch", "--dry-run", "--workers=16", "encode", *UNITS_FLAGS,
+                      env=SLURM_ARRAY_TASK)
+    assert proc.returncode == 0, proc.stderr
+    assert "# job 4100_3: slm-jax units encode, array task 3" in proc.stdout
+    cd, cmd = commands(proc.stdout)
+    assert cd == ["cd", "/shared/slm_jax"]
+    assert cmd == ["/shared/slm_jax/.venv/bin/slm-jax", "units", "encode", *UNITS_FLAGS, "--worker_index=3",
+                   "--num_workers=16", "--no_progress"]
+    # Without --workers the task's own SLURM variables decide (here an --array=1-16 range).
+    env = dict(SLURM_ARRAY_TASK, SLURM_ARRAY_TASK_ID="4", SLURM_ARRAY_TASK_MIN="1")
+    proc = run_script("launch/slurm_units.sbatch", "--dry-run", "encode", *UNITS_FLAGS, env=env)
+    assert proc.returncode == 0, proc.stderr
+    _, cmd = commands(proc.stdout)
+    assert not any(w.startswith(("--worker_index", "--num_workers")) for w in cmd)
+    worker = workers.resolve_worker(env=env, jax_process_fn=lambda: pytest.fail("JAX consulted"))
+    assert (worker.index, worker.count) == (3, 16)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["verify", "--audio=/d", "--out=/u.jsonl"], SLURM_ARRAY_TASK, "verify runs once: submit it without --array"),
+    (["fit", "--from_samples", "--out=/k.npy"], SLURM_ARRAY_TASK, "fit --from_samples runs once"),
+    (["encode", *UNITS_FLAGS], dict(SLURM_ARRAY_TASK, SLURM_ARRAY_TASK_ID=""), "submit with --array"),
+    (["--workers=3", "encode", *UNITS_FLAGS], SLURM_ARRAY_TASK, "array task 3 >= --workers=3"),
+    (["train"], SLURM_ARRAY_TASK, "fit, encode or verify"),
+    (["encode", *UNITS_FLAGS], {k: "" for k in SLURM_ARRAY_TASK}, "submit with sbatch"),
+])
+def test_slurm_units_refuses_misuse(args, env, message):
+    proc = run_script("launch/slurm_units.sbatch", "--dry-run", *args, env=env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_slurm_units_once_steps_run_without_an_array():
+    env = dict(SLURM_ARRAY_TASK, SLURM_ARRAY_TASK_ID="", SLURM_ARRAY_JOB_ID="")
+    proc = run_script("launch/slurm_units.sbatch", "--dry-run", "verify", "--audio=/d", "--out=/u.jsonl", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert commands(proc.stdout)[1][1:] == ["units", "verify", "--audio=/d", "--out=/u.jsonl"]
+
+
+def test_tpu_vm_units_runs_workers_on_all_hosts_and_verify_on_one():
+    proc = run_script("launch/tpu_vm_units.sh", "--name=slm-v4", "--zone=us-central2-b", "--project=p", "--dry-run",
+                      "encode", *UNITS_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    (ssh,) = commands(proc.stdout)
+    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "slm-v4"] and "--worker=all" in ssh
+    assert "--project=p" in ssh
+    remote = shlex.split(flag(ssh, "command"))
+    assert remote[:3] == ["cd", "slm_jax", "&&"]
+    assert remote[remote.index(".venv/bin/slm-jax"):] == [".venv/bin/slm-jax", "units", "encode", *UNITS_FLAGS,
+                                                           "--no_progress"]
+    for step in (["verify", "--audio=/d", "--out=/u.jsonl"], ["fit", "--from_samples", "--out=/k.npy"]):
+        proc = run_script("launch/tpu_vm_units.sh", "--name=n", "--zone=z", "--dry-run", *step)
+        (ssh,) = commands(proc.stdout)
+        assert "--worker=0" in ssh and flag(ssh, "command").endswith(" ".join(step))
+
+
+def test_tpu_vm_units_names_missing_flags():
+    proc = run_script("launch/tpu_vm_units.sh", "--zone=z", "--dry-run", "encode")
+    assert proc.returncode == 2 and "--name=NAME" in proc.stderr
+    proc = run_script("launch/tpu_vm_units.sh", "--name=n", "--zone=z", "--dry-run")
+    assert proc.returncode == 2 and "fit, encode or verify" in proc.stderr

@@ -28,6 +28,11 @@ output with records but no sidecar (written before sidecars existed) is refused 
 `fit` writes `km.npy.meta.json` (features, frame stack, rates, k, seed); `encode` refuses a
 codebook whose sidecar names other features or another rate than the run's (same dims do not
 mean same features: HuBERT layer 6 vs 11, logmel at 50 vs 25 Hz).
+
+Many workers (`worker=`, see `speech.workers`): `encode` reads only the worker's files and
+writes its own shard `OUT-IIIII-of-NNNNN.jsonl` (with its own sidecar, resumed as above);
+`fit` writes the worker's frame sample and `fit_from_samples` fits on all of them
+(`speech.frame_sample`); `speech.verify` checks the shards together.
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ import sys
 
 import numpy as np
 
-from slm_jax.speech import audio, kmeans
+from slm_jax.speech import audio, frame_sample, kmeans
+from slm_jax.speech import workers as workers_lib
 
 log = logging.getLogger(__name__)
 
@@ -205,39 +211,10 @@ class FitStats:
     frames_seen: int = 0
     frames_used: int = 0
     bad_records: int = 0
-
-
-class _Reservoir:
-    """A uniform sample of at most `capacity` frames from a stream, in bounded memory.
-
-    Each frame draws a random key; the frames with the smallest keys are kept (a uniform
-    sample without replacement, fixed by the seed and the file order).
-    """
-
-    def __init__(self, capacity: int, seed: int):
-        self.capacity = capacity
-        self.rng = np.random.default_rng(seed)
-        self.frames: list[np.ndarray] = []
-        self.keys: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, frames: np.ndarray) -> None:
-        self.frames.append(frames)
-        self.keys.append(self.rng.random(frames.shape[0]))
-        self.size += frames.shape[0]
-        if self.size > 2 * self.capacity:
-            self._shrink()
-
-    def _shrink(self) -> None:
-        frames, keys = np.concatenate(self.frames), np.concatenate(self.keys)
-        if len(keys) > self.capacity:
-            keep = np.sort(np.argpartition(keys, self.capacity)[:self.capacity])
-            frames, keys = frames[keep], keys[keep]
-        self.frames, self.keys, self.size = [frames], [keys], len(keys)
-
-    def result(self) -> np.ndarray:
-        self._shrink()
-        return self.frames[0]
+    sample_path: str | None = None   # a worker's sample file (fit of one worker of many), else None
+    skipped: bool = False            # that sample already existed with these settings and files
+    ids: list = dataclasses.field(default_factory=list, repr=False)      # files read
+    bad_ids: list = dataclasses.field(default_factory=list, repr=False)  # files skipped as bad records
 
 
 # --- what made a codebook / a units file (sidecars) ----------------------------------------
@@ -363,35 +340,119 @@ def check_units_resume(out_path: str, header: dict, n_records: int) -> None:
 def fit_codebook(audio_source: str, out_path: str, *, features: str = "logmel", k: int = 500,
                  frame_stack: int | None = None, rate_hz: float | None = None, max_frames: int = 1_000_000,
                  seed: int = 0, iters: int = 100, batch_size: int | None = None, shard: bool = True,
-                 on_bad_record: str = "error", device: str | None = None, progress: bool = True) -> FitStats:
-    """Features of every file -> a seeded uniform sample of <= max_frames frames -> k-means -> .npy."""
+                 on_bad_record: str = "error", device: str | None = None, progress: bool = True,
+                 worker: workers_lib.Worker | None = None, worker_max_frames: int | None = None) -> FitStats:
+    """Features of every file -> a seeded uniform sample of <= max_frames frames -> k-means -> .npy.
+
+    The sample is the frames with the smallest keys (`speech.frame_sample`). With a `worker`
+    of many, only that worker's files are read (`speech.workers`) and its sample of up to
+    `worker_max_frames` (default `max_frames`) frames is written to
+    `OUT.frames-IIIII-of-NNNNN.npz` instead of fitting; `fit_from_samples` then fits on all
+    workers' samples. A worker whose sample already exists for the same settings and files
+    skips its work (`skipped=True`); one made with other settings raises
+    UnitsCacheMismatchError naming each difference.
+    """
     _check_policy(on_bad_record)
     if not str(out_path).endswith(".npy"):
         raise ValueError(f"--out={out_path}: the codebook file must end in .npy")
-    files = list_audio(audio_source)
+    worker = worker or workers_lib.Worker()
+    if worker_max_frames is not None and worker.count == 1:
+        raise ValueError(f"--worker_max_frames={worker_max_frames}: only for a fit over several workers "
+                         f"(one worker keeps --max_frames)")
+    files = workers_lib.worker_files(list_audio(audio_source), worker)
     featurizer = make_featurizer(features, frame_stack=frame_stack, rate_hz=rate_hz, device=device)
-    stats, sample = FitStats(), _Reservoir(max_frames, seed)
-    for _, path in _progress(files, "units fit", progress):
+    settings = featurizer_settings(features, featurizer)
+    if worker.count == 1:
+        frames, keys, full, stats = _sample_frames(files, featurizer, seed, max_frames, on_bad_record, progress)
+        data, _ = frame_sample.cutoff_merge([(frames, keys, full)], max_frames)
+        _fit_and_save(data, out_path, settings, k=k, seed=seed, iters=iters, batch_size=batch_size, shard=shard,
+                      max_frames=max_frames, frames_seen=stats.frames_seen, source=f"--audio={audio_source}")
+        stats.frames_used = data.shape[0]
+        return stats
+    path = frame_sample.sample_path(out_path, worker)
+    meta = {"format": frame_sample.SAMPLE_FORMAT, **settings, "seed": seed, "max_frames": max_frames,
+            "worker_max_frames": worker_max_frames or max_frames, "num_workers": worker.count,
+            "dim": int(featurizer.dim), "worker_index": worker.index}
+    done = _existing_sample(path, meta, [i for i, _ in files])
+    if done is not None:
+        return done
+    frames, keys, full, stats = _sample_frames(files, featurizer, seed, meta["worker_max_frames"], on_bad_record,
+                                               progress)
+    meta.update(full=full, frames_seen=stats.frames_seen, ids=stats.ids, bad_ids=stats.bad_ids)
+    frame_sample.write_sample(path, frames, keys, meta)
+    stats.frames_used, stats.sample_path = frames.shape[0], path
+    return stats
+
+
+def _existing_sample(path: str, meta: dict, ids: list[str]) -> FitStats | None:
+    """FitStats of a worker sample already at `path` for these settings and files; None when
+    there is none or its files differ (the audio changed: sample again)."""
+    if not os.path.exists(path):
+        return None
+    frames, _, saved = frame_sample.read_sample(path)
+    diff = _differences(saved, meta, frame_sample.SAMPLE_KEY_FIELDS + ("worker_index",))
+    if diff:
+        raise UnitsCacheMismatchError(f"{path} was sampled with other settings ({'; '.join(diff)}); delete it "
+                                      f"(and the other workers' samples of that run) to sample again")
+    if sorted(saved["ids"] + saved["bad_ids"]) != sorted(ids):
+        log.info("%s: sampled from other files than this worker's now; sampling again", path)
+        return None
+    return FitStats(files=len(saved["ids"]), frames_seen=saved["frames_seen"], frames_used=frames.shape[0],
+                    bad_records=len(saved["bad_ids"]), sample_path=path, skipped=True)
+
+
+def _sample_frames(files, featurizer, seed: int, capacity: int, on_bad_record: str, progress: bool):
+    """(frames, keys, full, FitStats with ids / bad_ids) of the `capacity` smallest-key frames of `files`."""
+    stats, sample = FitStats(), frame_sample.FrameSample(capacity, featurizer.dim)
+    for audio_id, path in _progress(files, "units fit", progress):
         loaded = _load_or_skip(path, on_bad_record)
         if loaded is None:
             stats.bad_records += 1
+            stats.bad_ids.append(audio_id)
             continue
         frames = featurizer(*loaded)
         stats.files += 1
+        stats.ids.append(audio_id)
         stats.frames_seen += frames.shape[0]
         if frames.shape[0]:
-            sample.add(frames)
-    if stats.frames_seen < k:
-        raise ValueError(f"--audio={audio_source}: only {stats.frames_seen} feature frames, "
+            sample.add(frames, frame_sample.frame_keys(audio_id, frames.shape[0], seed))
+    frames, keys = sample.result()
+    return frames, keys, sample.full, stats
+
+
+def _fit_and_save(data: np.ndarray, out_path: str, settings: dict, *, k: int, seed: int, iters: int,
+                  batch_size: int | None, shard: bool, max_frames: int, frames_seen: int, source: str,
+                  extra: dict | None = None) -> None:
+    if data.shape[0] < k:
+        raise ValueError(f"{source}: only {data.shape[0]} feature frames to fit on ({frames_seen} seen), "
                          f"fewer than --k={k}")
-    data = sample.result()
-    stats.frames_used = data.shape[0]
     centroids = kmeans.fit_kmeans(data, k, seed=seed, iters=iters, batch_size=batch_size, mesh=_mesh(shard))
     kmeans.save_centroids(out_path, centroids)
-    write_sidecar(out_path, {"format": CODEBOOK_FORMAT, **featurizer_settings(features, featurizer), "k": k,
-                             "seed": seed, "codebook_sha256": codebook_digest(kmeans.load_centroids(out_path)),
-                             "max_frames": max_frames, "frames_used": stats.frames_used})
-    return stats
+    write_sidecar(out_path, {"format": CODEBOOK_FORMAT, **settings, "k": k, "seed": seed,
+                             "codebook_sha256": codebook_digest(kmeans.load_centroids(out_path)),
+                             "max_frames": max_frames, "frames_used": int(data.shape[0]), **(extra or {})})
+
+
+def fit_from_samples(out_path: str, *, k: int = 500, iters: int = 100, batch_size: int | None = None,
+                     shard: bool = True, audio_source: str | None = None) -> FitStats:
+    """Fits the codebook `out_path` on the merged samples of every worker (`frame_sample.merge_samples`),
+    with the seed, features and sample size the workers used (recorded in their samples).
+
+    With `audio_source`, first checks that the workers read every listed file exactly once.
+    Raises ValueError naming the missing / mismatched samples or files.
+    """
+    if not str(out_path).endswith(".npy"):
+        raise ValueError(f"--out={out_path}: the codebook file must end in .npy")
+    expected = None if audio_source is None else [i for i, _ in list_audio(audio_source)]
+    merged = frame_sample.merge_samples(out_path, expected)
+    meta = merged.meta
+    settings = {key: meta[key] for key in CODEBOOK_KEY_FIELDS}
+    _fit_and_save(merged.frames, out_path, settings, k=k, seed=meta["seed"], iters=iters, batch_size=batch_size,
+                  shard=shard, max_frames=meta["max_frames"], frames_seen=merged.frames_seen,
+                  source=f"--out={out_path} (samples of {meta['num_workers']} workers)",
+                  extra={"num_workers": meta["num_workers"], "worker_max_frames": meta["worker_max_frames"]})
+    return FitStats(files=merged.files, frames_seen=merged.frames_seen, frames_used=merged.frames.shape[0],
+                    bad_records=merged.bad_records)
 
 
 def _mesh(shard: bool):
@@ -414,6 +475,8 @@ class EncodeStats:
     encoded: int = 0
     already_done: int = 0
     bad_records: int = 0
+    files: int = 0                 # this worker's files (all files for one worker)
+    out_path: str | None = None    # this worker's output (a shard of --out for one worker of many)
 
 
 def read_done_ids(out_path: str) -> set[str]:
@@ -470,8 +533,13 @@ def count_records(out_path: str) -> int:
 
 def encode_folder(audio_source: str, centroids_path: str, out_path: str, *, features: str = "logmel",
                   frame_stack: int | None = None, rate_hz: float | None = None, on_bad_record: str = "error",
-                  device: str | None = None, progress: bool = True, reencode: bool = False) -> EncodeStats:
+                  device: str | None = None, progress: bool = True, reencode: bool = False,
+                  worker: workers_lib.Worker | None = None) -> EncodeStats:
     """Encodes every audio file not yet in `out_path` to a units line (see the module doc).
+
+    With a `worker` of many, only that worker's files (`speech.workers`) are encoded, into its
+    own shard `workers.shard_path(out_path, worker)` with its own sidecar; everything below
+    then applies to that shard alone (`verify_units` checks the shards together).
 
     Before any audio is read: the codebook's own sidecar must agree with the featurizer, and
     an existing `out_path` must have been made with the same codebook (sha256 of its values),
@@ -480,7 +548,9 @@ def encode_folder(audio_source: str, centroids_path: str, out_path: str, *, feat
     its sidecar first and encodes every file.
     """
     _check_policy(on_bad_record)
-    files = list_audio(audio_source)
+    worker = worker or workers_lib.Worker()
+    files = workers_lib.worker_files(list_audio(audio_source), worker)
+    out_path = workers_lib.shard_path(out_path, worker)
     centroids = kmeans.load_centroids(centroids_path)
     featurizer = make_featurizer(features, frame_stack=frame_stack, rate_hz=rate_hz, device=device)
     if centroids.shape[1] != featurizer.dim:
@@ -490,6 +560,8 @@ def encode_folder(audio_source: str, centroids_path: str, out_path: str, *, feat
     check_codebook_settings(centroids_path, settings)
     header = {"format": UNITS_FORMAT, **settings, "codebook_sha256": codebook_digest(centroids),
               "codebook_shape": list(centroids.shape), "codebook_path": os.path.abspath(centroids_path)}
+    if worker.count > 1:  # informational (the file name says it too); not compared on resume
+        header.update(worker_index=worker.index, num_workers=worker.count)
     if reencode:
         for stale in (out_path, sidecar_path(out_path)):
             if os.path.exists(stale):
@@ -497,7 +569,7 @@ def encode_folder(audio_source: str, centroids_path: str, out_path: str, *, feat
     done = read_done_ids(out_path)
     check_units_resume(out_path, header, len(done))
     todo = [(i, p) for i, p in files if i not in done]
-    stats = EncodeStats(already_done=len(files) - len(todo))
+    stats = EncodeStats(already_done=len(files) - len(todo), files=len(files), out_path=out_path)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_sidecar(out_path, header)  # before the first record: a killed run leaves a resumable pair
     with open(out_path, "a", encoding="utf-8") as out:
