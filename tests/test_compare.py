@@ -372,3 +372,42 @@ def test_alignment_gets_intervals_in_the_record_and_a_paired_comparison(tmp_path
     assert cp["per_run"][1]["value"] == pytest.approx(cp["per_run"][0]["value"] + 0.08)
     assert "align/cos_parallel" not in result["other_metrics"] and "align/r1_en_fr" in result["other_metrics"]
     assert "align/cos_gap (30 items)" in text and "+0.080" in text
+
+
+def _write_budget(run_dir, train_tokens: int, capacity: int = 4096) -> None:
+    """token_budget.json as `slm-jax train` writes it with TRAIN_TOKENS (the keys compare reads)."""
+    with open(os.path.join(run_dir, "token_budget.json"), "w") as f:
+        json.dump({"train_tokens": train_tokens, "capacity_tokens_per_step": capacity, "batch_size": 8,
+                   "sequence_length": 512, "estimated_steps": 20}, f)
+
+
+def test_runs_trained_to_the_same_train_tokens_match_beyond_the_tolerance(tmp_path, capsys):
+    """Both stopped at the first step reaching TRAIN_TOKENS=9,800: +1,000 of overshoot difference is
+    10% (beyond 2%) but less than one step each, so they are matched; a third run whose budget
+    differs, or a step that is not where the budget was reached, stays a mismatch."""
+    run_a, run_b = two_runs(tmp_path, tokens_b=11_000)
+    assert run_compare(capsys, run_a, run_b, "--no_plot", f"--out={tmp_path / 'cmp'}")[0] == 2
+    _write_budget(run_a, 9_800)
+    _write_budget(run_b, 9_800)
+    code, text, err = run_compare(capsys, run_a, run_b, "--no_plot", f"--out={tmp_path / 'cmp'}")
+    assert code == 0, err
+    assert "ok (same TRAIN_TOKENS)" in text
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"][1]["budget"] == "same_budget"
+    _write_budget(run_b, 9_000)  # another budget: 11,000 is past it by more than... still reached, but not 9,800
+    assert run_compare(capsys, run_a, run_b, "--no_plot", f"--out={tmp_path / 'cmp'}")[0] == 2
+    _write_budget(run_b, 9_800, capacity=1000)  # 11,000 is more than one step past 9,800: not where it stopped
+    assert run_compare(capsys, run_a, run_b, "--no_plot", f"--out={tmp_path / 'cmp'}")[0] == 2
+
+
+def test_compare_names_a_missing_run_directory(tmp_path, capsys):
+    run_a, _ = two_runs(tmp_path)
+    code, _, err = run_compare(capsys, run_a, str(tmp_path / "nope"), "--no_plot")
+    assert code == 2 and f"{tmp_path / 'nope'}: no such run directory" in err
+
+
+def test_bootstrap_p_at_its_resolution_floor_is_shown_as_a_bound(tmp_path, capsys):
+    run_a, run_b = two_runs(tmp_path, b_accuracy=0.99)
+    code, text, err = run_compare(capsys, run_a, run_b, "--no_plot", f"--out={tmp_path / 'cmp'}")
+    c = json.loads((tmp_path / "cmp" / "compare.json").read_text())["benchmarks"]["ssc_en"]["comparisons"][0]
+    assert code == 0 and c["p_bootstrap"] == pytest.approx(1 / 2001)
+    assert "<=0.0005" in text

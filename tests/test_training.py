@@ -175,3 +175,30 @@ def test_loss_is_reported_per_modality():
     # Without modality ids (synthetic batches) the split is unknown: NaN, logged as null.
     _, m = trainer.train_step(trainer.init_state(seed=0), trainer.global_batch(random_packed_batch(3)))
     assert np.isnan(float(m["loss_text"])) and np.isnan(float(m["loss_speech"]))
+
+
+def test_schedule_problem_names_a_run_that_ends_within_its_warmup():
+    from slm_jax.training.optimizer import OptimizerConfig, schedule_problem
+    cfg = OptimizerConfig(warmup_steps=30)
+    problem = schedule_problem(cfg, 20)
+    assert "step 20" in problem and "warmup_steps=30" in problem and "never decays" in problem
+    assert schedule_problem(cfg, 31) is None
+    assert schedule_problem(OptimizerConfig(warmup_steps=30, decay_steps=40), 20) is None  # explicit end: user's call
+    assert schedule_problem(OptimizerConfig(warmup_steps=0), 1) is None
+
+
+def test_train_tokens_accepts_an_integral_float_and_refuses_bad_values_as_config_errors():
+    import gin
+
+    from slm_jax.gin_utils import ConfigError, parse_gin
+    from slm_jax.training.train import TrainRun
+    try:
+        parse_gin(["gin/runs/test_cpu.gin"], ["TRAIN_TOKENS=6e4"])
+        assert TrainRun().train_tokens == 60000 and isinstance(TrainRun().train_tokens, int)
+        for bad in ("0", "-100", "'60000'", "65000.5"):
+            gin.clear_config()
+            parse_gin(["gin/runs/test_cpu.gin"], [f"TRAIN_TOKENS={bad}"])
+            with pytest.raises(ConfigError, match="TRAIN_TOKENS"):
+                TrainRun()
+    finally:
+        gin.clear_config()

@@ -20,8 +20,12 @@ by id). Other float metrics every record holds (R@1, sWUGGY in_vocab, ...) are s
 are, without an interval.
 
 Token budgets (`budget_statuses`): a run whose target tokens seen differ from the
-reference's by more than `tolerance` (relative to the reference) is a MISMATCH; a run (or a
-reference) whose tokens are unknown is UNKNOWN. Both are refused (`BudgetMismatchError`)
+reference's by more than `tolerance` (relative to the reference) is a MISMATCH, unless both
+runs were trained to the same `TRAIN_TOKENS` (their `token_budget.json`) and each compared step
+is where its run reached it (at most one step's capacity past the budget): then they are
+"same TRAIN_TOKENS" (a run stops at the first step reaching the budget, so runs whose steps
+are large against the budget overshoot by different amounts). A run (or a reference) whose
+tokens are unknown is UNKNOWN. Both are refused (`BudgetMismatchError`)
 unless `allow_budget_mismatch`, in which case they are flagged in the table and the JSON. A
 single run has no budget to match. Runs evaluated with a different `--score` or
 `--renormalize` are refused (their accuracies measure different things).
@@ -62,6 +66,7 @@ class RunChoice:
     picked_by: str  # "latest" | "step" | "tokens"
     tokens: dict[str, Any] | None
     records: dict[int, dict]
+    token_budget: dict[str, Any] | None = None  # the run's token_budget.json, None without TRAIN_TOKENS
 
     @property
     def record(self) -> dict:
@@ -82,6 +87,8 @@ def load_records(run_dir: str) -> dict[int, dict]:
     """step -> record of `run_dir/eval/<step>.json`; CompareError when there is none."""
     folder = run_dir_lib.eval_dir(run_dir)
     records = results.read_eval_records(folder) if os.path.isdir(folder) else {}
+    if not records and not os.path.isdir(run_dir):
+        raise CompareError(f"{run_dir}: no such run directory")
     if not records:
         raise CompareError(f"{run_dir}: no evaluation records ({folder}/<step>.json); evaluate it first: "
                            f"slm-jax eval --gin_file=RUN.gin --gin.MODEL_DIR=\"'{run_dir}'\" --benchmarks=... "
@@ -102,25 +109,31 @@ def choose_step(run_dir: str, records: dict[int, dict], step: int | None = None,
     if step is not None and tokens is not None:
         raise CompareError("--step and --tokens: give one")
     seen = {s: record_tokens(run_dir, records[s]) for s in sorted(records)}
+    try:
+        budget = run_dir_lib.read_token_budget(run_dir)
+    except run_dir_lib.ModelDirError as err:
+        raise CompareError(str(err)) from err
     if step is not None:
         if step not in records:
             raise CompareError(f"--step={step}: {run_dir} has no evaluation record of that step; "
                                f"evaluated steps: {sorted(records)}")
-        return RunChoice(run_dir, step, "step", seen[step], records)
+        return RunChoice(run_dir, step, "step", seen[step], records, budget)
     if tokens is not None:
         known = {s: target_tokens(t) for s, t in seen.items() if target_tokens(t) is not None}
         if not known:
             raise CompareError(f"--tokens={tokens:g}: no evaluated step of {run_dir} has tokens seen recorded "
                                f"(eval/<step>.json 'tokens' or metrics.jsonl 'tokens/target'); use --step")
         best = min(known, key=lambda s: (abs(known[s] - tokens), s))
-        return RunChoice(run_dir, best, "tokens", seen[best], records)
+        return RunChoice(run_dir, best, "tokens", seen[best], records, budget)
     latest = max(records)
-    return RunChoice(run_dir, latest, "latest", seen[latest], records)
+    return RunChoice(run_dir, latest, "latest", seen[latest], records, budget)
 
 
 def budget_statuses(choices: Sequence[RunChoice], tolerance: float = DEFAULT_TOLERANCE) -> list[dict[str, Any]]:
-    """Per run: `{"status": "reference"|"ok"|"mismatch"|"unknown", "relative": (T - T_ref) / T_ref
-    or None}`; the first run is the reference (status "unknown" when its tokens are)."""
+    """Per run: `{"status": "reference"|"ok"|"same_budget"|"mismatch"|"unknown", "relative":
+    (T - T_ref) / T_ref or None}`; the first run is the reference (status "unknown" when its
+    tokens are). "same_budget": beyond the tolerance, but both runs stopped at the same
+    TRAIN_TOKENS (`reached_budget`)."""
     if tolerance < 0:
         raise CompareError(f"--budget_tolerance={tolerance} must be >= 0")
     ref = choices[0].target_tokens
@@ -134,8 +147,25 @@ def budget_statuses(choices: Sequence[RunChoice], tolerance: float = DEFAULT_TOL
             out.append({"status": "ok" if t == 0 else "mismatch", "relative": 0.0 if t == 0 else None})
             continue
         relative = (t - ref) / ref
-        out.append({"status": "ok" if abs(relative) <= tolerance else "mismatch", "relative": relative})
+        status = "ok" if abs(relative) <= tolerance else "mismatch"
+        if status == "mismatch" and reached_budget(choices[0]) is not None and \
+                reached_budget(choices[0]) == reached_budget(choice):
+            status = "same_budget"
+        out.append({"status": status, "relative": relative})
     return out
+
+
+def reached_budget(choice: RunChoice) -> int | None:
+    """The run's TRAIN_TOKENS when the compared step is where it reached them: tokens seen at
+    or past the budget by less than one step's capacity (batch x length, token_budget.json);
+    else None."""
+    record, seen = choice.token_budget, choice.target_tokens
+    if not record or seen is None or record.get("train_tokens") is None:
+        return None
+    budget, capacity = int(record["train_tokens"]), record.get("capacity_tokens_per_step")
+    if capacity is None:
+        capacity = int(record.get("batch_size", 0)) * int(record.get("sequence_length", 0))
+    return budget if budget <= seen < budget + capacity else None
 
 
 def check_budgets(choices: Sequence[RunChoice], tolerance: float = DEFAULT_TOLERANCE,
@@ -301,7 +331,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _p(p: float) -> str:
+def _p(p: float, floor: float | None = None) -> str:
+    """p as text; at the bootstrap's floor 1 / (resamples + 1), "<=" that floor (the test cannot
+    resolve smaller p)."""
+    if floor is not None and p <= floor * (1 + 1e-9):
+        return f"<={floor:.2g}"
     return f"{p:.3g}"
 
 
@@ -312,7 +346,8 @@ def _grid(rows: list[list[str]]) -> list[str]:
             .rstrip() for r in rows]
 
 
-_BUDGET_LABEL = {"reference": "reference", "ok": "ok", "mismatch": "MISMATCH (allowed)",
+_BUDGET_LABEL = {"reference": "reference", "ok": "ok", "same_budget": "ok (same TRAIN_TOKENS)",
+                 "mismatch": "MISMATCH (allowed)",
                  "unknown": "UNKNOWN (allowed)"}
 _PICKED = {"latest": "latest evaluated", "step": "--step", "tokens": "closest to --tokens"}
 
@@ -321,6 +356,7 @@ def format_compare_table(result: dict[str, Any]) -> str:
     """The `compare_runs` result as text: runs, one accuracy row per benchmark (a column per
     run), the comparisons with the reference, the other metrics, and how they were computed."""
     runs, names = result["runs"], list(result["benchmarks"])
+    floor = 1.0 / (result["settings"]["resamples"] + 1)
     lines = ["runs ([1] is the reference every other run is compared with):"]
     lines += [f"  [{i + 1}] {r['dir']}  (step {r['step']}: {_PICKED[r['picked_by']]})" for i, r in enumerate(runs)]
     single = len(runs) == 1
@@ -344,7 +380,7 @@ def format_compare_table(result: dict[str, Any]) -> str:
             for c in b["comparisons"]:
                 rows.append([b["label"], f"[{c['run'] + 1}]",
                              f"{100 * c['diff']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]",
-                             _p(c["p_bootstrap"]), _p(c["p_mcnemar"]),
+                             _p(c["p_bootstrap"], floor), _p(c["p_mcnemar"]),
                              f"{c['n_reference_better']} / {c['n_run_better']}"])
         lines += ["", "differences with [1] on the same pairs (matched by id):", *_grid(rows)]
     for name, metrics in result.get("alignment", {}).items():
@@ -356,7 +392,7 @@ def format_compare_table(result: dict[str, Any]) -> str:
             for c in m["comparisons"]:
                 rows.append([f"  [{c['run'] + 1}] - [1] {metric}",
                              *[""] * c["run"], f"{c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] "
-                             f"p={_p(c['p_bootstrap'])}", *[""] * (len(runs) - c["run"] - 1)])
+                             f"p={_p(c['p_bootstrap'], floor)}", *[""] * (len(runs) - c["run"] - 1)])
         lines += ["", "alignment, mean over items [95% CI]; differences: paired bootstrap over items:", *_grid(rows)]
     if result["other_metrics"]:
         rows = [["", *[f"[{i + 1}]" for i in range(len(runs))]]]

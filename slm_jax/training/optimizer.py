@@ -103,6 +103,17 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
+def schedule_problem(cfg: OptimizerConfig, total_steps: int) -> str | None:
+    """Why the schedule of a `total_steps` run never reaches its peak or never decays (None when it
+    does): with `decay_steps` unset the decay ends at the last step, so a run no longer than its
+    warmup stops while the learning rate is still rising."""
+    if cfg.decay_steps is None and cfg.warmup_steps > 0 and total_steps <= cfg.warmup_steps:
+        return (f"the run ends at step {total_steps}, within OptimizerConfig.warmup_steps={cfg.warmup_steps}: the "
+                f"learning rate is still warming up ({total_steps / cfg.warmup_steps:.0%} of its peak) when the run "
+                f"stops and never decays; lower warmup_steps (e.g. to {max(total_steps // 10, 1)}) or train longer")
+    return None
+
+
 def decay_mask(params):
     """A pytree of bools with the structure of `params`: True where weight decay applies.
 

@@ -27,10 +27,11 @@ import gin
 import jax
 import numpy as np
 
+from slm_jax.gin_utils import ConfigError
 from slm_jax.training import distributed, partitioning, run_dir
 from slm_jax.training.distributed import DistributedConfig
 from slm_jax.training.metrics import MetricsWriter, TokenCounter, mfu, sum_over_processes, target_and_packed
-from slm_jax.training.optimizer import OptimizerConfig
+from slm_jax.training.optimizer import OptimizerConfig, schedule_problem
 from slm_jax.training.partitioning import MeshConfig
 from slm_jax.training.trainer import TrainConfig, Trainer
 
@@ -312,15 +313,17 @@ class TrainRun:
                            ("train.log_period", self.log_period),
                            ("train.token_probe_batches", self.token_probe_batches)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key}={value!r} must be an int >= 1")
+                raise ConfigError(f"{key}={value!r} must be an int >= 1")
+        if isinstance(self.train_tokens, float) and self.train_tokens.is_integer():  # TRAIN_TOKENS = 10e9
+            object.__setattr__(self, "train_tokens", int(self.train_tokens))
         if self.train_tokens is not None and (not isinstance(self.train_tokens, int)
                                               or isinstance(self.train_tokens, bool) or self.train_tokens < 1):
-            raise ValueError(f"TRAIN_TOKENS (train.train_tokens)={self.train_tokens!r} must be an int >= 1 "
+            raise ConfigError(f"TRAIN_TOKENS (train.train_tokens)={self.train_tokens!r} must be an int >= 1 "
                              f"(loss-weighted target tokens) or None (stop at TRAIN_STEPS)")
         run_dir.parse_allowed_changes(self.allow_resume_changes)
         if self.benchmarks and self.benchmark_period:
             if not isinstance(self.benchmark_period, int) or self.benchmark_period % self.log_period:
-                raise ValueError(f"train.benchmark_period={self.benchmark_period!r} must be a multiple of "
+                raise ConfigError(f"train.benchmark_period={self.benchmark_period!r} must be a multiple of "
                                  f"train.log_period={self.log_period} (benchmarks are logged with the loss)")
 
 
@@ -537,6 +540,10 @@ def run_training(run: TrainRun, config_str: str = "", benchmark_fn: BenchmarkFn 
         start = 0
         state = trainer.init_state(run.seed)
     counter = TokenCounter(task_names(run.train_dataset), restored=(tokens_saved or {}).get("counts"))
+    problem = schedule_problem(run.optimizer, run.train_steps)
+    if problem:
+        log.warning("LR schedule: %s%s", problem, f" (TRAIN_TOKENS={budget} is expected at step {run.train_steps})"
+                    if budget is not None else "")
     run_dir.record_launch(model_dir, settings, config_str, start, run.train_steps, changed)
     writer = MetricsWriter(model_dir, resume_step=start)
 
