@@ -60,6 +60,7 @@ read (`READ_KEYS`), is counted in the import report.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -493,16 +494,21 @@ def _from_spiritlm_units(obj: dict, *, lang, unit_rate_hz, pitch_rate_hz, style_
                      text=_record_text(obj, where, counts))
 
 
-# --- the import loop -------------------------------------------------------------------
-def _iter_lines(pattern: str):
-    """Yields ("file:line", text) for the non-blank lines of the matching files."""
+# --- reading input files ---------------------------------------------------------------
+def iter_file_lines(path: str):
+    """Yields ("file:line", text) for the non-blank lines of one file, as it reads (streaming)."""
     import tensorflow as tf  # gfile, so gs:// inputs work
 
+    with tf.io.gfile.GFile(path, "r") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def _iter_lines(pattern: str):
+    """Yields ("file:line", text) for the non-blank lines of the matching files."""
     for path in corpus.list_files(pattern):
-        with tf.io.gfile.GFile(path, "r") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    yield f"{path}:{lineno}", line
+        yield from iter_file_lines(path)
 
 
 def _textlesslib_line(line: str, where: str) -> tuple[str | None, str]:
@@ -515,32 +521,38 @@ def _textlesslib_line(line: str, where: str) -> tuple[str | None, str]:
     return None, line
 
 
-def _iter_textlesslib(pattern: str):
-    """Yields ("file:line", (record dict, whether the line was named)) for textlesslib `.units`
-    files (+ sibling `.durations`)."""
+def _numbered_nonblank(f):
+    return ((i, ln) for i, ln in enumerate(f, start=1) if ln.strip())
+
+
+def iter_textlesslib_file(path: str):
+    """Yields ("file:line", (record dict, whether the line was named)) for one textlesslib `.units`
+    file and its sibling `.durations` (read line by line in step, as they stream). A durations
+    file with another number of lines is an error when the shorter one ends."""
     import tensorflow as tf
 
-    for path in corpus.list_files(pattern):
-        if not path.endswith(".units"):
-            raise ValueError(f"{path}: expected a textlesslib '.units' file (transcribe.py --output=OUT writes "
-                             "OUT.units and, with --durations, OUT.durations)")
-        dur_path = path[: -len(".units")] + ".durations"
-        with tf.io.gfile.GFile(path, "r") as f:
-            unit_lines = [(i, ln) for i, ln in enumerate(f, start=1) if ln.strip()]
-        dur_lines = None
-        if tf.io.gfile.exists(dur_path):
-            with tf.io.gfile.GFile(dur_path, "r") as f:
-                dur_lines = [(i, ln) for i, ln in enumerate(f, start=1) if ln.strip()]
-            if len(dur_lines) != len(unit_lines):
-                raise BadRecordError(f"{path} has {len(unit_lines)} utterance line(s) but {dur_path} has "
-                                     f"{len(dur_lines)}; expected one run-length line per units line")
-        stem = os.path.basename(path)[: -len(".units")]
-        for k, (lineno, line) in enumerate(unit_lines):
+    if not path.endswith(".units"):
+        raise ValueError(f"{path}: expected a textlesslib '.units' file (transcribe.py --output=OUT writes "
+                         "OUT.units and, with --durations, OUT.durations)")
+    dur_path = path[: -len(".units")] + ".durations"
+    stem = os.path.basename(path)[: -len(".units")]
+    has_durations = tf.io.gfile.exists(dur_path)
+    with contextlib.ExitStack() as stack:
+        unit_lines = _numbered_nonblank(stack.enter_context(tf.io.gfile.GFile(path, "r")))
+        dur_lines = _numbered_nonblank(stack.enter_context(tf.io.gfile.GFile(dur_path, "r"))) if has_durations else None
+        n_units = n_durs = 0
+        for lineno, line in unit_lines:
+            n_units += 1
             where = f"{path}:{lineno}"
             name, values = _textlesslib_line(line, where)
             obj = {"id": name if name is not None else f"{stem}:{lineno}", "units": values}
             if dur_lines is not None:
-                d_lineno, d_line = dur_lines[k]
+                nxt = next(dur_lines, None)
+                if nxt is None:
+                    n_units += sum(1 for _ in unit_lines)
+                    break
+                n_durs += 1
+                d_lineno, d_line = nxt
                 d_where = f"{dur_path}:{d_lineno}"
                 d_name, d_values = _textlesslib_line(d_line, d_where)
                 if d_name != name:
@@ -552,6 +564,17 @@ def _iter_textlesslib(pattern: str):
                     raise BadRecordError(f"{d_where}: record {obj['id']!r}: durations {d_values[:40]!r} are not "
                                          "space-separated integers") from None
             yield where, (obj, name is not None)
+        if dur_lines is not None:
+            n_durs += sum(1 for _ in dur_lines)
+            if n_durs != n_units:
+                raise BadRecordError(f"{path} has {n_units} utterance line(s) but {dur_path} has "
+                                     f"{n_durs}; expected one run-length line per units line")
+
+
+def _iter_textlesslib(pattern: str):
+    """`iter_textlesslib_file` over the matching `.units` files."""
+    for path in corpus.list_files(pattern):
+        yield from iter_textlesslib_file(path)
 
 
 def from_textlesslib(obj: dict, *, lang: str = "en", unit_rate_hz: float | None = None, source: str = "<input>",
@@ -610,72 +633,9 @@ def prepare_record(utt: Utterance, where: str, counts: collections.Counter, **li
     return utt
 
 
-def import_to_tfrecord(
-    fmt: str,
-    input_pattern: str,
-    output: str,
-    *,
-    lang: str = "en",
-    num_shards: int = 1,
-    on_bad_record: str = "error",
-    num_units: int | None = None,
-    num_pitch: int | None = None,
-    num_style: int | None = None,
-    unit_rate_hz: float | None = None,
-    pitch_rate_hz: float = SPIRITLM_PITCH_RATE_HZ,
-    style_rate_hz: float = SPIRITLM_STYLE_RATE_HZ,
-) -> dict:
-    """Converts, repairs, validates and writes `output`-SSSSS-of-NNNNN.tfrecord shards
-    (output = DIR/PREFIX). `num_units` defaults to the format's (`DEFAULT_NUM_UNITS`:
-    slamkit 500, SpiritLM 501).
+def import_to_tfrecord(*args, **kwargs) -> dict:
+    """`slm_jax.data.corpus.import_run.import_to_tfrecord` (the streaming run lives there; it
+    imports this module, hence the call-time import)."""
+    from slm_jax.data.corpus import import_run
 
-    Bad records (unparsable, invalid, duplicate id) raise BadRecordError naming the file,
-    line, id and field, or with `on_bad_record='skip'` are dropped, counted and logged.
-    Returns {'written': n, 'skipped': k, 'shards': [paths], 'report': {what: count}}: the
-    report counts how each unit rate was found (`rate_from_record`, `rate_from_flag`,
-    `rate_snapped_to_<R>_hz`, `rate_spiritlm_default`), run lengths expanded, text fields
-    normalised, zero-length words and words clipped into the audio (`corpus.repair_words`),
-    and record keys the format does not read (`ignored_key_<name>`, see `READ_KEYS`).
-    Records that were skipped count nothing.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown import format {fmt!r}; expected one of {FORMATS}")
-    corpus.check_on_bad_record(on_bad_record)
-    num_units = DEFAULT_NUM_UNITS[fmt] if num_units is None else num_units
-    out_dir, prefix = os.path.dirname(output) or ".", os.path.basename(output)
-    if not prefix:
-        raise ValueError(f"--output={output!r}: expected DIR/PREFIX (a file name prefix after the directory)")
-    records, reasons, seen, total = [], [], {}, 0
-    report: collections.Counter = collections.Counter()
-    lines = _iter_textlesslib(input_pattern) if fmt == "textlesslib" else _iter_lines(input_pattern)
-    for where, line in lines:
-        total += 1
-        counts: collections.Counter = collections.Counter()
-        try:
-            if fmt == "textlesslib":
-                obj, named = line
-                if not named:
-                    counts["ids_from_line_numbers"] += 1
-                utt = from_textlesslib(obj, lang=lang, unit_rate_hz=unit_rate_hz, source=where, counts=counts)
-            else:
-                utt = convert_line(fmt, line, source=where, lang=lang, unit_rate_hz=unit_rate_hz,
-                                   pitch_rate_hz=pitch_rate_hz, style_rate_hz=style_rate_hz, counts=counts)
-            utt = prepare_record(utt, where, counts, num_units=num_units, num_pitch=num_pitch,
-                                 num_style=num_style)
-            if utt.id in seen:
-                raise BadRecordError(f"{where}: record {utt.id!r}: duplicate id (first at {seen[utt.id]})")
-        except BadRecordError as e:
-            if on_bad_record == "error":
-                raise
-            reasons.append(str(e))
-            continue
-        seen[utt.id] = where
-        report.update(counts)
-        records.append(corpus.serialize(corpus.to_example(utt)))
-    corpus.log_skipped(reasons, total, f"import {fmt} {input_pattern}")
-    if not records:
-        raise BadRecordError(
-            f"{input_pattern}: no valid records to write ({len(reasons)} skipped of {total})"
-        )
-    paths = corpus.write_serialized_shards(out_dir, prefix, records, num_shards)
-    return {"written": len(records), "skipped": len(reasons), "shards": paths, "report": dict(sorted(report.items()))}
+    return import_run.import_to_tfrecord(*args, **kwargs)

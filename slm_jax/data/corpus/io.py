@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message
 
+from slm_jax.data.corpus.shard_writer import ShardWriter, shard_path  # noqa: F401  (shard_path: public name)
 from slm_jax.data.corpus.schema import (JSONL_SUFFIXES, PAIRED_TFRECORD_FEATURES, SHARD_SUFFIX, BadRecordError,
                                         Utterance, _PAIRED_KINDS, _UTT_KINDS, normalize_utterance)
 
@@ -218,21 +218,6 @@ def read_jsonl(pattern: str | Sequence[str], with_source: bool = False) -> Itera
 
 
 # --- files: TFRecord -----------------------------------------------------------------------
-def shard_path(out_dir: str, prefix: str, index: int, num_shards: int) -> str:
-    return os.path.join(out_dir, f"{prefix}-{index:05d}-of-{num_shards:05d}{SHARD_SUFFIX}")
-
-
-def _check_no_foreign_shards(out_dir: str, prefix: str, paths: list[str]) -> None:
-    """A stale shard set with another shard count would be read twice by `prefix-*` globs."""
-    existing = tf.io.gfile.glob(os.path.join(out_dir, f"{prefix}-*-of-*{SHARD_SUFFIX}"))
-    foreign = sorted(set(existing) - set(paths))
-    if foreign:
-        raise FileExistsError(
-            f"{out_dir}: shards of another shard count exist for prefix {prefix!r} (e.g. {foreign[0]}); "
-            "remove them or use another prefix"
-        )
-
-
 def write_serialized_shards(
     out_dir: str, prefix: str, records: Sequence[bytes], num_shards: int
 ) -> list[str]:
@@ -240,29 +225,13 @@ def write_serialized_shards(
 
     Contiguous (not round-robin), so reading the shards in name order gives the records
     back in the order they were written. Each shard is written under a hidden temp name
-    and renamed, so an interrupted run never leaves a half shard that a glob would read.
+    and renamed, so an interrupted run never leaves a half shard that a glob would read
+    (`shard_writer.ShardWriter`, which also writes streams whose length is not known).
     """
-    if num_shards < 1:
-        raise ValueError(f"{out_dir}/{prefix}: num_shards must be >= 1, got {num_shards}")
-    if len(records) < num_shards:
-        logger.warning(
-            "%s/%s: %d record(s) into %d shards: some shards are empty",
-            out_dir,
-            prefix,
-            len(records),
-            num_shards,
-        )
-    tf.io.gfile.makedirs(out_dir)
-    paths = [shard_path(out_dir, prefix, i, num_shards) for i in range(num_shards)]
-    _check_no_foreign_shards(out_dir, prefix, paths)
-    bounds = np.linspace(0, len(records), num_shards + 1).astype(int)
-    for i, path in enumerate(paths):
-        tmp = os.path.join(out_dir, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-        with tf.io.TFRecordWriter(tmp) as w:
-            for rec in records[bounds[i] : bounds[i + 1]]:
-                w.write(rec)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    return paths
+    with ShardWriter(out_dir, prefix, num_shards=num_shards, total=len(records)) as writer:
+        for rec in records:
+            writer.write(rec)
+        return writer.close()
 
 
 def serialize(example: tf.train.Example) -> bytes:

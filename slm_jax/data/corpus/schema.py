@@ -435,15 +435,15 @@ def check_on_bad_record(on_bad_record: str) -> None:
         raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD_CHOICES}, got {on_bad_record!r}")
 
 
-def log_skipped(reasons: Sequence[str], total: int, what: str) -> None:
-    """Warns with the number of skipped records and the first few reasons (never silent)."""
-    if not reasons:
+def log_skipped(reasons: Sequence[str], total: int, what: str, num_skipped: int | None = None) -> None:
+    """Warns with the number of skipped records and the first few reasons (never silent).
+    `num_skipped`: the count when `reasons` holds only the first few (default len(reasons))."""
+    n = len(reasons) if num_skipped is None else num_skipped
+    if not n:
         return
     shown = "\n  ".join(reasons[:MAX_REASONS_LOGGED])
-    more = (
-        f"\n  ... and {len(reasons) - MAX_REASONS_LOGGED} more" if len(reasons) > MAX_REASONS_LOGGED else ""
-    )
-    logger.warning("%s: skipped %d bad record(s) of %d:\n  %s%s", what, len(reasons), total, shown, more)
+    more = f"\n  ... and {n - MAX_REASONS_LOGGED} more" if n > MAX_REASONS_LOGGED else ""
+    logger.warning("%s: skipped %d bad record(s) of %d:\n  %s%s", what, n, total, shown, more)
 
 
 def validate_all(
