@@ -230,9 +230,9 @@ def test_decoder_and_lst_with_fused_attention_equal_xla(impl):
 @pytest.mark.tpu_aot
 @pytest.mark.slow
 def test_splash_train_step_compiles_for_tpu_with_the_mosaic_kernel():
-    """`slm-jax compile`'s path for a decoder run with attention_impl='auto' on v5e:2x2: the
-    compiled TPU program holds the splash kernel (a Mosaic tpu_custom_call), and the XLA path's
-    does not."""
+    """`slm-jax compile`'s path for a decoder run and an LST run with attention_impl='auto' on
+    v5e:2x2: the compiled TPU program holds the splash kernel (a Mosaic tpu_custom_call), and the
+    XLA path's does not."""
     import gin
 
     from slm_jax.gin_utils import parse_gin
@@ -244,14 +244,19 @@ def test_splash_train_step_compiles_for_tpu_with_the_mosaic_kernel():
     except ValueError as err:
         pytest.skip(str(err))
     hlo = {}
-    for impl in ("auto", "xla"):
-        parse_gin(["gin/runs/test_cpu.gin"], ["SEQUENCE_LENGTH=200", "BATCH_SIZE=4",
-                                              f"DecoderConfig.attention_impl='{impl}'"])
+    runs = {"auto": "gin/runs/test_cpu.gin", "xla": "gin/runs/test_cpu.gin", "lst": "gin/runs/lst_demo_cpu.gin"}
+    for name, gin_file in runs.items():
+        impl = "xla" if name == "xla" else "auto"
+        parse_gin([gin_file], ["SEQUENCE_LENGTH=200", "BATCH_SIZE=4", f"DecoderConfig.attention_impl='{impl}'"]
+                  + (["LSTConfig.pooling_impl='reference'"] if name == "lst" else []))
         try:
             trainer = build_trainer(TrainRun(), devices=devices)
-            hlo[impl] = trainer.lower_train_step().compile().as_text()
+            hlo[name] = trainer.lower_train_step().compile().as_text()
         finally:
             gin.clear_config()
     assert "tpu_custom_call" in hlo["auto"]
     assert "splash" in hlo["auto"].lower()
     assert "tpu_custom_call" not in hlo["xla"]
+    # LST: its global and local stacks run splash too (pooling kept on the XLA reference, so every
+    # Mosaic call in the program is attention)
+    assert "tpu_custom_call" in hlo["lst"] and "splash" in hlo["lst"].lower()
