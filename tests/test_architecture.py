@@ -44,8 +44,10 @@ DATA_RANKS = {
     "slm_jax.data.packing": 3,
     "slm_jax.data.feature_converter": 4,
     "slm_jax.data.registration": 5,
-    "slm_jax.data.pipeline": 6,
-    "slm_jax.data.inspect_data": 6,
+    "slm_jax.data.task_cache": 6,
+    "slm_jax.data.pipeline": 7,
+    "slm_jax.data.inspect_data": 7,
+    "slm_jax.data.beam_cache": 8,
 }
 # The one allowed upward arrow: `slm-jax prepare demo-corpus`, a documented command, forwards
 # to the demo's builder (imported inside the function, only when that command runs).

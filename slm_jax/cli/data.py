@@ -1,4 +1,6 @@
-"""`slm-jax data show|stats TASK_OR_MIXTURE`: what a task or mixture feeds the model."""
+"""`slm-jax data show|stats TASK_OR_MIXTURE`: what a task or mixture feeds the model;
+`slm-jax data cache TASK_OR_MIXTURE...`: SeqIO's offline cache of tasks on Apache Beam
+(`slm_jax.data.beam_cache`; read with `DatasetConfig.use_cached=True`)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,24 @@ def data_main(argv) -> int:
     p_stats.add_argument("--sequence_length", type=int, default=None)
     p_stats.add_argument("--token_shares", default=None,
                          help="task=share,... : print mixture rates giving these TOKEN shares (matched budgets)")
-    args = parser.parse_args(argv)
+    p_cache = sub.add_parser(
+        "cache", help="preprocess tasks up to their cache point into SeqIO's offline cache (Apache Beam)",
+        description="Caches tasks (a mixture: its tasks) for DatasetConfig.use_cached=True. Flags not listed here go "
+        "to Apache Beam's PipelineOptions (e.g. --direct_num_workers=4, or --project/--region/--temp_location "
+        "with --runner=DataflowRunner). Needs pip install -e '.[beam]'.")
+    p_cache.add_argument("names", nargs="+", metavar="TASK_OR_MIXTURE")
+    p_cache.add_argument("--cache_dir", default=None,
+                         help="where caches go (default $SLM_JAX_DATA_DIR/seqio_cache; gs:// works)")
+    p_cache.add_argument("--runner", default="DirectRunner",
+                         help="Beam runner: DirectRunner (local), DataflowRunner, FlinkRunner, SparkRunner, ...")
+    p_cache.add_argument("--split", action="append", default=None, help="cache only this split (repeatable)")
+    p_cache.add_argument("--overwrite", action="store_true", help="rebuild caches that are already complete")
+    p_cache.add_argument("--base_seed", type=int, default=None,
+                         help="seed of seeded pre-cache preprocessors (seqio's rule: + a hash of task and shard)")
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.cmd != "cache":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args, args.modules = extra, modules
     try:
         return _run(args)
     except ValueError as err:  # bad task name, split, shares: one line, not a traceback
@@ -37,7 +56,28 @@ def data_main(argv) -> int:
         return 2
 
 
+def _cache(args) -> int:
+    try:
+        from slm_jax.data import beam_cache
+    except ImportError as e:
+        raise ValueError(f"needs Apache Beam: pip install -e '.[beam]' ({e})") from None
+    out = beam_cache.run_task_cache(args.names, args.cache_dir, runner=args.runner, pipeline_args=args.beam_args,
+                                    modules=args.modules, splits=args.split, overwrite=args.overwrite,
+                                    base_seed=args.base_seed)
+    for task in out["skipped"]:
+        print(f"{task}: already cached in {out['cache_dir']} (--overwrite rebuilds it)")
+    for task, splits in out["cached"].items():
+        for split, stats in splits.items():
+            print(f"{task} {split}: {stats.get('examples', 0):,} examples, {stats.get('targets_tokens', 0):,} "
+                  "targets tokens")
+    print(f"cache dir: {out['cache_dir']} (train with --gin.train/DatasetConfig.use_cached=True "
+          f"--gin.train/DatasetConfig.cache_dir=\"'{out['cache_dir']}'\")")
+    return 0
+
+
 def _run(args) -> int:
+    if args.cmd == "cache":
+        return _cache(args)
     if args.cmd == "show":
         colour = {"auto": sys.stdout.isatty(), "always": True, "never": False}[args.colour]
         print(show(args.name, args.n, args.split, args.sequence_length, colour))

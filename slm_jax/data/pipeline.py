@@ -31,6 +31,7 @@ import seqio
 import tensorflow as tf
 
 from slm_jax import contract
+from slm_jax.data import task_cache
 from slm_jax.data.feature_converter import CTC_KEY, SLMFeatureConverter
 from slm_jax.gin_utils import ConfigError
 
@@ -63,7 +64,12 @@ class DatasetConfig:
       seed: shuffle / preprocessing seed; int, or None for a nondeterministic order.
       shuffle: shuffle examples; bool.
       pack: pack several examples into one row; bool.
-      use_cached: read the task's seqio cache (written by seqio's cache job); bool.
+      use_cached: read each task's SeqIO offline cache instead of running its pre-cache
+        preprocessors (built by `slm-jax data cache TASK`, `slm_jax.data.beam_cache`, or
+        seqio's `seqio_cache_tasks`); bool. A missing cache is a MissingCacheError naming the
+        task, the cache dir and the command that builds it (`task_cache.use_task_caches`).
+      cache_dir: where the caches are (`<cache_dir>/<task>/`); str, or None for
+        `$SLM_JAX_DATA_DIR/seqio_cache` (`task_cache.default_cache_dir`). Read only with use_cached.
       num_epochs: passes over the data; int >= 1, or None to repeat forever.
       ctc_length: packed length (characters + separators) of the `ctc_targets` stream, for
         tasks with transcripts (mSLAM's CTC), passed as task_feature_lengths["ctc_targets"];
@@ -80,6 +86,7 @@ class DatasetConfig:
     shuffle: bool = True
     pack: bool = True
     use_cached: bool = False
+    cache_dir: Optional[str] = None
     num_epochs: Optional[int] = None
     ctc_length: Optional[int] = None
 
@@ -99,6 +106,8 @@ class DatasetConfig:
         check("seed", self.seed is None or is_int(self.seed), "None or an int")
         for flag in ("shuffle", "pack", "use_cached"):
             check(flag, isinstance(getattr(self, flag), bool), "a bool")
+        check("cache_dir", self.cache_dir is None or (isinstance(self.cache_dir, str) and self.cache_dir),
+              "None (the default cache dir) or a non-empty str")
         check("num_epochs", self.num_epochs is None or (is_int(self.num_epochs) and self.num_epochs > 0),
               "None (repeat forever) or a positive int")
         check("ctc_length", self.ctc_length is None or (is_int(self.ctc_length) and self.ctc_length > 0),
@@ -152,6 +161,8 @@ def _validate(cfg: DatasetConfig, shard_info: seqio.ShardInfo):
             f"DatasetConfig.split={cfg.split!r}: members {lacking} of mixture {name!r} have no such split "
             f"(seqio would skip them and change the mixture); give them the split or set their rate to 0"
         )
+    if cfg.use_cached:  # seqio would fall back to live preprocessing with a log line; refuse instead
+        task_cache.use_task_caches([t for t, _ in active_members(provider)], cfg.split, cfg.cache_dir)
     return provider
 
 
@@ -173,7 +184,8 @@ def member_has_examples(cfg: DatasetConfig, shard_info: Optional[seqio.ShardInfo
     out = {}
     for task, _ in active_members(provider):
         ds = task.get_dataset({"targets": cfg.sequence_length}, split=cfg.split, use_cached=cfg.use_cached,
-                              shuffle=False, seed=cfg.seed, shard_info=shard_info, num_epochs=1)
+                              shuffle=False, seed=cfg.seed, shard_info=shard_info, num_epochs=1,
+                              try_in_mem_cache=_in_memory_cache(cfg))
         out[task.name] = any(True for _ in ds.take(1))
     return out
 
@@ -276,7 +288,7 @@ def _tagged_mixture(provider: seqio.Mixture, cfg: DatasetConfig, shard_info: seq
 
     datasets = [
         provider.get_task_dataset(task, keys, {"targets": cfg.sequence_length}, cfg.split, cfg.use_cached,
-                                  cfg.shuffle, cfg.seed, shard_info, cfg.num_epochs, True, True)
+                                  cfg.shuffle, cfg.seed, shard_info, cfg.num_epochs, True, _in_memory_cache(cfg))
         .map(tag(i + 1), num_parallel_calls=tf.data.AUTOTUNE)
         for i, task in enumerate(tasks)
     ]
@@ -295,7 +307,16 @@ def _task_dataset(provider, cfg: DatasetConfig, shard_info: seqio.ShardInfo, pas
     extra = {"passthrough_features": list(passthrough)} if passthrough and isinstance(provider, seqio.Mixture) else {}
     return provider.get_dataset({"targets": cfg.sequence_length}, split=cfg.split, use_cached=cfg.use_cached,
                                 shuffle=cfg.shuffle, seed=cfg.seed, shard_info=shard_info,
-                                num_epochs=cfg.num_epochs, trim_output_features=True, **extra)
+                                num_epochs=cfg.num_epochs, trim_output_features=True,
+                                try_in_mem_cache=_in_memory_cache(cfg), **extra)
+
+
+def _in_memory_cache(cfg: DatasetConfig) -> bool:
+    """seqio keeps a small cached split (< 10k examples per shard) in memory with `Dataset.cache()`
+    before repeating: later epochs would replay the first epoch's file order (a live read
+    reshuffles files each epoch), and an iterator checkpoint would hold the cached examples. So a
+    cached read streams from its files, like a live one (seqio's default stays for live reads)."""
+    return not cfg.use_cached
 
 
 def _with_single_task_ids(ex: dict) -> dict:

@@ -430,6 +430,7 @@ def register_corpus_task(
     batched: bool = False,
     batch_records: int = prep.DEFAULT_BATCH_RECORDS,
     on_missing_field: str = "error",
+    cacheable: bool = False,
 ) -> seqio.Task:
     """A task over corpus TFRecords (slm_jax.data.corpus layout) with SLM preprocessors.
 
@@ -444,7 +445,12 @@ def register_corpus_task(
     (e.g. `word_interleave.word_interleave_batches`); records are read `batch_records` at
     a time (`TFExampleSource(batch_records=...)`), split in batches and unbatched once at the end.
     Same examples as the per-record chain, at a fraction of the cost. Such a task has no
-    SeqIO cache point (its preprocessing runs on every read).
+    SeqIO cache point (its preprocessing runs on every read) unless `cacheable=True`: then the
+    record batches are unbatched BEFORE a `seqio.CacheDatasetPlaceholder` and split per record
+    after it (`split_to_length`, itself run on batches of 256), so `slm-jax data cache` can store
+    the interleaved examples (`slm_jax.data.task_cache`). Same examples again; the graph differs
+    from `cacheable=False`, so a data-iterator checkpoint of one does not restore into the other.
+    Per-record tasks always have the cache point (after their preprocessors, before the split).
 
     Record fields: the fields the preprocessors declare (`preprocessors.common.declare_fields`)
     must be parsed (ValueError here otherwise, naming the field) and present in every record:
@@ -471,8 +477,11 @@ def register_corpus_task(
                               on_missing_field=on_missing_field, batched=batched)
     source = TFExampleSource(split_to_filepattern, desc, root_fn=root_fn, batch_records=batch_records if batched
                              else None)
-    if batched:
+    if batched and not cacheable:
         finish = [drop_token_modality, functools.partial(_finish_batches, split_long_examples=split_long_examples)]
+    elif batched:
+        finish = [drop_token_modality, prep.unbatch_records, seqio.CacheDatasetPlaceholder(),
+                  prep.split_to_length if split_long_examples else prep.require_unsplit]
     else:
         finish = [drop_token_modality, seqio.CacheDatasetPlaceholder(),
                   prep.split_to_length if split_long_examples else prep.require_unsplit]

@@ -113,7 +113,7 @@ RESUME_SETTINGS: dict[str, tuple[str, bool]] = {
     "batch_size": ("BATCH_SIZE (train/DatasetConfig.batch_size)", True),
     "sequence_length": ("SEQUENCE_LENGTH (train/DatasetConfig.sequence_length, .ctc_length)", True),
     "mixture": ("MIXTURE_OR_TASK_NAME (train/DatasetConfig.mixture_or_task_name) and its members' rates", True),
-    "data_order": ("train/DatasetConfig.split / .seed (SEED) / .shuffle / .pack / .num_epochs", True),
+    "data_order": ("train/DatasetConfig.split / .seed (SEED) / .shuffle / .pack / .num_epochs / .use_cached", True),
     "vocabulary": ("the task's targets vocabulary (class, vocab_size)", True),
     "schedule": ("OptimizerConfig.learning_rate / .warmup_steps / .decay / .final_lr_fraction / .decay_steps "
                  "(TRAIN_STEPS when decay_steps=None), TRAIN_TOKENS (train.train_tokens; with it, the measured "

@@ -110,8 +110,10 @@ def resume_settings(run) -> dict[str, Any]:
         "batch_size": data.batch_size,
         "sequence_length": {"sequence_length": data.sequence_length, "ctc_length": data.ctc_length},
         "mixture": mixture,
+        # use_cached only when set, so launch records from before it compare equal: a tf.data position
+        # saved over the live pipeline does not restore into the cached one (another graph)
         "data_order": {"split": data.split, "seed": data.seed, "shuffle": data.shuffle, "pack": data.pack,
-                       "num_epochs": data.num_epochs},
+                       "num_epochs": data.num_epochs, **({"use_cached": True} if data.use_cached else {})},
         "vocabulary": vocabulary,
         "optimizer": {"kind": "adamw", "grad_clip": opt.grad_clip_norm is not None},
         "schedule": schedule,
