@@ -1,5 +1,5 @@
 # make demo: set up .venv, build the spoken demo corpus, train gin/runs/demo_cpu.gin, report, evaluate (sSC/sTC table).
-# make test: set up .venv and run the test suite (CPU, 8 fake devices): every tier that can run here.
+# make test: set up .venv (with the test and beam extras) and run the test suite (CPU, 8 fake devices): every tier that can run here.
 # make test-fast: the inner loop: deselects the slow, multiprocess, tpu_aot, espeak and gpu tiers.
 # make experiment: the CPU miniature of the cross-lingual interleaving comparison (gin/experiments/crosslingual):
 #   both arms under one token budget, every checkpoint evaluated, then `slm-jax compare` (under 40 min on 2 cores).
@@ -18,7 +18,7 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade pip
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e ".[test,beam]"
 	touch $(STAMP)
 
 install: $(STAMP)
