@@ -84,6 +84,10 @@ def test_missing_cache_names_task_dir_and_command(unit_cache, tmp_path):
     msg = str(e.value)
     assert "'demo_units_en'" in msg and os.path.join(empty, "demo_units_en") in msg
     assert f"slm-jax data cache demo_units_en --cache_dir={empty}" in msg
+    # every member of the mixture at once, and a one-line ConfigError for the CLI
+    assert "'demo_units_fr'" in msg and os.path.join(empty, "demo_units_fr") in msg
+    from slm_jax.gin_utils import ConfigError
+    assert isinstance(e.value, ConfigError)
     os.makedirs(os.path.join(empty, "demo_units_en"))
     with pytest.raises(task_cache.MissingCacheError, match="an unfinished cache .no COMPLETED file."):
         _batches("demo_units_en", empty, True, 1)

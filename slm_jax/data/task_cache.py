@@ -33,12 +33,14 @@ from typing import Iterable, Optional
 import seqio
 import tensorflow as tf
 
+from slm_jax.gin_utils import ConfigError
+
 CACHE_SUBDIR = "seqio_cache"
 DATA_DIR_ENV = "SLM_JAX_DATA_DIR"
 COMPLETED = "COMPLETED"
 
 
-class MissingCacheError(ValueError):
+class MissingCacheError(ConfigError):
     """`use_cached=True` for a task that has no cache point, or no complete cache in the cache dir."""
 
 
@@ -65,30 +67,35 @@ def use_task_caches(tasks: Iterable[seqio.Task], split: str, cache_dir: Optional
 
     seqio searches its global cache dirs once per Task object and keeps the first hit; this sets
     each task's cache dir to the one of THIS run, so two runs (or tests) with different cache dirs
-    in one process never read each other's cache. Raises MissingCacheError naming the task, the
-    cache dir and the command that builds it when a task has no cache point, no COMPLETED cache
-    there, or no `split` in it.
+    in one process never read each other's cache. Raises MissingCacheError (a ConfigError: one line
+    from the CLI) naming every such task, the cache dir and the command that builds it when a task
+    has no cache point, no COMPLETED cache there, or no `split` in it.
     """
     cache_dir = cache_dir or default_cache_dir()
     seqio.add_global_cache_dirs([cache_dir])
+    problems = []
+    tasks = list(tasks)
     for task in tasks:
         where = task_cache_path(cache_dir, task.name)
         if not task.supports_caching:
-            raise MissingCacheError(
+            problems.append(
                 f"DatasetConfig.use_cached=True: task {task.name!r} has no cache point (no "
                 "seqio.CacheDatasetPlaceholder among its preprocessors); register a batched task with "
                 "register_corpus_task(..., cacheable=True), or set DatasetConfig.use_cached=False")
-        if not tf.io.gfile.exists(os.path.join(where, COMPLETED)):
+        elif not tf.io.gfile.exists(os.path.join(where, COMPLETED)):
             state = "an unfinished cache (no COMPLETED file)" if tf.io.gfile.exists(where) else "no cache"
-            raise MissingCacheError(
+            problems.append(
                 f"DatasetConfig.use_cached=True: task {task.name!r} has {state} at {where} "
                 f"(DatasetConfig.cache_dir={cache_dir!r}); build it with `{build_command(task.name, cache_dir)}` "
                 "(add the --module_import that registers the task), or set DatasetConfig.use_cached=False")
-        if not tf.io.gfile.exists(seqio.utils.get_cached_info_path(where, split)):
-            raise MissingCacheError(
+        elif not tf.io.gfile.exists(seqio.utils.get_cached_info_path(where, split)):
+            problems.append(
                 f"DatasetConfig.use_cached=True: the cache of task {task.name!r} at {where} has no split "
                 f"{split!r} ({seqio.utils.get_cached_info_path(where, split)} is missing); rebuild it with "
                 f"`{build_command(task.name, cache_dir)} --overwrite`")
-        task._cache_dir = where  # noqa: SLF001 - seqio memoizes its first hit; this run's dir must win
+    if problems:  # every task's problem at once: a mixture's members are fixed in one pass
+        raise MissingCacheError(" | ".join(problems))
+    for task in tasks:
+        task._cache_dir = task_cache_path(cache_dir, task.name)  # noqa: SLF001 - seqio memoizes its first hit
         task._stats = {}  # noqa: SLF001 - and its stats, read from that dir
     return cache_dir
