@@ -261,3 +261,14 @@ def test_splash_train_step_compiles_for_tpu_with_the_mosaic_kernel():
     # LST: its global and local stacks run splash too (pooling kept on the XLA reference, so every
     # Mosaic call in the program is attention)
     assert "tpu_custom_call" in hlo["lst"] and "splash" in hlo["lst"].lower()
+
+
+def test_a_named_fused_impl_on_cpu_stops_the_cli_with_one_line(tmp_path):
+    """`slm-jax train` with attention_impl='splash' on CPU: exit 2, one line naming the setting,
+    nothing written (no traceback)."""
+    from tests.test_train_loop import run_cli
+    proc = run_cli("train", "--gin_file=gin/runs/test_cpu.gin", "--gin.DecoderConfig.attention_impl='splash'",
+                   f"--gin.MODEL_DIR='{tmp_path / 'run'}'", check=False)
+    assert proc.returncode == 2
+    assert "ConfigError: DecoderConfig.attention_impl='splash' runs on tpu" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()

@@ -62,7 +62,9 @@ def masked_attention(q, k, v, mask):
 
 
 def reference_attention(q, k, v, segment_ids):
-    """The reference: q [b, t, h, d], k/v [b, t, kv, d], segment_ids int32 [b, t] -> [b, t, h, d]."""
+    """The reference: q [b, t, h, d], k/v [b, t, kv, d], segment_ids int32 [b, t] -> [b, t, h, d].
+    Raises ValueError on mismatched shapes (the same checks as the kernels)."""
+    _check("reference_attention", q, k, v, segment_ids)
     return masked_attention(q, k, v, packed_causal_mask(segment_ids))
 
 

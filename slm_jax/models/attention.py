@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from slm_jax.gin_utils import ConfigError
 from slm_jax.kernels.attention import fused_attention, masked_attention, packed_causal_mask, reference_attention
 from slm_jax.models.layers import DenseGeneral, apply_rope
 
@@ -129,14 +130,14 @@ def resolve_attention_impl(name: str, *, length: int | None = None, num_heads: i
     """The implementation a run uses: `name` itself, checked against the platform, or `auto`'s
     pick (module docstring). The shapes are those of training (for `auto`'s GPU probe).
 
-    Raises ValueError for an unknown name, or a fused implementation asked for by name on a
-    platform that does not run it."""
+    Raises ConfigError (a ValueError; one line from the CLI) for an unknown name, or a fused
+    implementation asked for by name on a platform that does not run it."""
     if name not in ATTENTION_IMPLS:
-        raise ValueError(f"DecoderConfig.attention_impl={name!r}: expected one of {ATTENTION_IMPLS}")
+        raise ConfigError(f"DecoderConfig.attention_impl={name!r}: expected one of {ATTENTION_IMPLS}")
     platform = platform or run_platform()
     if name in _NEEDS_PLATFORM:
         if platform not in _NEEDS_PLATFORM[name]:
-            raise ValueError(f"DecoderConfig.attention_impl={name!r} runs on {'/'.join(_NEEDS_PLATFORM[name])}, but "
+            raise ConfigError(f"DecoderConfig.attention_impl={name!r} runs on {'/'.join(_NEEDS_PLATFORM[name])}, but "
                              f"this run's devices are {platform!r}; use 'auto' (picks per platform), 'xla', or "
                              f"'{name}_interpret' where one exists (Pallas interpreter, tests)")
         _log_choice(name, name, platform, "")
@@ -178,7 +179,8 @@ def attend(q, k, v, segment_ids, impl: str):
         return fused_attention(q, k, v, segment_ids, kernel=impl)
     if impl in ("splash_interpret", "flash_gpu_interpret"):
         return fused_attention(q, k, v, segment_ids, kernel=impl.removesuffix("_interpret"), interpret=True)
-    raise ValueError(f"unknown attention implementation {impl!r}")
+    raise ValueError(f"unknown attention implementation {impl!r}: expected one of {ATTENTION_IMPLS[:-1]} "
+                     "(resolve 'auto' with resolve_attention_impl)")
 
 
 class Attention(nn.Module):

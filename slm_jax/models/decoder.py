@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from slm_jax import contract
 from slm_jax.contract import AXIS_BATCH, AXIS_EMBED, AXIS_LENGTH, AXIS_VOCAB
 from slm_jax.models import interface
+from slm_jax.gin_utils import ConfigError
 from slm_jax.models.attention import ATTENTION_IMPLS, Attention, DecodeState, resolve_attention_impl
 from slm_jax.models.interface import ModelOutput
 from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
@@ -82,29 +83,29 @@ class DecoderConfig:
         for name, low in (("vocab_size", 1), ("embed_dim", 1), ("mlp_dim", 1), ("num_layers", 0),
                           ("num_heads", 1), ("num_kv_heads", 1), ("ctc_num_classes", 0)):
             if getattr(self, name) < low:
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)} must be >= {low}")
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)} must be >= {low}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"DecoderConfig.num_heads={self.num_heads} must be a multiple of "
                 f"DecoderConfig.num_kv_heads={self.num_kv_heads}")
         if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"DecoderConfig.remat_policy={self.remat_policy!r}: expected one of "
+            raise ConfigError(f"DecoderConfig.remat_policy={self.remat_policy!r}: expected one of "
                              f"{sorted(REMAT_POLICIES)}")
         if self.attention_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"DecoderConfig.attention_impl={self.attention_impl!r}: expected one of "
+            raise ConfigError(f"DecoderConfig.attention_impl={self.attention_impl!r}: expected one of "
                              f"{ATTENTION_IMPLS}")
         if self.resolved_head_dim % 2 or self.resolved_head_dim < 2:
-            raise ValueError(f"DecoderConfig.head_dim={self.resolved_head_dim} must be even for RoPE (and >= 2)")
+            raise ConfigError(f"DecoderConfig.head_dim={self.resolved_head_dim} must be even for RoPE (and >= 2)")
         for name in ("rope_theta", "norm_eps"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)} must be > 0")
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)} must be > 0")
         if not self.init_std >= 0:
-            raise ValueError(f"DecoderConfig.init_std={self.init_std} must be >= 0")
+            raise ConfigError(f"DecoderConfig.init_std={self.init_std} must be >= 0")
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
             except TypeError as e:
-                raise ValueError(f"DecoderConfig.{name}={getattr(self, name)!r} is not a dtype name") from e
+                raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r} is not a dtype name") from e
 
     @property
     def resolved_head_dim(self) -> int:
