@@ -92,27 +92,8 @@ GCLOUD=(gcloud compute tpus)
 LOCATION=(--zone="$ZONE")
 [[ -n "$PROJECT" ]] && LOCATION+=(--project="$PROJECT")
 
-# One word as a shell would need it: bare if safe, else double or single quotes.
-quote() {
-  local s="$1"
-  if [[ "$s" =~ ^[A-Za-z0-9_./:=@%+,~-]+$ ]]; then printf '%s' "$s"
-  elif [[ "$s" != *[\"\$\`\\!]* ]]; then printf '"%s"' "$s"
-  else printf "'%s'" "${s//\'/\'\\\'\'}"
-  fi
-}
-
-# A command line that can be pasted; `--flag=value` keeps the flag outside the quotes.
-show() {
-  local words=() arg
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      words+=("${BASH_REMATCH[1]}$(quote "${BASH_REMATCH[2]}")")
-    else
-      words+=("$(quote "$arg")")
-    fi
-  done
-  echo "${words[*]}"
-}
+# quote / show: printing a pasteable command line
+source "$(dirname "${BASH_SOURCE[0]}")/shell_words.sh"
 
 # Print (dry run) or run one command.
 run() {

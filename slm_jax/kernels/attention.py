@@ -154,13 +154,12 @@ def fused_attention(q, k, v, segment_ids, *, kernel: str, interpret: bool = Fals
     if shards_of(q_axes[1]) > 1 or shards_of(kv_axes[1]) > 1:
         raise ValueError(f"attention_impl={kernel!r}: the 'length' axis is sharded ({q_axes[1]}); the fused kernels "
                          "need whole rows per device (map 'length' to None in MeshConfig.logical_axis_rules)")
-    heads, kv_heads = q.shape[2], k.shape[2]
+    kv_heads = k.shape[2]
     head_shards = shards_of(q_axes[2])
     if head_shards > 1 and (q_axes[2] != kv_axes[2] or kv_heads % head_shards):
         raise ValueError(f"attention_impl={kernel!r}: query heads are sharded over {q_axes[2]} ({head_shards} ways) "
                          f"but the {kv_heads} key/value heads are sharded over {kv_axes[2]}; each device needs whole "
                          "GQA groups: shard 'heads' and 'kv_heads' over the same mesh axes with num_kv_heads divisible "
                          f"by {head_shards}")
-    del heads
     fn = functools.partial(KERNELS[kernel], interpret=interpret)
     return shard_map_logical(fn, (q, k, v, segment_ids), (Q_AXES, KV_AXES, KV_AXES, SEGMENT_AXES), Q_AXES)

@@ -264,8 +264,7 @@ def per_batch_shard(fn, *args):
     output have the batch as their leading axis; the other dims stay whole."""
     def axes(ndim):
         return (AXIS_BATCH,) + (None,) * (ndim - 1)
-    out_ndim = jax.eval_shape(fn, *args).ndim
-    return shard_map_logical(fn, args, [axes(a.ndim) for a in args], axes(out_ndim))
+    return shard_map_logical(fn, args, [axes(a.ndim) for a in args], (AXIS_BATCH,))  # trailing dims whole
 
 
 # --- the model -----------------------------------------------------------------------------------
