@@ -12,7 +12,16 @@ Layout (contiguous ids, in this order, so checkpoints and corpora stay comparabl
     pitch_offset           [Pi0] ... [Pi{num_pitch-1}]
     style_offset           [St0] ... [St{num_style-1}]
     lang_offset            one tag per `langs` entry, upper-cased: [EN], [FR], ...
+    sentinel_offset        `num_sentinels` span-corruption sentinels <extra_id_0> ... (T5 order:
+                           <extra_id_0> is the block's LAST id, <extra_id_k> = sentinel_offset +
+                           num_sentinels - 1 - k, so with no seqio extra ids they are exactly T5's
+                           `vocab_size - 1 - k`; `sentinel_id`)
     then seqio `extra_ids` (which seqio's `decode` maps to UNK).
+
+Sentinels (T5 / UL2 span corruption, `slm_jax.data.preprocessors.span_corruption`) come last
+so every other id stays where it was: `spiritlm(spm, num_sentinels=100)` keeps SpiritLM's ids
+and appends the 100 sentinels after [St99] (32667..32766). Their modality is MARKER; the
+string form is T5's ``<extra_id_N>``, parsed and rendered by encode/decode (python and TF).
 
 `SpeechTextVocabulary.spiritlm(spm)` with the 32000-piece Llama-2 model gives exactly
 SpiritLM's ids: [Text]=32000, [Speech]=32001, [Hu0..Hu500]=32002..32502,
@@ -65,6 +74,7 @@ from slm_jax.text_normalization import WHITESPACE, normalize_text
 SPIRITLM_TEXT_VOCAB_SIZE = 32000
 UNK_STR = "<unk>"
 _SEP = "\x01"  # internal separator of the TF string parser (see module docstring)
+_SENTINEL_TAG = r"<extra_id_[0-9]+>"  # T5's string form of span-corruption sentinel k
 
 # Without a SentencePiece model the text block holds only these specials.
 _NO_SPM_PAD, _NO_SPM_EOS, _NO_SPM_UNK = 0, 1, 2
@@ -118,6 +128,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         unit-only vocabulary without a text codec.
       num_units, num_pitch, num_style: sizes of the speech streams (0 allowed for pitch/style).
       langs: language codes, one tag id each (tags are the codes upper-cased: "en" -> [EN]).
+      num_sentinels: span-corruption sentinel ids after the language tags (>= 0; T5 uses 100).
       extra_ids: seqio extra ids after everything else.
       text_vocab_size: size of the text block. With a model it must equal the model's piece
         count (a check); without one it reserves that many placeholder ids (0 PAD, 1 EOS,
@@ -133,6 +144,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         langs: Sequence[str] = (),
         extra_ids: int = 0,
         text_vocab_size: Optional[int] = None,
+        num_sentinels: int = 0,
     ):
         self._model_bytes, self._model_path = _read_model_bytes(sentencepiece_model)
         self._sp = None  # python SentencePieceProcessor, built lazily
@@ -142,21 +154,25 @@ class SpeechTextVocabulary(seqio.Vocabulary):
             ("num_pitch", num_pitch, 0),
             ("num_style", num_style, 0),
             ("extra_ids", extra_ids, 0),
+            ("num_sentinels", num_sentinels, 0),
         ):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"SpeechTextVocabulary: {name} must be an int >= {minimum}, got {value!r}")
         self._num_units, self._num_pitch, self._num_style = int(num_units), int(num_pitch), int(num_style)
+        self._num_sentinels = int(num_sentinels)
         self._langs = self._check_langs(langs)
         self._init_text_block(text_vocab_size)
         self._model_digest = hashlib.sha256(self._model_bytes).hexdigest() if self._model_bytes else None
         super().__init__(extra_ids=int(extra_ids))
 
     @classmethod
-    def spiritlm(cls, sentencepiece_model: ModelSpec = None) -> "SpeechTextVocabulary":
+    def spiritlm(cls, sentencepiece_model: ModelSpec = None, num_sentinels: int = 0) -> "SpeechTextVocabulary":
         """SpiritLM's token space: 32000 text ids, 501 HuBERT units, 64 pitch, 100 style codes.
 
         The model must have exactly 32000 pieces (Llama-2's); with None the 32000 text ids
         are placeholders (speech-only data in SpiritLM's id layout, no text codec).
+        `num_sentinels` span-corruption sentinels are appended after [St99] (SpiritLM's ids
+        unchanged).
         """
         vocab = cls(
             sentencepiece_model,
@@ -164,6 +180,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
             num_pitch=64,
             num_style=100,
             text_vocab_size=None if sentencepiece_model is not None else SPIRITLM_TEXT_VOCAB_SIZE,
+            num_sentinels=num_sentinels,
         )
         if vocab.text_vocab_size != SPIRITLM_TEXT_VOCAB_SIZE:
             raise ValueError(
@@ -344,8 +361,30 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         return None  # Decoder-only: seqio shifts targets with 0 as BOS.
 
     @property
-    def _base_vocab_size(self) -> int:
+    def sentinel_offset(self) -> int:
+        """First id of the sentinel block (== the end of the language tags)."""
         return self.lang_offset + len(self._langs)
+
+    @property
+    def num_sentinels(self) -> int:
+        return self._num_sentinels
+
+    def sentinel_id(self, k: int) -> int:
+        """Id of sentinel k (``<extra_id_k>``), 0 <= k < num_sentinels: T5's order, k = 0 is the
+        block's last id. ValueError naming k and the count otherwise."""
+        if not isinstance(k, (int, np.integer)) or not 0 <= k < self._num_sentinels:
+            raise ValueError(f"SpeechTextVocabulary: sentinel {k!r} is out of range [0, {self._num_sentinels}) "
+                             "(raise num_sentinels)")
+        return self.sentinel_offset + self._num_sentinels - 1 - int(k)
+
+    def is_sentinel(self, ids) -> np.ndarray:
+        """bool, same shape as `ids`: which ids are sentinels."""
+        arr = np.asarray(ids, np.int64)
+        return (arr >= self.sentinel_offset) & (arr < self.sentinel_offset + self._num_sentinels)
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.sentinel_offset + self._num_sentinels
 
     def lang_tag_id(self, lang: str) -> int:
         """Id of the language tag of `lang` (case-insensitive: "en" and "EN" are [EN])."""
@@ -519,7 +558,8 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         """RE2/python regex matching one known tag (whole tag, brackets included)."""
         alts = ["Text", "Speech", "Hu[0-9]+", "Pi[0-9]+", "St[0-9]+"]
         alts += [re.escape(x.upper()) for x in self._langs]
-        return r"\[(?:" + "|".join(alts) + r")\]"
+        bracketed = r"\[(?:" + "|".join(alts) + r")\]"
+        return f"(?:{bracketed}|{_SENTINEL_TAG})" if self._num_sentinels else bracketed
 
     def _fixed_tags(self) -> tuple[list[str], list[int]]:
         """Tags with a fixed id: the markers and the language tags."""
@@ -534,6 +574,8 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         tags, ids = self._fixed_tags()
         if tag in tags:
             return ids[tags.index(tag)]
+        if re.fullmatch(_SENTINEL_TAG, tag):
+            return self.sentinel_id(int(tag[len("<extra_id_"):-1]))
         m = re.fullmatch(r"\[(Hu|Pi|St)([0-9]+)\]", tag)
         if not m:
             raise ValueError(f"SpeechTextVocabulary: {tag!r} is not a known tag")
@@ -545,11 +587,13 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         return int(self.style_to_ids([value])[0])
 
     def id_to_tag(self, i: int) -> str:
-        """Tag string of a non-text id ("[Hu3]", "[Speech]", "[EN]"); "<unk>" for anything else."""
+        """Tag string of a non-text id ("[Hu3]", "[Speech]", "[EN]", "<extra_id_0>"); "<unk>" for anything else."""
         i = int(i)
         tags, ids = self._fixed_tags()
         if i in ids:
             return tags[ids.index(i)]
+        if self.is_sentinel(i):
+            return f"<extra_id_{self.sentinel_offset + self._num_sentinels - 1 - i}>"
         for prefix, offset, count in (
             ("Hu", self.unit_offset, self._num_units),
             ("Pi", self.pitch_offset, self._num_pitch),
@@ -661,6 +705,12 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         prefix = tf.strings.substr(tags, 1, 2)
         ok = tf.reduce_any(eq, axis=1)
         ids = fixed_id
+        if self._num_sentinels:
+            is_sentinel = tf.strings.regex_full_match(tags, _SENTINEL_TAG)
+            k = tf.strings.to_number(tf.where(is_sentinel, tf.strings.regex_replace(tags, r"[^0-9]", ""), "0"),
+                                     out_type=tf.int64)
+            ok = tf.logical_or(ok, tf.logical_and(is_sentinel, k < self._num_sentinels))
+            ids = tf.where(is_sentinel, self.sentinel_offset + self._num_sentinels - 1 - k, ids)
         for name, offset, count in (
             ("Hu", self.unit_offset, self._num_units),
             ("Pi", self.pitch_offset, self._num_pitch),
@@ -722,6 +772,10 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         fixed, fixed_ids = self._fixed_tags()
         for tag, i in zip(fixed, fixed_ids):
             out = tf.where(tf.equal(ids, i), tag, out)
+        if self._num_sentinels:
+            lo, n = self.sentinel_offset, self._num_sentinels
+            inside = tf.logical_and(ids >= lo, ids < lo + n)
+            out = tf.where(inside, "<extra_id_" + tf.strings.as_string(lo + n - 1 - ids) + ">", out)
         return out
 
     # --- identity --------------------------------------------------------------------------------
@@ -734,6 +788,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
             self._num_style,
             tuple(x.upper() for x in self._langs),
             self.extra_ids,
+            self._num_sentinels,
         )
 
     def __eq__(self, other):
@@ -749,5 +804,16 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         return (
             f"SpeechTextVocabulary(sentencepiece_model={model!r}, text_vocab_size={self._text_size}, "
             f"num_units={self._num_units}, num_pitch={self._num_pitch}, num_style={self._num_style}, "
-            f"langs={list(self._langs)}, extra_ids={self.extra_ids})"
+            f"langs={list(self._langs)}, num_sentinels={self._num_sentinels}, extra_ids={self.extra_ids})"
         )
+
+
+def sentinel_block(vocabulary) -> tuple[int, int]:
+    """(first id, count) of a vocabulary's span-corruption sentinels, sentinel k at first + count - 1 - k:
+    a `SpeechTextVocabulary`'s `num_sentinels` block, else seqio's `extra_ids` (T5's sentinels,
+    `vocab_size - 1 - k`). (0, 0) when it has none."""
+    vocabulary = getattr(vocabulary, "real", vocabulary)  # a registration.LazyVocabulary
+    if isinstance(vocabulary, SpeechTextVocabulary) and vocabulary.num_sentinels:
+        return vocabulary.sentinel_offset, vocabulary.num_sentinels
+    extra = int(getattr(vocabulary, "extra_ids", 0) or 0)
+    return (vocabulary.vocab_size - extra, extra) if extra else (0, 0)
