@@ -15,6 +15,16 @@ Speech + text token space (adds the corpus's SentencePiece model, built lazily):
   spoken_demo_asr_en, spoken_demo_tts_en
   spoken_demo_speech_text            interleaved + speech-only + text-only, 1/3 each (SpiritLM mix)
 
+Denoising token space (the speech + text space plus 100 span-corruption sentinels, `DENOISE_VOCAB`;
+`slm_jax.data.preprocessors.span_corruption`, mSLAM's denoising half for a decoder):
+  spoken_demo_denoise_speech_en / _fr   speech units (deduplicated), span-corrupted
+  spoken_demo_denoise_text_en / _fr     the transcripts' SentencePiece ids, span-corrupted
+  spoken_demo_lm_speech_en / _fr        plain LM on the speech, in this token space
+  spoken_demo_lm_crosslingual           sentence-level EN<->FR interleaving, in this token space
+  spoken_demo_denoise_mix               all of the above: denoising 1/2 of the examples, plain LM 1/2
+The denoisers are gin configuration (`denoising.denoisers`; T5's 0.15 / 3 by default,
+`gin/data/ul2.gin` for UL2's mixture, which gin/runs/demo_denoise_cpu.gin trains).
+
 Importing does no I/O; the corpus is built on the first dataset request.
 
 CTC task. `CTC_CHARS` is a fixed lowercase-only `CharVocabulary` over `CTC_ALPHABET`
@@ -39,7 +49,7 @@ from slm_jax.data import corpus
 
 from slm_jax.data.preprocessors import interleave
 
-from slm_jax.data.preprocessors import task_formats
+from slm_jax.data.preprocessors import span_corruption, task_formats
 
 from slm_jax.data.preprocessors import word_interleave
 from slm_jax.data.preprocessors.ctc_targets import add_ctc_targets
@@ -56,6 +66,11 @@ TEXT_VOCAB = LazyVocabulary(
     f"spoken_demo_v{VERSION}_spm",
     lambda: SpeechTextVocabulary(os.path.join(ensure_spoken_demo_corpus(), "spm.model"), num_units=NUM_UNITS,
                                  langs=LANGS))
+DENOISE_SENTINELS = 100  # T5's count; UL2's X-denoisers at 512 tokens need up to 64
+DENOISE_VOCAB = LazyVocabulary(
+    f"spoken_demo_v{VERSION}_spm_sentinels{DENOISE_SENTINELS}",
+    lambda: SpeechTextVocabulary(os.path.join(ensure_spoken_demo_corpus(), "spm.model"), num_units=NUM_UNITS,
+                                 langs=LANGS, num_sentinels=DENOISE_SENTINELS))
 
 
 def _speech_files(lang):
@@ -138,8 +153,33 @@ register_corpus_task(
     [functools.partial(speech_only_with_ctc, vocabulary=SPEECH_VOCAB, dedup=True)], SPEECH_VOCAB,
     features=ASR_FIELDS, root_fn=_ROOT, split_long_examples=False)  # a transcript belongs to the whole utterance
 
+# --- denoising (span corruption / UL2) ------------------------------------------------------
+for _lang in LANGS:
+    register_corpus_task(
+        f"spoken_demo_denoise_speech_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.speech_only_batches, vocabulary=DENOISE_VOCAB, dedup=True),
+         functools.partial(span_corruption.denoise_batches, vocabulary=DENOISE_VOCAB)],
+        DENOISE_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
+    register_corpus_task(
+        f"spoken_demo_denoise_text_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.text_only_batches, vocabulary=DENOISE_VOCAB),
+         functools.partial(span_corruption.denoise_batches, vocabulary=DENOISE_VOCAB)],
+        DENOISE_VOCAB, features=TEXT_FIELDS, root_fn=_ROOT, batched=True)
+    register_corpus_task(
+        f"spoken_demo_lm_speech_{_lang}", _speech_files(_lang),
+        [functools.partial(interleave.speech_only_batches, vocabulary=DENOISE_VOCAB, dedup=True)], DENOISE_VOCAB,
+        features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
+register_corpus_task(
+    "spoken_demo_lm_crosslingual", PAIRED_FILES,
+    [functools.partial(interleave.crosslingual_interleave_batches, vocabulary=DENOISE_VOCAB, switch_prob=1.0)],
+    DENOISE_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT, batched=True)
+
 register_mixture("spoken_demo_mixed", ["spoken_demo_speech_en", "spoken_demo_speech_fr"])
 register_mixture("spoken_demo_xl_mix", [("spoken_demo_crosslingual", 2.0), ("spoken_demo_speech_en", 1.0),
                                         ("spoken_demo_speech_fr", 1.0)])
 register_mixture("spoken_demo_speech_text", ["spoken_demo_interleaved_en", "spoken_demo_speech_tv_en",
                                              "spoken_demo_text_en"])
+register_mixture("spoken_demo_denoise_mix", [
+    ("spoken_demo_denoise_speech_en", 1.0), ("spoken_demo_denoise_speech_fr", 1.0),
+    ("spoken_demo_denoise_text_en", 0.5), ("spoken_demo_denoise_text_fr", 0.5),
+    ("spoken_demo_lm_crosslingual", 1.0), ("spoken_demo_lm_speech_en", 1.0), ("spoken_demo_lm_speech_fr", 1.0)])

@@ -216,6 +216,52 @@ def test_tiny_lst_trains_on_the_demo_corpus(small_corpus, monkeypatch):
     assert float(metrics["uncovered_tokens"]) == 0.0
 
 
+@pytest.mark.slow
+def test_denoising_mixture_trains_on_the_demo_corpus(small_corpus, monkeypatch):
+    """`spoken_demo_denoise_mix` under UL2's denoisers (gin/data/ul2.gin), as gin/runs/demo_denoise_cpu.gin
+    trains it: batches hold sentinels, the loss is on the spans, and the loss falls."""
+    import gin
+    import jax
+
+    import slm_jax_demo.tasks as spoken_tasks
+    from slm_jax import contract
+    from slm_jax.data.pipeline import DataIterator, DatasetConfig, get_dataset
+    from slm_jax.data.preprocessors import span_corruption
+    from slm_jax.data.registration import LazyRootFiles
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+    from slm_jax.models.decoder import DecoderConfig
+    from slm_jax.training import partitioning
+    from slm_jax.training.optimizer import OptimizerConfig
+    from slm_jax.training.trainer import TrainConfig, Trainer
+
+    monkeypatch.setattr(LazyRootFiles, "_resolved",
+                        lambda self, split: os.path.join(small_corpus, self._split_to_filepattern[split]))
+    vocab = SpeechTextVocabulary(os.path.join(small_corpus, "spm.model"), num_units=spoken_tasks.NUM_UNITS,
+                                 langs=spoken_tasks.LANGS, num_sentinels=spoken_tasks.DENOISE_SENTINELS)
+    monkeypatch.setattr(spoken_tasks.DENOISE_VOCAB, "_real", vocab)
+    gin.clear_config()
+    try:
+        gin.parse_config_file(os.path.join(os.path.dirname(__file__), "..", "gin", "data", "ul2.gin"))
+        assert span_corruption.denoising() == span_corruption.UL2_DENOISERS
+        data = DataIterator(get_dataset(DatasetConfig("spoken_demo_denoise_mix", sequence_length=128, batch_size=8,
+                                                      seed=0)))
+        batches = [next(data) for _ in range(60)]
+    finally:
+        gin.clear_config()
+    tokens = np.concatenate([b[contract.DECODER_TARGET_TOKENS] for b in batches])
+    weights = np.concatenate([b[contract.DECODER_LOSS_WEIGHTS] for b in batches])
+    assert vocab.is_sentinel(tokens).any() and 0.2 < weights[tokens > 0].mean() < 0.95
+    cfg = DecoderConfig(vocab_size=384, embed_dim=64, mlp_dim=128, num_layers=2, num_heads=4, num_kv_heads=2)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
+    trainer = Trainer(cfg, OptimizerConfig(learning_rate=3e-3, warmup_steps=5), TrainConfig(), mesh,
+                      partitioning.DEFAULT_RULES, total_steps=60, batch_size=8, sequence_length=128)
+    state, losses = trainer.init_state(0), []
+    for batch in batches:
+        state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
+
+
 @pytest.mark.parametrize("kind", ["word_interleave", "speech_only", "text_only"])
 @pytest.mark.slow
 def test_batched_task_gives_the_per_record_chains_examples(small_corpus, kind):

@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16, help="sequences per scoring call (rounded to the mesh)")
     p.add_argument("--max_pairs", type=int, default=None, help="first N pairs of each benchmark")
     p.add_argument("--lang_tags", action="store_true", help="the task writes language tags ([EN]) before runs")
+    p.add_argument("--score_sentinels", action="store_true", help="keep the vocabulary's span-corruption sentinels "
+                   "in the softmax (default: left out, as the model predicts them only inside denoising targets)")
     p.add_argument("--no_dedup", action="store_true", help="the task keeps repeated units")
     p.add_argument("--no_markers", action="store_true", help="the task writes no [Speech]/[Text] markers")
     p.add_argument("--data_dir", default=None, help="data dir of registered benchmarks (default $SLM_JAX_DATA_DIR)")
@@ -111,7 +113,7 @@ def _eval_options(args, out_dir: str) -> bench.EvalOptions:
                              max_pairs=args.max_pairs, dedup=not args.no_dedup, markers=not args.no_markers,
                              lang_tags=args.lang_tags, data_dir=args.data_dir, centroids=args.centroids,
                              features=args.features, frame_stack=args.frame_stack, rate_hz=args.rate_hz,
-                             units_cache_dir=os.path.join(out_dir, "units"))
+                             units_cache_dir=os.path.join(out_dir, "units"), score_sentinels=args.score_sentinels)
 
 
 @reports("slm-jax eval", bench.BenchmarkError, BadPairError, UnitsCacheError, FileNotFoundError)

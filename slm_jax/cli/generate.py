@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("speech", "text"), default=None, help="force the output modality")
     p.add_argument("--output", choices=("units", "text", "both"), default="both")
     p.add_argument("--padding", choices=("left", "right"), default="left")
+    p.add_argument("--allow_sentinels", action="store_true", help="let the model emit span-corruption sentinels "
+                   "(<extra_id_N>; banned by default: a denoising-trained model emits them only inside targets)")
     p.add_argument("--fewshot", choices=("asr", "tts"), default=None, help="few-shot ASR / TTS with WER/CER")
     p.add_argument("--shots", type=int, default=3)
     p.add_argument("--num_queries", type=int, default=8)
@@ -70,7 +72,8 @@ def cmd_generate(argv) -> int:
         prompts, banned = gen.forced_modality_prompts(prompts, args.modality, vocabulary)
     rows = [p for p in prompts for _ in range(args.num_samples)]
     out = gen.generate(runner, rows, args.max_new_tokens, sampling_config=sampling_config,
-                       stop_ids=[vocabulary.eos_id], banned_ids=banned, vocabulary=vocabulary, padding=args.padding)
+                       stop_ids=[vocabulary.eos_id], banned_ids=banned, vocabulary=vocabulary, padding=args.padding,
+                       allow_sentinels=args.allow_sentinels)
     for i, (ids, stopped) in enumerate(zip(out.tokens, out.stopped)):
         name, sample = names[i // args.num_samples], i % args.num_samples
         print(f"[{name}] sample {sample}: {len(ids)} tokens{' + EOS' if stopped else ''}")

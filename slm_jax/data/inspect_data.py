@@ -1,7 +1,9 @@
 """What a task or mixture feeds the model (`slm-jax data show|stats`, slm_jax.cli.data).
 
 `show` decodes the first examples with each modality told apart (ANSI colours on a
-terminal, SpiritLM-style tags otherwise); `stats` counts tokens per task and modality;
+terminal, SpiritLM-style tags otherwise); an example whose loss mask leaves tokens out
+(prompts, denoising) is shown as its context and its loss-weighted targets, and a
+span-corrupted one also lists each sentinel (`<extra_id_N>`) with the span it stands for; `stats` counts tokens per task and modality;
 `rates_for_token_shares` turns wanted token shares into mixture rates, the comparison
 the cross-lingual paper makes under matched training-token budgets.
 """
@@ -49,6 +51,25 @@ def render_example(vocab, ids: np.ndarray, colour: bool) -> str:
     for piece, m in zip(pieces, modality):
         out.append(f"{_COLOURS.get(int(m), '')}{piece}{_RESET}")
     return "".join(out)
+
+
+def render_with_loss(vocab, ids: np.ndarray, loss_mask: np.ndarray, colour: bool) -> list[str]:
+    """Lines for one example: the whole sequence when every token is a target; else
+    `context: ...` (no loss), `targets: ...` (loss) and, when the targets hold sentinels,
+    `spans: <extra_id_0> = ... | <extra_id_1> = ...` (what each sentinel of the context stands for)."""
+    from slm_jax.data.preprocessors.span_corruption import split_example, spans_of
+    ids, loss_mask = np.asarray(ids), np.asarray(loss_mask)
+    keep = ids != 0
+    ids, loss_mask = ids[keep], loss_mask[keep]
+    if loss_mask.all():
+        return [render_example(vocab, ids, colour)]
+    context, part = split_example(ids, loss_mask)
+    lines = [f"context: {render_example(vocab, context, colour)}", f"targets: {render_example(vocab, part, colour)}"]
+    if hasattr(vocab, "is_sentinel") and vocab.is_sentinel(part).any():
+        spans = spans_of(part, lambda i: bool(vocab.is_sentinel(i)))
+        lines.append("spans:   " + " | ".join(f"{vocab.id_to_tag(s)} = {render_example(vocab, np.asarray(span), colour)}"
+                                             for s, span in spans))
+    return lines
 
 
 def example_stats(vocab, ids: np.ndarray) -> dict[str, int]:
@@ -103,7 +124,7 @@ def show(name: str, n: int = 3, split: str = "train", sequence_length: int | Non
             ident = ex.get("id", b"")
             ident = ident.decode() if isinstance(ident, bytes) else str(ident)
             lines.append(f"-- [{i}] {ident} {stats}")
-            lines.append(render_example(vocab, ids, colour))
+            lines.extend(render_with_loss(vocab, ids, ex.get("loss_mask", np.ones_like(ids)), colour))
         if not count and n != 0:
             lines.append(empty_task_message(task.name, split))
     return "\n".join(lines)

@@ -43,7 +43,8 @@ from typing import Any, Callable, Sequence
 from slm_jax.evaluation import alignment, benchmark_layouts, cloze
 from slm_jax.evaluation.likelihood import LikelihoodScorer
 from slm_jax.evaluation.runner import ModelRunner
-from slm_jax.evaluation.sequences import SPEECH, TEXT, Segment, SequenceFormat, modality_of_ids, real_vocabulary
+from slm_jax.evaluation.sequences import (SPEECH, TEXT, Segment, SequenceFormat, modality_of_ids, real_vocabulary,
+                                         sentinel_mask)
 
 log = logging.getLogger("slm_jax")
 MODALITY_LETTERS = {"s": SPEECH, "t": TEXT}
@@ -86,6 +87,8 @@ class EvalOptions:
     # where units are cached (`cloze.AudioUnitsEncoder`: one file per codebook / features key);
     # None: `<first benchmark folder>/.slm_jax_units` (`slm-jax eval`: MODEL_DIR/eval/units)
     units_cache_dir: str | None = None
+    # score with the vocabulary's span-corruption sentinels inside the softmax (default: left out)
+    score_sentinels: bool = False
 
     def __post_init__(self):
         if self.score not in cloze.SCORE_MODES:
@@ -310,7 +313,8 @@ class BenchmarkSuite:
         """Flat metrics plus `<alignment name>/per_layer` lists, pair counts and every pair's scores."""
         o = self.options
         kinds = modality_of_ids(self.vocabulary, runner.config.vocab_size)
-        scorer = LikelihoodScorer(runner, kinds, batch_size=o.batch_size)
+        excluded = None if o.score_sentinels else sentinel_mask(self.vocabulary, runner.config.vocab_size)
+        scorer = LikelihoodScorer(runner, kinds, batch_size=o.batch_size, excluded_ids=excluded)
         out: dict[str, Any] = {}
         for spec in self.specs:
             items = self.items[spec.name]

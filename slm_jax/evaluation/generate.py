@@ -13,7 +13,8 @@ so the result is the same as generating each prompt alone (tested against
 
 Sampling: greedy (`temperature <= 0`), temperature, top-k, top-p; `banned_ids` are never
 emitted, nor, when a vocabulary is given, the ids never trained as targets (PAD and the
-embedding rows beyond the vocabulary). Modality forcing (`forced_modality_prompts`) appends the output
+embedding rows beyond the vocabulary) and, unless `allow_sentinels`, the span-corruption
+sentinels (a denoising-trained model emits them only inside denoising targets). Modality forcing (`forced_modality_prompts`) appends the output
 modality's marker and bans the other modality's ids (SpiritLM); `fewshot_asr` /
 `fewshot_tts` build SpiritLM few-shot prompts (`slm_jax.data.preprocessors.task_formats.fewshot_prompt`).
 """
@@ -29,7 +30,7 @@ import numpy as np
 
 from slm_jax.contract import SPEECH, TEXT
 from slm_jax.evaluation.runner import ModelRunner, bucket_length, replicated
-from slm_jax.evaluation.sequences import modality_of_ids, real_vocabulary, run_bos
+from slm_jax.evaluation.sequences import modality_of_ids, real_vocabulary, run_bos, sentinel_mask
 from slm_jax.models import interface, sampling
 
 PADDINGS = ("left", "right")
@@ -55,7 +56,7 @@ class Generation:
 def generate(runner: ModelRunner, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
              sampling_config: SamplingConfig = SamplingConfig(), stop_ids: Sequence[int] = (),
              banned_ids: Sequence[int] = (), vocabulary=None, padding: str = "left",
-             bos_id: int | None = None) -> Generation:
+             bos_id: int | None = None, allow_sentinels: bool = False) -> Generation:
     """Continues every prompt (int token ids) by up to `max_new_tokens` ids (see the module
     docstring); `bos_id` is the first input of every row (None: the run's BOS). Raises
     ValueError on no prompts, `max_new_tokens < 1`, an unknown `padding`, prompt ids or a BOS
@@ -67,7 +68,7 @@ def generate(runner: ModelRunner, prompts: Sequence[Sequence[int]], max_new_toke
     if bos_id >= runner.dense_config.vocab_size:
         raise ValueError(f"generate: BOS id {bos_id} is outside the model's [0, {runner.dense_config.vocab_size})")
     vocab_size = runner.dense_config.vocab_size
-    banned = banned_mask(vocab_size, banned_ids, vocabulary)
+    banned = banned_mask(vocab_size, banned_ids, vocabulary, allow_sentinels)
     if runner.family.supports_kv_cache:
         out = _generate_with_cache(runner, prompts, max_new_tokens, sampling_config, stop_ids, banned, padding,
                                    bos_id)
@@ -89,15 +90,19 @@ def _check_generate_args(runner, prompts, max_new_tokens, padding):
         raise ValueError(f"generate: prompt {bad[0]} has ids outside the model's [0, {vocab_size})")
 
 
-def banned_mask(vocab_size: int, banned_ids: Sequence[int] = (), vocabulary=None) -> np.ndarray:
+def banned_mask(vocab_size: int, banned_ids: Sequence[int] = (), vocabulary=None,
+                allow_sentinels: bool = False) -> np.ndarray:
     """bool [vocab_size]: `banned_ids` and, with a vocabulary, the ids never trained as targets:
-    PAD and the ids the vocabulary does not define (embedding rows beyond it)."""
+    PAD and the ids the vocabulary does not define (embedding rows beyond it), and its
+    span-corruption sentinels unless `allow_sentinels`."""
     mask = np.zeros(vocab_size, bool)
     mask[np.asarray(list(banned_ids), np.int64)] = True
     if vocabulary is not None:
         vocabulary = real_vocabulary(vocabulary)
         mask[vocabulary.vocab_size:] = True
         mask[getattr(vocabulary, "pad_id", 0)] = True
+        if not allow_sentinels:
+            mask |= sentinel_mask(vocabulary, vocab_size)
     return mask
 
 

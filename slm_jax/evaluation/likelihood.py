@@ -17,6 +17,11 @@ patches; tokens beyond its global slots raise `UncoveredTokensError`).
 Renormalisation (`ScoredSequence.renormalize_to` = a modality code): an ending token of
 that modality is scored by a log-softmax over that modality's ids only (markers and EOS
 keep the full softmax), the "within the ending's modality" variant of cross-modal scoring.
+
+Excluded ids (`excluded_ids`, e.g. the span-corruption sentinels of a denoising-trained
+model, `sequences.sentinel_mask`): every softmax leaves them out, so the probability a
+model keeps for "a span starts here" does not lower the likelihood of plain sequences; a
+scored sequence containing one is refused.
 """
 from __future__ import annotations
 
@@ -54,12 +59,14 @@ class LikelihoodScorer:
     `needs_modality` and for renormalised scoring). `batch_size`: rows per batch, >= 1 (rounded
     up to the data-parallel size). `bos_id`: the input before each sequence's first token; None:
     the run's (`slm_jax.data.feature_converter.run_bos_id`), so a sequence is scored as
-    `log p(ids | BOS)`, exactly as training packs feed it. Raises ValueError on a bad batch
-    size or BOS id, a `modality_of_id` of the wrong length or a missing one the model needs.
+    `log p(ids | BOS)`, exactly as training packs feed it. `excluded_ids`: bool [vocab_size], ids
+    left out of every softmax (module docstring); None: none. Raises ValueError on a bad batch
+    size or BOS id, a `modality_of_id` / `excluded_ids` of the wrong length or a missing one the
+    model needs.
     """
 
     def __init__(self, runner: ModelRunner, modality_of_id: np.ndarray | None = None, batch_size: int = 16,
-                 bos_id: int | None = None):
+                 bos_id: int | None = None, excluded_ids: np.ndarray | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.runner = runner
@@ -75,6 +82,9 @@ class LikelihoodScorer:
         self.modality_of_id = np.zeros(vocab_size, np.int32) if modality_of_id is None else \
             np.asarray(modality_of_id, np.int32)
         self.has_modalities = modality_of_id is not None
+        if excluded_ids is not None and len(excluded_ids) != vocab_size:
+            raise ValueError(f"excluded_ids has {len(excluded_ids)} entries but the model has {vocab_size} ids")
+        self.excluded = None if excluded_ids is None or not np.any(excluded_ids) else np.asarray(excluded_ids, bool)
 
     def __call__(self, sequences: list[ScoredSequence]) -> np.ndarray:
         """float64 [len(sequences), 4] (SUM_ALL, COUNT_ALL, SUM_ENDING, COUNT_ENDING), log p in nats.
@@ -84,11 +94,20 @@ class LikelihoodScorer:
         renormalize = any(s.renormalize_to for s in sequences)
         if renormalize and not self.has_modalities:
             raise ValueError("renormalised scoring needs modality_of_id")
+        if self.excluded is not None:
+            for i, s in enumerate(sequences):
+                hit = np.asarray(s.ids)[self.excluded[np.asarray(s.ids)]]
+                if hit.size:
+                    raise ValueError(f"sequence {i} contains id {int(hit[0])}, which the scorer excludes from the "
+                                     "softmax (a span-corruption sentinel?); score it with excluded_ids=None "
+                                     "(`slm-jax eval --score_sentinels`)")
+        excluded = np.zeros(self.runner.dense_config.vocab_size, bool) if self.excluded is None else self.excluded
         runner, pending = self.runner, []
         for rows, batch in self._batches(sequences):  # dispatched asynchronously: the host packs the next
             with runner.context():                     # batch while the devices score this one
-                pending.append((rows, sequence_sums(runner.model, renormalize, runner.on_mesh, runner.params,
-                                                    self.modality_of_id, *(runner.put_rows(a) for a in batch))))
+                pending.append((rows, sequence_sums(runner.model, renormalize, self.excluded is not None,
+                                                    runner.on_mesh, runner.params, self.modality_of_id, excluded,
+                                                    *(runner.put_rows(a) for a in batch))))
         for rows, sums in pending:
             sums = np.asarray(sums, np.float64)
             if sums[:, 4].any():
@@ -142,11 +161,14 @@ def model_logits(model, params, inputs, targets, valid, modality_of_id):
     return out.logits, (valid if out.covered is None else out.covered)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def sequence_sums(model, renormalize: bool, on_mesh: bool, params, modality_of_id, inputs, targets, valid, ending,
-                  restrict):
-    """[b, 5] per row: the four sums (module docstring) and the count of uncovered (LST) targets."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def sequence_sums(model, renormalize: bool, exclude: bool, on_mesh: bool, params, modality_of_id, excluded, inputs,
+                  targets, valid, ending, restrict):
+    """[b, 5] per row: the four sums (module docstring) and the count of uncovered (LST) targets.
+    `excluded`: bool [vocab], ids left out of every softmax when `exclude`."""
     logits, covered = model_logits(model, params, inputs, targets, valid, modality_of_id)
+    if exclude:
+        logits = jnp.where(excluded, -jnp.inf, logits)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     logp = target_logit - jax.nn.logsumexp(logits, axis=-1)
     if renormalize:

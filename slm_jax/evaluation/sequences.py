@@ -80,6 +80,17 @@ def has_markers(vocabulary) -> bool:
     return hasattr(vocabulary, "speech_marker_id")
 
 
+def sentinel_mask(vocabulary, size: int) -> np.ndarray:
+    """bool [size]: the vocabulary's span-corruption sentinels (`SpeechTextVocabulary.num_sentinels`,
+    else seqio extra ids; `token_space.sentinel_block`), which a denoising-trained model predicts only
+    inside its targets: the scorer and generation leave them out unless asked."""
+    from slm_jax.data.tokenizers.token_space import sentinel_block  # TensorFlow: the vocabulary has it loaded
+    first, count = sentinel_block(real_vocabulary(vocabulary))
+    out = np.zeros(size, bool)
+    out[min(first, size):min(first + count, size)] = True
+    return out
+
+
 def modality_of_ids(vocabulary, size: int) -> np.ndarray:
     """int32 [size]: modality of every id (0 pad / unknown, 1 text, 2 speech, 3 marker); ids
     the vocabulary does not define (model rows beyond it) are 0."""
