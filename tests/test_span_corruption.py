@@ -426,3 +426,22 @@ def test_sentinels_are_appended_and_render_as_t5_tags():
     assert (VOCAB.modality_ids(ids) == [3, 3, 2, 3, 2, 3]).all()
     with pytest.raises(ValueError, match=r"sentinel 100 is out of range \[0, 100\)"):
         VOCAB.encode("<extra_id_100>")
+
+
+def test_demo_denoise_run_file_configures_ul2_and_the_mixture():
+    """gin/runs/demo_denoise_cpu.gin: UL2's denoisers, the denoising mixture, a vocabulary that holds
+    its token space (no corpus is read: the vocabulary size comes from the layout)."""
+    from slm_jax import gin_utils
+    from slm_jax.training.train import TrainRun
+    try:
+        gin_utils.parse_gin(["gin/runs/demo_denoise_cpu.gin"], [])
+        run = TrainRun()
+        assert sc.denoising() == sc.UL2_DENOISERS
+        assert run.train_dataset.mixture_or_task_name == "spoken_demo_denoise_mix"
+        import slm_jax_demo.tasks as demo
+        size = demo.DemoCorpusParams.spm_vocab_size + 2 + demo.NUM_UNITS + len(demo.LANGS) + demo.DENOISE_SENTINELS
+        assert size <= run.model.vocab_size < size + 128
+        members = {t.name for t in seqio.get_mixture_or_task("spoken_demo_denoise_mix").tasks}
+        assert {"spoken_demo_denoise_speech_en", "spoken_demo_denoise_text_fr", "spoken_demo_lm_crosslingual"} <= members
+    finally:
+        gin.clear_config()
