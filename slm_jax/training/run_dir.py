@@ -271,16 +271,17 @@ def restore_params(model_dir: str, step: int | None = None, abstract_params=None
 BOS_FILE = "bos.json"
 
 
-def write_bos_record(model_dir: str, bos_id: int, source: str) -> None:
+def write_bos_record(model_dir: str, bos_id: int, source: str, conventions: Mapping[str, Any] | None = None) -> None:
     """`MODEL_DIR/bos.json`: {"bos_id": the input before every sequence's first token, "source":
-    where it was read (e.g. "config.json bos_token_id")}; process 0 only."""
+    where it was read (e.g. "config.json bos_token_id"), plus `conventions` (import-hf: whether the
+    tokenizer adds the BOS, the EOS ids, whether it appends an EOS)}; process 0 only."""
     import jax
     if jax.process_index() != 0:
         return
     gfile = _gfile()
     gfile.makedirs(str(model_dir))
     with gfile.GFile(path(model_dir, BOS_FILE), "w") as f:
-        json.dump({"bos_id": int(bos_id), "source": source}, f, indent=1)
+        json.dump({"bos_id": int(bos_id), "source": source, **(conventions or {})}, f, indent=1)
 
 
 def read_bos_record(model_dir: str) -> dict[str, Any] | None:
