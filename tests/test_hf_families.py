@@ -108,6 +108,7 @@ def _edit_json(path, changes):
     with open(path) as f:
         data = json.load(f)
     data.update(changes)
+    # a change to None removes the key (rope_scaling excepted: published 4.x configs write it as null)
     data = {k: v for k, v in data.items() if not (v is None and k in changes and k != "rope_scaling")}
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
@@ -159,7 +160,8 @@ def _qwen_config(eos):
 TOKENIZERS = {
     # meta-llama/Llama-3.2-1B: BOS added by tokenizer.json's TemplateProcessing, no add_bos_token key
     "llama3": ([], LLAMA3_SPECIAL, {"bos_token": "<|begin_of_text|>", "clean_up_tokenization_spaces": True,
-                                    "eos_token": "<|end_of_text|>", "model_input_names": ["input_ids", "attention_mask"],
+                                    "eos_token": "<|end_of_text|>",
+                                    "model_input_names": ["input_ids", "attention_mask"],
                                     "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast"}, True),
     "qwen2.5": ([], QWEN_SPECIAL, _qwen_config("<|endoftext|>"), False),  # Qwen/Qwen2.5-0.5B
     "qwen3": ([], QWEN_SPECIAL, _qwen_config("<|im_end|>"), False),  # Qwen/Qwen3-0.6B
@@ -391,6 +393,11 @@ REFUSALS = {
                                                      "sliding_attention": {"rope_type": "default",
                                                                            "rope_theta": 1e4}}},
                        r"config\.json: rope_parameters holds RoPE parameters per layer type"),
+    "llama3_bands": ("llama", {"rope_scaling": {**LLAMA3_ROPE, "low_freq_factor": 4.0}},
+                     r"config\.json: rope_scaling\.low_freq_factor=4\.0 and rope_scaling\.high_freq_factor=4\.0 must "
+                     r"satisfy 0 < low < high"),
+    "linear_factor": ("llama", {"rope_scaling": {"type": "linear", "factor": 0}},
+                      r"config\.json: rope_scaling\.factor=0 must be > 0"),
     "partial_rotary": ("llama", {"partial_rotary_factor": 0.5},
                        r"config\.json: partial_rotary_factor=0\.5 is not supported"),
     "interleaved_rope": ("llama", {"rope_interleaved": True}, r"config\.json: rope_interleaved=True is not supported"),

@@ -244,6 +244,7 @@ def _naive_loss(params, cfg, tokens, seg, pos, targets, weights):
     return -(np.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights).sum() / weights.sum()
 
 
+@pytest.mark.slow
 def test_qk_norm_llama3_gradients_equal_naive_finite_differences():
     """d loss / d params of the Decoder (scanned, remat) along a random direction = the naive fp64
     model's central difference; the q/k norm scales get gradients of their own."""
@@ -279,6 +280,7 @@ def test_qk_norm_llama3_gradients_equal_naive_finite_differences():
     assert analytic == pytest.approx(numeric, rel=2e-3, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_kv_cache_decoding_applies_the_same_rope_and_qk_norm():
     """Prefill + one token at a time through the KV cache = the full forward pass, at positions past
     rope_original_max_positions, with llama3 RoPE and q/k norm."""

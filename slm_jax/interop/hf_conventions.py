@@ -101,7 +101,7 @@ def resolve_bos(hf_dir: str, hf_config: dict, text_vocab_size: int, bos_id: int 
     BosConventionError when sources disagree or name none, or the id is outside the text vocabulary."""
     config_path, gen_path = os.path.join(hf_dir, "config.json"), os.path.join(hf_dir, GENERATION_CONFIG)
     tok_id, adds = tokenizer_bos(hf_dir)
-    named = {f"config.json bos_token_id": _token_id(hf_config.get("bos_token_id"), f"{config_path}: bos_token_id"),
+    named = {"config.json bos_token_id": _token_id(hf_config.get("bos_token_id"), f"{config_path}: bos_token_id"),
              f"{GENERATION_CONFIG} bos_token_id": _token_id(_read_json(gen_path).get("bos_token_id"),
                                                             f"{gen_path}: bos_token_id")}
     named = {k: v for k, v in named.items() if v is not None}

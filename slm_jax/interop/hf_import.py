@@ -9,8 +9,8 @@ MODEL_DIR receives the train state `{'step': 0, 'params', 'opt_state'}` as Orbax
 `OptimizerConfig` freshly initialised), `model_config.json` (the compatibility record
 train checks), `model.gin` (the DecoderConfig bindings to train with), `hf_import.json`
 (source config, vocabulary layout and token conventions, read by export-hf), `bos.json`
-(the BOS convention and EOS ids, below) and `tokenizer/` (the source tokenizer with the speech tokens added at their ids)
-when PATH has a tokenizer.
+(the BOS convention and EOS ids, below) and `tokenizer/` (the source tokenizer with the speech
+tokens added at their ids) when PATH has a tokenizer.
 
 BOS and EOS (`slm_jax.interop.hf_conventions`): the run trains, scores and samples behind the
 first token the checkpoint was trained behind (`resolve_bos`; the rule is there), written to

@@ -100,6 +100,17 @@ def _rope_spec(config: dict, key: str, where: str) -> dict | None:
     if missing:
         raise UnsupportedModelError(f"{where}: {key}.{missing[0]} is missing (rope_type={rope_type!r} needs "
                                     f"{sorted(known)})")
+    if "factor" in out and not out["factor"] > 0:
+        raise UnsupportedModelError(f"{where}: {key}.factor={out['factor']!r} must be > 0")
+    if rope_type == "llama3":
+        if not 0 < out["low_freq_factor"] < out["high_freq_factor"]:
+            raise UnsupportedModelError(f"{where}: {key}.low_freq_factor={out['low_freq_factor']!r} and "
+                                        f"{key}.high_freq_factor={out['high_freq_factor']!r} must satisfy "
+                                        "0 < low < high")
+        original = out["original_max_position_embeddings"]
+        if int(original) != original or original < 1:
+            raise UnsupportedModelError(f"{where}: {key}.original_max_position_embeddings={original!r} must be an "
+                                        "int >= 1")
     return out
 
 

@@ -142,9 +142,10 @@ class DecoderConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"DecoderConfig.{name}={value!r} must be a number")
             if name not in self._ROPE_READS[self.rope_type] and value != defaults[name]:
+                readers = [t for t, reads in self._ROPE_READS.items() if name in reads]
                 raise ConfigError(f"DecoderConfig.{name}={value!r} has no effect with "
                                   f"DecoderConfig.rope_type={self.rope_type!r}; leave it at {defaults[name]!r} or "
-                                  f"set a rope_type that reads it ({[t for t, r in self._ROPE_READS.items() if name in r]})")
+                                  f"set a rope_type that reads it ({readers})")
         if not self.rope_scaling_factor > 0:
             raise ConfigError(f"DecoderConfig.rope_scaling_factor={self.rope_scaling_factor} must be > 0")
         if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
