@@ -1,7 +1,8 @@
-"""A naive numpy fp64 Llama decoder used as the reference for slm_jax's Decoder.
+"""A naive numpy fp64 Llama / Qwen2 / Qwen3 decoder used as the reference for slm_jax's Decoder.
 
 Deliberately different from the model code: one example and one packed segment at a
-time (slicing, not masking), explicit loops over heads, rotate-half RoPE written out.
+time (slicing, not masking), explicit loops over heads, rotate-half RoPE written out (its
+scaled variants per pair of dimensions, branch by branch), q/k norm per head.
 """
 from __future__ import annotations
 
@@ -26,14 +27,32 @@ def _rms(x, scale, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
-def _rope(x, positions, theta):
+def _inv_freq(j, d, cfg):
+    """Inverse frequency of pair j (of d / 2), written out from Llama 3.1's published rule."""
+    freq = cfg.rope_theta ** (-(2.0 * j) / d)
+    kind = getattr(cfg, "rope_type", "default")
+    if kind == "default":
+        return freq
+    if kind == "linear":
+        return freq / cfg.rope_scaling_factor
+    assert kind == "llama3", kind
+    wavelen = 2.0 * np.pi / freq
+    ctx = cfg.rope_original_max_positions
+    if wavelen < ctx / cfg.rope_high_freq_factor:  # high frequency: unchanged
+        return freq
+    if wavelen > ctx / cfg.rope_low_freq_factor:  # low frequency: interpolated by the factor
+        return freq / cfg.rope_scaling_factor
+    s = (ctx / wavelen - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    return (1.0 - s) * freq / cfg.rope_scaling_factor + s * freq
+
+
+def _rope(x, positions, cfg):
     """x: [t, heads, d]."""
     d = x.shape[-1]
     half = d // 2
     out = np.empty_like(x)
     for j in range(half):
-        freq = theta ** (-(2.0 * j) / d)
-        ang = positions[:, None] * freq
+        ang = positions[:, None] * _inv_freq(j, d, cfg)
         a, b = x[..., j], x[..., j + half]
         out[..., j] = a * np.cos(ang) - b * np.sin(ang)
         out[..., j + half] = b * np.cos(ang) + a * np.sin(ang)
@@ -49,7 +68,10 @@ def _attention(x, p, positions, cfg):
     v = np.einsum("td,dhk->thk", x, wv)
     if "bias" in p["query"]:
         q, k, v = (a + np.asarray(p[n]["bias"], np.float64) for a, n in ((q, "query"), (k, "key"), (v, "value")))
-    q, k = _rope(q, positions, cfg.rope_theta), _rope(k, positions, cfg.rope_theta)
+    if getattr(cfg, "qk_norm", False):  # Qwen3: per-head RMSNorm of q and k over head_dim, before RoPE
+        q = _rms(q, p["query_norm"]["scale"], cfg.norm_eps)
+        k = _rms(k, p["key_norm"]["scale"], cfg.norm_eps)
+    q, k = _rope(q, positions, cfg), _rope(k, positions, cfg)
     heads, kv_heads = q.shape[1], k.shape[1]
     out = np.zeros_like(q)
     for h in range(heads):

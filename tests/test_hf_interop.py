@@ -365,8 +365,8 @@ def _write_index(hf_dir, extra_file):
 BREAKAGES = {
     "architecture": (lambda d: _edit_config(d, model_type="gpt2"), UnsupportedModelError,
                      r"config\.json: model_type='gpt2' is not supported"),
-    "rope_scaling": (lambda d: _edit_config(d, rope_parameters={"rope_type": "llama3", "rope_theta": 1e4}),
-                     UnsupportedModelError, r"config\.json: rope_parameters\.rope_type='llama3' is not supported"),
+    "rope_scaling": (lambda d: _edit_config(d, rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
+                     UnsupportedModelError, r"config\.json: rope_parameters\.rope_type='yarn' is not supported"),
     "no_config": (lambda d: os.remove(os.path.join(d, "config.json")), FileNotFoundError,
                   r"hf/config\.json: no such file"),
     "no_weights": (lambda d: os.remove(os.path.join(d, "model.safetensors")), FileNotFoundError,

@@ -156,6 +156,31 @@ def test_incompatible_model_dir(tmp_path):
     check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, attention_impl="xla"))  # numerics only
     with pytest.raises(IncompatibleModelDirError, match=r"DecoderConfig\.num_layers: saved 2 vs requested 3"):
         check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, num_layers=3))
+    with pytest.raises(IncompatibleModelDirError, match=r"DecoderConfig\.qk_norm: saved False vs requested True"):
+        check_model_dir_compatible(str(tmp_path), dataclasses.replace(MODEL, qk_norm=True))
+
+
+def test_model_config_records_older_than_a_shape_field_still_resume(tmp_path):
+    """A model_config.json written before qk_norm existed (no key) is a model without q/k norm,
+    for the dense decoder and inside LSTConfig's global model alike."""
+    import json
+
+    from slm_jax.models.lst import LSTConfig
+    from slm_jax.training.run_dir import MODEL_CONFIG_FILE
+
+    for name, cfg, record in (("dense", MODEL, None), ("lst", LSTConfig(global_model=MODEL), "global_model")):
+        model_dir = tmp_path / name
+        write_run_files(str(model_dir), cfg, "")
+        path = model_dir / MODEL_CONFIG_FILE
+        saved = json.loads(path.read_text())
+        (saved[record] if record else saved).pop("qk_norm")
+        saved.pop("qk_norm", None)
+        path.write_text(json.dumps(saved))
+        check_model_dir_compatible(str(model_dir), cfg)
+        with_norm = dataclasses.replace(MODEL, qk_norm=True)
+        with pytest.raises(IncompatibleModelDirError, match=r"qk_norm: saved False vs requested True"):
+            check_model_dir_compatible(str(model_dir), with_norm if record is None else
+                                       dataclasses.replace(cfg, global_model=with_norm))
 
 
 @pytest.mark.slow

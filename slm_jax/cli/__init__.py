@@ -13,7 +13,7 @@ reason, MODEL_DIR and the complete step a rerun resumes from).
     slm-jax eval --gin_file=RUN.gin --gin.MODEL_DIR=... --benchmarks=ssc_en,stc_en|demo [--all_checkpoints]
     slm-jax compare RUN_DIR [RUN_DIR ...] [--step=N | --tokens=T]   accuracy [95% CI] and paired tests vs the first run
     slm-jax generate --gin_file=RUN.gin --prompts_from=ssc_en [--fewshot=asr|tts --data=GLOB]
-    slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2 -> step 0
+    slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout speech|spiritlm]   HF Llama/Qwen2/Qwen3 -> step 0
     slm-jax export-hf MODEL_DIR --out PATH [--step N]                        checkpoint -> HF safetensors
 """
 from __future__ import annotations

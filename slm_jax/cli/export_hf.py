@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write (new or empty)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--family", choices=sorted(hf_layout.CAUSAL_LM_CLASSES), default=None,
-                   help="default: the imported model's, else qwen2 with q/k/v biases and llama without")
+                   help="default: the imported model's, else qwen2 with q/k/v biases, qwen3 with q/k norm, llama without")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="weight dtype (default: the checkpoint's param dtype)")
     p.add_argument("--max_shard_size", type=parse_size, default=DEFAULT_MAX_SHARD,

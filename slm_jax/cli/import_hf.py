@@ -1,4 +1,4 @@
-"""`slm-jax import-hf`: a local HF Llama/Qwen2 checkpoint -> step 0 of a MODEL_DIR."""
+"""`slm-jax import-hf`: a local HF Llama/Qwen2/Qwen3 checkpoint -> step 0 of a MODEL_DIR."""
 
 from __future__ import annotations
 

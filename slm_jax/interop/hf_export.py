@@ -1,11 +1,14 @@
-"""`slm-jax export-hf`: a Decoder checkpoint in MODEL_DIR -> a Hugging Face Llama/Qwen2 directory.
+"""`slm-jax export-hf`: a Decoder checkpoint in MODEL_DIR -> a Hugging Face Llama/Qwen2/Qwen3 directory.
 
-    slm-jax export-hf MODEL_DIR --out PATH [--step N] [--family llama|qwen2]
+    slm-jax export-hf MODEL_DIR --out PATH [--step N] [--family llama|qwen2|qwen3]
         [--dtype float32|bfloat16] [--max_shard_size 2GB]
 
 Writes config.json and model.safetensors, or model-0000i-of-0000n.safetensors shards with
 model.safetensors.index.json when the weights exceed --max_shard_size; that loads with
-`transformers.LlamaForCausalLM` / `Qwen2ForCausalLM`. The run's BOS (MODEL_DIR/bos.json,
+`transformers.LlamaForCausalLM` / `Qwen2ForCausalLM` / `Qwen3ForCausalLM` (the family: --family, else the
+imported one, else the one whose attention the config has). The RoPE variant is written as
+`rope_theta` + `rope_scaling` (transformers 4.x) and `rope_parameters` (transformers 5);
+Qwen3's q/k norms as `self_attn.q_norm` / `k_norm`. The run's BOS (MODEL_DIR/bos.json,
 written by import-hf; 0 for a run from scratch, seqio's convention) is written as
 `bos_token_id` of config.json and generation_config.json, and README.md says how to
 score and prompt the model with it (whether the tokenizer adds it or users must). A model imported by `import-hf`
@@ -80,7 +83,7 @@ def load_model_config(model_dir: str) -> DecoderConfig:
         raise ModelDirError(f"{path}: no such file; is {model_dir} a slm-jax MODEL_DIR?")
     fields = {f.name for f in dataclasses.fields(DecoderConfig)}
     if not {"embed_dim", "num_heads", "use_qkv_bias"} <= set(saved):
-        raise ModelDirError(f"{path}: not a dense DecoderConfig (export-hf writes Llama/Qwen2 decoders)")
+        raise ModelDirError(f"{path}: not a dense DecoderConfig (export-hf writes Llama/Qwen2/Qwen3 decoders)")
     return DecoderConfig(**{k: v for k, v in saved.items() if k in fields})
 
 
@@ -169,7 +172,7 @@ def check_params(reader: CheckpointParamReader, cfg: DecoderConfig) -> None:
                                 f"model_config.json implies {shape}")
     extra = sorted(path_name(p) for p in set(have) - set(want) if p[0] not in _NOT_EXPORTED)
     if extra:
-        raise ModelDirError(f"{reader.state_dir}: params {extra[:4]} have no place in a Llama/Qwen2 checkpoint")
+        raise ModelDirError(f"{reader.state_dir}: params {extra[:4]} have no place in a Llama/Qwen2/Qwen3 checkpoint")
     if any(p[0] in _NOT_EXPORTED for p in have):
         log.warning("the CTC head (ctc_head) is not part of a causal LM and is not exported")
 
@@ -352,7 +355,7 @@ def export_hf(model_dir: str, out_dir: str, *, step: int | None = None, family: 
     """Exports step `step` (default: latest) of `model_dir` to `out_dir` (see the module docstring)."""
     cfg = load_model_config(model_dir)
     record = load_import_record(model_dir)
-    family = family or (record or {}).get("family") or ("qwen2" if cfg.use_qkv_bias else "llama")
+    family = family or (record or {}).get("family") or hf_layout.default_family(cfg)
     hf_layout.check_family(cfg, family)
     max_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     _check_out_dir(out_dir)

@@ -1,4 +1,4 @@
-"""`slm-jax import-hf`: a local Hugging Face Llama/Qwen2 checkpoint -> a MODEL_DIR that `slm-jax train` continues.
+"""`slm-jax import-hf`: a local Hugging Face Llama/Qwen2/Qwen3 checkpoint -> a MODEL_DIR that `slm-jax train` continues.
 
     slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout none|speech|spiritlm] [--num_units 500]
         [--num_pitch 0] [--num_style 0] [--langs en,fr] [--pad_vocab_to 128] [--seed 0]
@@ -8,26 +8,15 @@ MODEL_DIR receives the train state `{'step': 0, 'params', 'opt_state'}` as Orbax
 (written by the run's own `CheckpointManager`, with the optimizer state of the run's
 `OptimizerConfig` freshly initialised), `model_config.json` (the compatibility record
 train checks), `model.gin` (the DecoderConfig bindings to train with), `hf_import.json`
-(source config and vocabulary layout, read by export-hf), `bos.json` (the BOS convention,
-below) and `tokenizer/` (the source tokenizer with the speech tokens added at their ids)
-when PATH has a tokenizer.
+(source config, vocabulary layout and token conventions, read by export-hf), `bos.json`
+(the BOS convention and EOS ids, below) and `tokenizer/` (the source tokenizer with the speech
+tokens added at their ids) when PATH has a tokenizer.
 
-BOS (the input before the first token of every sequence; `resolve_bos`): slm_jax trains,
-scores and samples an imported model behind the first token its checkpoint was trained
-behind, so a sequence's log-likelihood is transformers' `log p(ids | BOS)`:
-  1. `--bos_id N` when given;
-  2. else the tokenizer's BOS when it adds one (tokenizer_config.json `add_bos_token`, e.g.
-     Llama's `<s>` = 1: what a Hugging Face user's `tokenizer(text)` puts first);
-  3. else `bos_token_id` of config.json / generation_config.json (Qwen2 has no BOS: its
-     tokenizer adds none and its config names `<|endoftext|>`);
-  4. else config.json's `eos_token_id` (the document separator).
-Rules 3-4 are lm-evaluation-harness's prefix for scoring from a sequence's first token
-when a model has no BOS (`prefix_token_id`: BOS, else end-of-text); a Hugging Face user
-scores the same numbers by prepending that id. Sources that name different ids are
-refused (pass --bos_id). The id goes into model.gin (`run_bos_id.bos_id = N`, read by
-the feature converter, the scorer, alignment and generation) and bos.json (checked by
-train / eval / generate: `run_dir.check_bos`); export-hf writes it back as config.json's
-and generation_config.json's `bos_token_id`.
+BOS and EOS (`slm_jax.interop.hf_conventions`): the run trains, scores and samples behind the
+first token the checkpoint was trained behind (`resolve_bos`; the rule is there), written to
+model.gin (`run_bos_id.bos_id = N`) and bos.json (checked by train / eval / generate); the
+tokenizer's and configs' conventions at a text's edges (BOS added or not, EOS ids, chat
+template present but never applied) are recorded in hf_import.json `tokens` and bos.json.
 `--gin_file`/`--gin.` flags are the run's: its OptimizerConfig and MeshConfig decide the
 optimizer-state layout and the shardings; without them the defaults are used.
 
@@ -54,6 +43,18 @@ import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy, so safetensors c
 import numpy as np
 
 from slm_jax.interop import hf_layout
+from slm_jax.interop.hf_conventions import (  # noqa: F401 - BOS names re-exported (import-hf's API)
+    GENERATION_CONFIG,
+    TOKENIZER_FILES,
+    BosConvention,
+    BosConventionError,
+    TokenConventions,
+    checked_bos_id,
+    has_tokenizer as _has_tokenizer,
+    read_conventions,
+    resolve_bos,
+    tokenizer_bos,
+)
 from slm_jax.interop.hf_layout import LeafSource, UnsupportedModelError, path_name
 from slm_jax.interop.hf_vocab import LAYOUTS, VocabExtension, VocabLayoutError, extend_rows, extend_tokenizer
 from slm_jax.models.decoder import DecoderConfig
@@ -66,10 +67,11 @@ SINGLE_FILE = "model.safetensors"
 IMPORT_RECORD = "hf_import.json"
 MODEL_GIN = "model.gin"
 TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
-GENERATION_CONFIG = "generation_config.json"
 # Tensors that carry nothing the Decoder needs (old checkpoints store RoPE's inverse frequencies).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# RoPE fields model.gin binds (every one, so a run gin file's own RoPE settings cannot survive it)
+ROPE_BINDINGS = ("rope_theta", "rope_type", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                 "rope_original_max_positions")
 # The config.json fields a model dictates; the rest of DecoderConfig is the run's choice.
 _RUN_FIELDS = ("scan_layers", "param_dtype", "dtype", "remat_policy", "attention_impl", "init_std")
 
@@ -144,6 +146,7 @@ class ImportPlan:
     sources: dict[tuple[str, ...], LeafSource]
     checkpoint: SafetensorsCheckpoint
     bos: BosConvention
+    tokens: TokenConventions
 
 
 def _weight_prefix(names: set[str]) -> str:
@@ -172,90 +175,6 @@ def check_tensors(ckpt: SafetensorsCheckpoint, sources: dict[tuple[str, ...], Le
                                       f"{left[:4]}; config.json does not describe this checkpoint")
 
 
-@dataclasses.dataclass(frozen=True)
-class BosConvention:
-    """The input before every sequence's first token (module docstring: the rule)."""
-
-    bos_id: int
-    source: str  # where it was read, e.g. "tokenizer <s> (add_bos_token=True)"
-    tokenizer_adds_bos: bool  # what a Hugging Face user's tokenizer(text) does
-
-
-class BosConventionError(ValueError):
-    """The checkpoint names no BOS, or names different ones; `--bos_id` settles it."""
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-
-
-def checked_bos_id(value, where: str) -> int:
-    from slm_jax.data.feature_converter import checked_bos_id as check  # TensorFlow: only when importing
-    return check(value, where)
-
-
-def _token_id(value, where: str) -> int | None:
-    """A config's token id: None, an int, or (generation configs) a list whose first entry counts."""
-    if isinstance(value, list):
-        value = value[0] if value else None
-    return None if value is None else checked_bos_id(value, where)
-
-
-def tokenizer_bos(hf_dir: str) -> tuple[int | None, bool]:
-    """(the tokenizer's BOS id or None, whether `tokenizer(text)` puts it first); (None, False)
-    without tokenizer files or transformers."""
-    if not _has_tokenizer(hf_dir):
-        return None, False
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None, False
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
-    if tokenizer.bos_token_id is None:
-        return None, False
-    probe = tokenizer("a")["input_ids"]  # what users get, whatever flag or post-processor decides it
-    return int(tokenizer.bos_token_id), bool(probe) and probe[0] == tokenizer.bos_token_id
-
-
-def resolve_bos(hf_dir: str, hf_config: dict, text_vocab_size: int, bos_id: int | None = None) -> BosConvention:
-    """The BOS convention of a HF checkpoint (rule in the module docstring). Raises
-    BosConventionError when sources disagree or name none, or the id is outside the text vocabulary."""
-    config_path, gen_path = os.path.join(hf_dir, "config.json"), os.path.join(hf_dir, GENERATION_CONFIG)
-    tok_id, adds = tokenizer_bos(hf_dir)
-    named = {f"config.json bos_token_id": _token_id(hf_config.get("bos_token_id"), f"{config_path}: bos_token_id"),
-             f"{GENERATION_CONFIG} bos_token_id": _token_id(_read_json(gen_path).get("bos_token_id"),
-                                                            f"{gen_path}: bos_token_id")}
-    named = {k: v for k, v in named.items() if v is not None}
-    if bos_id is not None:
-        found = BosConvention(checked_bos_id(bos_id, "--bos_id"), "--bos_id", adds and tok_id == bos_id)
-    elif adds:
-        found = BosConvention(tok_id, f"tokenizer BOS (added by the tokenizer, id {tok_id})", True)
-        named["the tokenizer's BOS"] = tok_id
-    elif named:
-        key = next(iter(named))
-        found = BosConvention(named[key], f"{key} (the tokenizer adds no BOS)", False)
-    else:
-        eos = _token_id(hf_config.get("eos_token_id"), f"{config_path}: eos_token_id")
-        if eos is None:
-            raise BosConventionError(f"{hf_dir}: no BOS convention: the tokenizer adds no BOS and config.json / "
-                                     f"{GENERATION_CONFIG} have no bos_token_id or eos_token_id; pass --bos_id")
-        found = BosConvention(eos, "config.json eos_token_id (no BOS: the end-of-text token, as "
-                                   "lm-evaluation-harness prefixes such models)", False)
-    if bos_id is None and len(set(named.values())) > 1:
-        raise BosConventionError(f"{hf_dir}: the BOS is ambiguous: {named}; pass --bos_id with the first token "
-                                 "this model was trained behind")
-    if found.bos_id >= text_vocab_size:
-        raise BosConventionError(f"{hf_dir}: BOS id {found.bos_id} ({found.source}) is outside the model's "
-                                 f"{text_vocab_size} embedding rows")
-    return found
-
-
 def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | None = None,
                 bos_id: int | None = None) -> ImportPlan:
     """Reads config.json, the BOS convention and the safetensors headers and checks them; raises
@@ -278,7 +197,8 @@ def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | 
     sources = hf_layout.leaf_sources(model_cfg, fields["vocab_size"], _weight_prefix(checkpoint.names))
     check_tensors(checkpoint, sources)
     bos = resolve_bos(hf_dir, hf_config, fields["vocab_size"], bos_id)
-    return ImportPlan(hf_dir, family, hf_config, model_cfg, extension, sources, checkpoint, bos)
+    tokens = read_conventions(hf_dir, hf_config, bos)
+    return ImportPlan(hf_dir, family, hf_config, model_cfg, extension, sources, checkpoint, bos, tokens)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,7 +268,7 @@ def _trainer(model_cfg: DecoderConfig, optimizer, mesh_cfg, devices):
 
 def model_gin(cfg: DecoderConfig, source: str, family: str, bos: BosConvention | None = None) -> str:
     """DecoderConfig bindings (and the BOS convention) of an imported model, to pass after the run's own gin file."""
-    bindings = {**cfg.shape_dict(), "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps}
+    bindings = {**cfg.shape_dict(), "norm_eps": cfg.norm_eps, **{f: getattr(cfg, f) for f in ROPE_BINDINGS}}
     lines = [f"# DecoderConfig of the Hugging Face {family} model {source} (slm-jax import-hf).",
              "# Pass it after the run's gin file: --gin_file=RUN.gin --gin_file=MODEL_DIR/model.gin"]
     lines += [f"DecoderConfig.{key} = {value!r}" for key, value in bindings.items()]
@@ -356,10 +276,6 @@ def model_gin(cfg: DecoderConfig, source: str, family: str, bos: BosConvention |
         lines += [f"# The input before every sequence's first token: {bos.source}.",
                   f"run_bos_id.bos_id = {bos.bos_id}"]
     return "\n".join(lines) + "\n"
-
-
-def _has_tokenizer(hf_dir: str) -> bool:
-    return any(os.path.isfile(os.path.join(hf_dir, name)) for name in TOKENIZER_FILES)
 
 
 def save_tokenizer(hf_dir: str, extension: VocabExtension, out_dir: str) -> bool:
@@ -397,10 +313,12 @@ def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool)
         f.write(gin_text)
     record = {"source": os.path.abspath(plan.hf_dir), "family": plan.family, "hf_config": plan.hf_config,
               "vocab": plan.extension.to_json(), "seed": seed, "tokenizer": TOKENIZER_DIR if tokenizer else None,
-              "bos": dataclasses.asdict(plan.bos)}
+              "bos": dataclasses.asdict(plan.bos), "tokens": dataclasses.asdict(plan.tokens)}
     with open(os.path.join(model_dir, IMPORT_RECORD), "w") as f:
         json.dump(record, f, indent=1)
-    run_dir.write_bos_record(model_dir, plan.bos.bos_id, plan.bos.source)
+    run_dir.write_bos_record(model_dir, plan.bos.bos_id, plan.bos.source,
+                             {"tokenizer_adds_bos": plan.tokens.tokenizer_adds_bos, "eos_ids": plan.tokens.eos_ids,
+                              "tokenizer_adds_eos": plan.tokens.tokenizer_adds_eos})
 
 
 # --------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import numpy as np
 
 from slm_jax.gin_utils import ConfigError
 from slm_jax.kernels.attention import fused_attention, masked_attention, packed_causal_mask, reference_attention
-from slm_jax.models.layers import DenseGeneral, apply_rope
+from slm_jax.models.layers import DenseGeneral, RMSNorm, RoPE, apply_rope
 
 ATTENTION_IMPLS = ("xla", "dot_product_attention", "cudnn", "splash", "flash_gpu", "splash_interpret",
                    "flash_gpu_interpret", "auto")
@@ -184,18 +184,27 @@ def attend(q, k, v, segment_ids, impl: str):
 
 
 class Attention(nn.Module):
-    """GQA self-attention with RoPE; projections carry logical axis names."""
+    """GQA self-attention with RoPE; projections carry logical axis names.
+
+    `rope`: the RoPE variant (`slm_jax.models.layers.RoPE`, or a base wavelength for the
+    default one), applied to q and k in every mode (training, scoring, decoding), so a KV cache
+    holds rotated keys. `qk_norm` (Qwen3): q and k are RMS-normalised per head over head_dim
+    (params `query_norm/scale`, `key_norm/scale`: [head_dim], logical axis "head_dim", epsilon
+    `norm_eps`) after the projections and before RoPE, as transformers' Qwen3Attention.
+    """
 
     num_heads: int
     num_kv_heads: int
     head_dim: int
     embed_dim: int
-    rope_theta: float
+    rope: RoPE | float
     init_std: float
     impl: str = "xla"
     use_qkv_bias: bool = False
     dtype: jnp.dtype = jnp.bfloat16
     param_dtype: jnp.dtype = jnp.float32
+    qk_norm: bool = False
+    norm_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x, segment_ids, positions, kv_cache=None, decode=None):
@@ -209,9 +218,12 @@ class Attention(nn.Module):
         q = proj("query", self.num_heads, "heads")
         k = proj("key", self.num_kv_heads, "kv_heads")
         v = proj("value", self.num_kv_heads, "kv_heads")
+        if self.qk_norm:
+            q = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, axis_name="head_dim", name="query_norm")(q)
+            k = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, axis_name="head_dim", name="key_norm")(k)
         q_axes, kv_axes = ("batch", "length", "heads", "head_dim"), ("batch", "length", "kv_heads", "head_dim")
-        q = nn.with_logical_constraint(apply_rope(q, positions, self.rope_theta), q_axes)
-        k = nn.with_logical_constraint(apply_rope(k, positions, self.rope_theta), kv_axes)
+        q = nn.with_logical_constraint(apply_rope(q, positions, self.rope), q_axes)
+        k = nn.with_logical_constraint(apply_rope(k, positions, self.rope), kv_axes)
         v = nn.with_logical_constraint(v, kv_axes)
         new_cache = None
         if kv_cache is None:

@@ -21,7 +21,7 @@ from slm_jax.models import interface
 from slm_jax.gin_utils import ConfigError
 from slm_jax.models.attention import ATTENTION_IMPLS, Attention, DecodeState, resolve_attention_impl
 from slm_jax.models.interface import ModelOutput
-from slm_jax.models.layers import DenseGeneral, Embed, RMSNorm, SwiGLU
+from slm_jax.models.layers import ROPE_TYPES, DenseGeneral, Embed, RMSNorm, RoPE, SwiGLU
 
 REMAT_POLICIES = {
     "none": None,
@@ -45,8 +45,21 @@ class DecoderConfig:
     num_kv_heads: key/value heads (GQA), >= 1.
     head_dim: per-head width, even, >= 2; None: embed_dim // num_heads.
     rope_theta: RoPE base wavelength, > 0.
+    rope_type: the RoPE variant, one of `slm_jax.models.layers.ROPE_TYPES` (rules and sources in
+      `slm_jax.models.layers.RoPE`): "default"; "linear" (frequencies / rope_scaling_factor);
+      "llama3" (Llama 3.1+'s frequency-dependent scaling: rope_scaling_factor,
+      rope_low_freq_factor, rope_high_freq_factor, rope_original_max_positions). The same RoPE
+      runs in training, scoring and KV-cache decoding.
+    rope_scaling_factor: "linear" / "llama3" scaling factor, > 0 (1.0 with "default").
+    rope_low_freq_factor, rope_high_freq_factor: "llama3" band edges, 0 < low < high (1.0 and
+      4.0, Llama 3.1's, unless rope_type is "llama3").
+    rope_original_max_positions: "llama3" pretraining context length, >= 1 (8192 unless
+      rope_type is "llama3"). A scaling field set away from its default for a rope_type that
+      does not read it is refused rather than ignored.
     tie_embeddings: the output head reuses the embedding matrix.
     use_qkv_bias: q/k/v projections have biases (Qwen2).
+    qk_norm: RMSNorm of each query and key head over head_dim before RoPE (Qwen3), with
+      norm_eps; params `attention/query_norm/scale`, `attention/key_norm/scale` [head_dim].
     norm_eps: RMSNorm epsilon, > 0.
     init_std: stddev of the normal initialiser, >= 0.
     dtype: compute dtype name (e.g. "bfloat16", "float32").
@@ -68,8 +81,14 @@ class DecoderConfig:
     num_kv_heads: int = 2
     head_dim: int | None = None
     rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
     tie_embeddings: bool = False
     use_qkv_bias: bool = False
+    qk_norm: bool = False
     norm_eps: float = 1e-5
     init_std: float = 0.02
     dtype: str = "bfloat16"
@@ -99,6 +118,7 @@ class DecoderConfig:
         for name in ("rope_theta", "norm_eps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)} must be > 0")
+        self._check_rope()
         if not self.init_std >= 0:
             raise ConfigError(f"DecoderConfig.init_std={self.init_std} must be >= 0")
         for name in ("dtype", "param_dtype"):
@@ -107,13 +127,54 @@ class DecoderConfig:
             except TypeError as e:
                 raise ConfigError(f"DecoderConfig.{name}={getattr(self, name)!r} is not a dtype name") from e
 
+    # the scaling fields each rope_type reads (the others must stay at their defaults)
+    _ROPE_READS = {"default": (), "linear": ("rope_scaling_factor",),
+                   "llama3": ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                              "rope_original_max_positions")}
+
+    def _check_rope(self) -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise ConfigError(f"DecoderConfig.rope_type={self.rope_type!r}: expected one of {ROPE_TYPES}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+                     "rope_original_max_positions"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"DecoderConfig.{name}={value!r} must be a number")
+            if name not in self._ROPE_READS[self.rope_type] and value != defaults[name]:
+                readers = [t for t, reads in self._ROPE_READS.items() if name in reads]
+                raise ConfigError(f"DecoderConfig.{name}={value!r} has no effect with "
+                                  f"DecoderConfig.rope_type={self.rope_type!r}; leave it at {defaults[name]!r} or "
+                                  f"set a rope_type that reads it ({readers})")
+        if not self.rope_scaling_factor > 0:
+            raise ConfigError(f"DecoderConfig.rope_scaling_factor={self.rope_scaling_factor} must be > 0")
+        if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+            raise ConfigError(f"DecoderConfig.rope_low_freq_factor={self.rope_low_freq_factor} and "
+                              f"DecoderConfig.rope_high_freq_factor={self.rope_high_freq_factor} must satisfy "
+                              "0 < low < high")
+        if int(self.rope_original_max_positions) != self.rope_original_max_positions or \
+                self.rope_original_max_positions < 1:
+            raise ConfigError(f"DecoderConfig.rope_original_max_positions={self.rope_original_max_positions} must "
+                              "be an int >= 1")
+
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
 
+    @property
+    def rope(self) -> RoPE:
+        """The RoPE variant of this config (`slm_jax.models.layers.RoPE`)."""
+        return RoPE(float(self.rope_theta), self.rope_type, float(self.rope_scaling_factor),
+                    float(self.rope_low_freq_factor), float(self.rope_high_freq_factor),
+                    int(self.rope_original_max_positions))
+
     # Fields that decide parameter shapes: a checkpoint is only compatible if these match.
     SHAPE_FIELDS = ("vocab_size", "embed_dim", "mlp_dim", "num_layers", "num_heads", "num_kv_heads",
-                    "head_dim", "tie_embeddings", "use_qkv_bias", "scan_layers", "param_dtype", "ctc_num_classes")
+                    "head_dim", "tie_embeddings", "use_qkv_bias", "qk_norm", "scan_layers", "param_dtype",
+                    "ctc_num_classes")
+    # Shape fields added after runs already recorded model_config.json: a record without the key
+    # was written with this value (`run_dir.check_compatible` reads it so).
+    RECORD_DEFAULTS = {"qk_norm": False}
 
     def shape_dict(self) -> dict[str, Any]:
         d = {f: getattr(self, f) for f in self.SHAPE_FIELDS}
@@ -130,7 +191,7 @@ class DecoderConfig:
     def num_params(self, include_embeddings: bool = True) -> int:
         hd = self.resolved_head_dim
         bias = hd * (self.num_heads + 2 * self.num_kv_heads) if self.use_qkv_bias else 0
-        norms = 2 * self.embed_dim
+        norms = 2 * self.embed_dim + (2 * hd if self.qk_norm else 0)
         total = self.num_layers * (self._layer_matmul_params() + bias + norms) + self.embed_dim
         total += (self.embed_dim + 1) * self.ctc_num_classes
         if include_embeddings:
@@ -167,9 +228,10 @@ class DecoderBlock(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = nn.with_logical_constraint(x, (AXIS_BATCH, AXIS_LENGTH, AXIS_EMBED))
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="attention_norm")(x)
-        h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.embed_dim, cfg.rope_theta,
+        h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.embed_dim, cfg.rope,
                       cfg.init_std, impl=self.attention_impl, use_qkv_bias=cfg.use_qkv_bias, dtype=dtype,
-                      param_dtype=pdtype, name="attention")(h, segment_ids, positions, kv_cache, decode)
+                      param_dtype=pdtype, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps,
+                      name="attention")(h, segment_ids, positions, kv_cache, decode)
         h, new_cache = h if kv_cache is not None else (h, None)
         x = x + h
         h = RMSNorm(cfg.norm_eps, dtype, pdtype, name="mlp_norm")(x)

@@ -5,9 +5,12 @@ same module shards on any mesh through the logical-axis rules in gin.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import numpy as np
 
 Dtype = jnp.dtype
 
@@ -17,17 +20,18 @@ def _normal(std: float):
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm; statistics in fp32 whatever the compute dtype."""
+    """Root-mean-square norm over the last axis; statistics in fp32 whatever the compute dtype."""
 
     eps: float = 1e-5
     dtype: Dtype = jnp.bfloat16
     param_dtype: Dtype = jnp.float32
+    axis_name: str = "embed"  # logical name of the normalised (last) axis, e.g. "head_dim" for q/k norm
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
             "scale",
-            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
             (x.shape[-1],),
             self.param_dtype,
         )
@@ -36,19 +40,69 @@ class RMSNorm(nn.Module):
         return (normed * scale.astype(jnp.float32)).astype(self.dtype)
 
 
-def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
-    """Inverse frequencies of rotary embeddings, one per pair of dimensions."""
-    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding, half-split layout (as Hugging Face Llama/Qwen2).
+@dataclasses.dataclass(frozen=True)
+class RoPE:
+    """A rotary position embedding variant (hashable: a static part of a jitted model).
 
-    x: [batch, length, heads, head_dim]; positions: [batch, length] (restart per
-    packed segment, so each segment sees positions 0..n-1).
+    theta: base wavelength, > 0. rope_type: one of `ROPE_TYPES`:
+      - "default": inverse frequency of pair j (of head_dim / 2) is theta ** (-2j / head_dim)
+        (Su et al. 2021, RoFormer; the Llama / Qwen layout).
+      - "linear": the default frequencies divided by `scaling_factor` (position interpolation,
+        Chen et al. 2023; transformers' `_compute_linear_scaling_rope_parameters`).
+      - "llama3": the frequency-dependent rule of Llama 3.1+ (source: Meta's Llama 3.1 reference
+        code and transformers' `modeling_rope_utils._compute_llama3_parameters`). With
+        L = original_max_positions, a pair of wavelength w = 2 pi / f (f its default frequency)
+        keeps f when w < L / high_freq_factor (high frequencies), gets f / scaling_factor when
+        w > L / low_freq_factor (low frequencies), and in between the blend
+        (1 - s) f / scaling_factor + s f with s = (L / w - low_freq_factor) / (high_freq_factor -
+        low_freq_factor).
+    The scaling fields are read only by the types that use them. No variant here rescales the
+    attention logits (transformers' `attention_factor` is 1 for all three).
+    """
+
+    theta: float = 10000.0
+    rope_type: str = "default"
+    scaling_factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+    def inv_frequencies(self, head_dim: int) -> np.ndarray:
+        """float64 [head_dim // 2]: the angle per position of each pair of dimensions (rad)."""
+        freq = self.theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        if self.rope_type == "default":
+            return freq
+        if self.rope_type == "linear":
+            return freq / self.scaling_factor
+        if self.rope_type == "llama3":
+            wavelength = 2.0 * np.pi / freq
+            context = float(self.original_max_positions)
+            smooth = (context / wavelength - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+            blended = (1.0 - smooth) * freq / self.scaling_factor + smooth * freq
+            out = np.where(wavelength > context / self.low_freq_factor, freq / self.scaling_factor, blended)
+            return np.where(wavelength < context / self.high_freq_factor, freq, out)
+        raise ValueError(f"RoPE.rope_type={self.rope_type!r}: expected one of {ROPE_TYPES}")
+
+
+def rope_frequencies(head_dim: int, theta: float | RoPE) -> jax.Array:
+    """fp32 [head_dim // 2] inverse frequencies; `theta`: a base wavelength (default RoPE) or a `RoPE`.
+    Computed in float64 on the host (they are constants), then rounded once."""
+    rope = theta if isinstance(theta, RoPE) else RoPE(theta=float(theta))
+    return jnp.asarray(rope.inv_frequencies(head_dim), jnp.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, rope: float | RoPE) -> jax.Array:
+    """Rotary position embedding, half-split layout (as Hugging Face Llama/Qwen2/Qwen3).
+
+    x: [batch, length, heads, head_dim]; positions: int [batch, length] (restart per
+    packed segment, so each segment sees positions 0..n-1); `rope`: a `RoPE` (or a base
+    wavelength for the default variant). Angles and rotation in fp32; output in x's dtype.
     """
     head_dim = x.shape[-1]
-    inv_freq = rope_frequencies(head_dim, theta)
+    inv_freq = rope_frequencies(head_dim, rope)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, t, d/2]
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]

@@ -154,6 +154,7 @@ class LSTConfig:
 
     SHAPE_FIELDS = ("local_embed_dim", "local_mlp_dim", "local_num_heads", "local_encoder_layers",
                     "local_decoder_layers", "pooling", "decoder_token_input")
+    RECORD_DEFAULTS = DecoderConfig.RECORD_DEFAULTS  # what older model_config.json records lack
 
     def shape_dict(self) -> dict[str, Any]:
         return {"global_model": self.global_model.shape_dict(), **{f: getattr(self, f) for f in self.SHAPE_FIELDS}}

@@ -84,18 +84,33 @@ def check_compatible(model_dir: str, model_cfg) -> None:
     """Refuse to resume a MODEL_DIR trained with different parameter shapes.
 
     `model_cfg` is any model config with `shape_dict()` (DecoderConfig, LSTConfig).
-    Raises IncompatibleModelDirError naming every differing `DecoderConfig.<field>`.
+    Raises IncompatibleModelDirError naming every differing `DecoderConfig.<field>`. A key that
+    a record written before the field existed lacks counts as `model_cfg.RECORD_DEFAULTS[key]`
+    (at any depth: LSTConfig nests its global DecoderConfig's shapes).
     """
     saved = read_model_config(model_dir)
     if saved is None:
         return
     wanted = model_cfg.shape_dict()
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    diff = _shape_differences(saved, wanted, getattr(model_cfg, "RECORD_DEFAULTS", {}))
     if diff:
         lines = ", ".join(f"DecoderConfig.{k}: saved {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
         raise IncompatibleModelDirError(
             f"MODEL_DIR={model_dir} holds a model incompatible with the requested one ({lines}); "
             f"use a new MODEL_DIR or the saved model config ({path(model_dir, MODEL_CONFIG_FILE)})")
+
+
+def _shape_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], record_defaults: Mapping[str, Any],
+                       prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (saved, wanted)} for every differing shape field (nested dicts compared key by key)."""
+    diff = {}
+    for key, value in wanted.items():
+        have = saved.get(key, record_defaults.get(key)) if isinstance(saved, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(have, Mapping):
+            diff.update(_shape_differences(have, value, record_defaults, f"{prefix}{key}."))
+        elif have != value:
+            diff[prefix + key] = (have, value)
+    return diff
 
 
 # What a resume may not change (issue 13, kind 9), besides the model's parameter shapes
@@ -256,16 +271,17 @@ def restore_params(model_dir: str, step: int | None = None, abstract_params=None
 BOS_FILE = "bos.json"
 
 
-def write_bos_record(model_dir: str, bos_id: int, source: str) -> None:
+def write_bos_record(model_dir: str, bos_id: int, source: str, conventions: Mapping[str, Any] | None = None) -> None:
     """`MODEL_DIR/bos.json`: {"bos_id": the input before every sequence's first token, "source":
-    where it was read (e.g. "config.json bos_token_id")}; process 0 only."""
+    where it was read (e.g. "config.json bos_token_id"), plus `conventions` (import-hf: whether the
+    tokenizer adds the BOS, the EOS ids, whether it appends an EOS)}; process 0 only."""
     import jax
     if jax.process_index() != 0:
         return
     gfile = _gfile()
     gfile.makedirs(str(model_dir))
     with gfile.GFile(path(model_dir, BOS_FILE), "w") as f:
-        json.dump({"bos_id": int(bos_id), "source": source}, f, indent=1)
+        json.dump({"bos_id": int(bos_id), "source": source, **(conventions or {})}, f, indent=1)
 
 
 def read_bos_record(model_dir: str) -> dict[str, Any] | None:
