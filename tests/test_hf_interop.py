@@ -436,7 +436,8 @@ def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path
     files = {"train": str(tmp_path / "none-*.tfrecord")}  # never read: the check needs the vocabulary only
     cases = {"match": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB),
              "text": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB - 40),
-             "units": SpeechTextVocabulary(None, num_units=500, text_vocab_size=TEXT_VOCAB)}
+             "units": SpeechTextVocabulary(None, num_units=500, text_vocab_size=TEXT_VOCAB),
+             "sentinels": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB, num_sentinels=100)}
     for name, vocab in cases.items():
         register_corpus_task(f"imported_layout_{name}", files, [], vocab)
     run = lambda name: types.SimpleNamespace(  # noqa: E731
@@ -447,3 +448,30 @@ def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path
         check_imported_vocabulary(run("text"))
     with pytest.raises(ModelDataMismatchError, match=r"num_units=500.*num_units=10"):
         check_imported_vocabulary(run("units"))
+    with pytest.raises(ModelDataMismatchError, match=r"num_sentinels=100.*num_sentinels=0"):  # import --num_sentinels
+        check_imported_vocabulary(run("sentinels"))
+
+
+def test_speech_layout_with_span_corruption_sentinels(tmp_path):
+    """--num_sentinels appends T5's <extra_id_N> after the speech tokens (SpiritLM's ids kept), in the
+    tokenizer too, so an imported text LM can train denoising tasks (slm_jax.data.preprocessors.span_corruption)."""
+    hf_dir = save_hf_model(tmp_path / "hf", "llama", tie=False)
+    save_tiny_tokenizer(hf_dir)
+    model_dir = str(tmp_path / "model")
+    layout = {**SPEECH, "num_sentinels": 100}
+    cfg = import_hf(hf_dir, model_dir, vocab=layout, seed=3, decoder_options=F32)
+    vocab = hf_import.VocabExtension.create(**{**layout, "text_vocab_size": TEXT_VOCAB}).vocabulary
+    plain = hf_import.VocabExtension.create(**{**SPEECH, "text_vocab_size": TEXT_VOCAB}).vocabulary
+    assert vocab.sentinel_offset == plain.vocab_size and vocab.vocab_size == plain.vocab_size + 100
+    assert cfg.vocab_size == math.ceil(vocab.vocab_size / 128) * 128
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
+    for k in (0, 1, 99):
+        assert tok.convert_tokens_to_ids(f"<extra_id_{k}>") == vocab.sentinel_id(k)
+    assert tok.encode("[Speech][Hu3]<extra_id_0>") == [vocab.speech_marker_id, vocab.unit_offset + 3,
+                                                       vocab.sentinel_id(0)]
+    with open(os.path.join(model_dir, hf_import.IMPORT_RECORD)) as f:
+        assert json.load(f)["vocab"]["num_sentinels"] == 100
+    with pytest.raises(VocabLayoutError, match="--num_sentinels needs a speech layout"):
+        hf_import.VocabExtension.create("none", TEXT_VOCAB, num_sentinels=10)
+    spirit = hf_import.VocabExtension.create("spiritlm", 32000, num_sentinels=100).vocabulary
+    assert (spirit.style_offset + 99, spirit.sentinel_id(99), spirit.sentinel_id(0)) == (32666, 32667, 32766)

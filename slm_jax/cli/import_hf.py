@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num_pitch", type=int, default=0)
     p.add_argument("--num_style", type=int, default=0)
     p.add_argument("--langs", default="", help="language tags, comma-separated (e.g. en,fr)")
+    p.add_argument("--num_sentinels", type=int, default=0,
+                   help="span-corruption sentinels <extra_id_N> after the speech tokens (denoising tasks; T5: 100)")
     p.add_argument("--pad_vocab_to", type=int, default=None,
                    help="pad the vocabulary to a multiple of this (default 128 with speech tokens, 1 without)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new embedding rows")
@@ -45,7 +47,7 @@ def cmd_import_hf(argv) -> int:
     args = _parser().parse_args(gin_utils.setup(argv, required=False))
     vocab = dict(layout=args.vocab_layout, num_units=args.num_units, num_pitch=args.num_pitch,
                  num_style=args.num_style, langs=[x for x in args.langs.split(",") if x],
-                 pad_to_multiple=args.pad_vocab_to)
+                 pad_to_multiple=args.pad_vocab_to, num_sentinels=args.num_sentinels)
     options = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     if args.no_scan_layers:
         options["scan_layers"] = False

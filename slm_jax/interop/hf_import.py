@@ -1,7 +1,7 @@
 """`slm-jax import-hf`: a local Hugging Face Llama/Qwen2/Qwen3 checkpoint -> a MODEL_DIR that `slm-jax train` continues.
 
     slm-jax import-hf PATH --out MODEL_DIR [--vocab_layout none|speech|spiritlm] [--num_units 500]
-        [--num_pitch 0] [--num_style 0] [--langs en,fr] [--pad_vocab_to 128] [--seed 0]
+        [--num_pitch 0] [--num_style 0] [--langs en,fr] [--num_sentinels 0] [--pad_vocab_to 128] [--seed 0]
         [--param_dtype float32] [--no_scan_layers] [--gin_file=RUN.gin --gin.NAME=VALUE ...]
 
 MODEL_DIR receives the train state `{'step': 0, 'params', 'opt_state'}` as Orbax step 0

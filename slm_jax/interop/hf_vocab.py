@@ -2,7 +2,8 @@
 
 Layout: the text ids keep their ids [0, text_vocab_size) (the HF embedding rows); the
 speech ranges follow in `slm_jax.data.tokenizers.token_space.SpeechTextVocabulary`'s order
-([Text], [Speech], units, pitch, style, language tags); the total is padded to a
+([Text], [Speech], units, pitch, style, language tags, then `num_sentinels` span-corruption
+sentinels `<extra_id_N>` for denoising tasks); the total is padded to a
 multiple of `pad_to_multiple` (128: MXU/tensor-core friendly, divisible by any tensor
 axis). The `spiritlm` layout is SpiritLM's (needs the 32000-row Llama-2 vocabulary).
 
@@ -41,6 +42,7 @@ class VocabExtension:
     num_style: int = 0
     langs: tuple[str, ...] = ()
     pad_to_multiple: int = 128
+    num_sentinels: int = 0
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -55,14 +57,19 @@ class VocabExtension:
 
     @classmethod
     def create(cls, layout: str, text_vocab_size: int, *, num_units: int = 500, num_pitch: int = 0,
-               num_style: int = 0, langs=(), pad_to_multiple: int | None = None) -> VocabExtension:
-        """The layout's stream sizes (SpiritLM's are fixed); padding defaults to 128 with speech, none without."""
+               num_style: int = 0, langs=(), pad_to_multiple: int | None = None,
+               num_sentinels: int = 0) -> VocabExtension:
+        """The layout's stream sizes (SpiritLM's are fixed; its sentinels are appended after [St99]); padding
+        defaults to 128 with speech, none without."""
         if layout == "spiritlm":
             num_units, num_pitch, num_style, langs = 501, 64, 100, ()
+        if layout == "none" and num_sentinels:
+            raise VocabLayoutError("--num_sentinels needs a speech layout (--vocab_layout=speech or spiritlm): the "
+                                   "sentinels follow the speech tokens")
         if pad_to_multiple is None:
             pad_to_multiple = 1 if layout == "none" else 128
         return cls(layout, int(text_vocab_size), int(num_units), int(num_pitch), int(num_style), tuple(langs),
-                   int(pad_to_multiple))
+                   int(pad_to_multiple), int(num_sentinels))
 
     @functools.cached_property
     def vocabulary(self):
@@ -70,12 +77,12 @@ class VocabExtension:
         if self.layout == "none":
             return None
         from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary  # imports TensorFlow
-        if self.layout == "spiritlm":
-            return SpeechTextVocabulary.spiritlm(None)
         try:
+            if self.layout == "spiritlm":
+                return SpeechTextVocabulary.spiritlm(None, num_sentinels=self.num_sentinels)
             return SpeechTextVocabulary(None, num_units=self.num_units, num_pitch=self.num_pitch,
                                         num_style=self.num_style, langs=self.langs,
-                                        text_vocab_size=self.text_vocab_size)
+                                        text_vocab_size=self.text_vocab_size, num_sentinels=self.num_sentinels)
         except ValueError as err:  # a stream size or language code it refuses, named in its message
             raise VocabLayoutError(str(err)) from err
 

@@ -168,7 +168,7 @@ def check_vocabulary_fits(run) -> None:
 
 
 IMPORT_RECORD = "hf_import.json"  # written by `slm-jax import-hf` (slm_jax.interop.hf_import.IMPORT_RECORD)
-_LAYOUT_FIELDS = ("text_vocab_size", "num_units", "num_pitch", "num_style", "langs")
+_LAYOUT_FIELDS = ("text_vocab_size", "num_units", "num_pitch", "num_style", "langs", "num_sentinels")
 
 
 def check_imported_vocabulary(run) -> None:
