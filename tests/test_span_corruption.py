@@ -133,6 +133,10 @@ def test_input_and_targets_restore_the_original(length, denoisers):
         np.testing.assert_array_equal(o["modality"], VOCAB.modality_ids(o["targets"]))
     for r in records:  # chunks in order, nothing dropped, nothing re-ordered
         assert by_id[r["id"]] == VOCAB.units_to_ids(r["units"]).tolist(), r["id"]
+    for o in outs:  # the library's reading (data show) agrees with the test's
+        context, part = sc.split_example(o["targets"], o["loss_mask"])
+        assert [VOCAB.speech_marker_id] + sc.restore_body(context[1:], part, lambda i: bool(VOCAB.is_sentinel(i))) == \
+            [VOCAB.speech_marker_id] + _restore(VOCAB, o["targets"], o["loss_mask"])[1]
 
 
 def test_chunks_fill_the_sequence_length_and_keep_the_split_away():

@@ -58,7 +58,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import gin
 import numpy as np
@@ -456,7 +455,3 @@ def restore_body(context: Sequence[int], part: Sequence[int], is_sentinel) -> li
         raise ValueError(f"target spans {sorted(by_id)} have no sentinel in the input")
     return out
 
-
-def describe(denoisers: Sequence[Denoiser]) -> list[dict[str, Any]]:
-    """JSON-able form of denoisers (for logs and reports)."""
-    return [dataclasses.asdict(d) for d in denoisers]
