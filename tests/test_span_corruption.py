@@ -7,6 +7,7 @@ control that a wrong rule fails); loss weights are zero outside the targets; the
 gives the same spans, a restored data iterator continues them, and the batched and
 per-record paths agree.
 """
+import dataclasses
 import functools
 import random
 
@@ -383,8 +384,12 @@ def test_too_few_sentinels_is_refused_before_reading():
     with pytest.raises(ValueError, match="no sentinel ids"):
         sc.denoise(interleave.speech_only(_dataset(_records([10])), none), None, vocabulary=none)
     # without a length: the graph check names the shortage
-    with pytest.raises(tf.errors.InvalidArgumentError, match="sentinels but the vocabulary has 4"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"example\(s\).*r0.*need.*20.*sentinels but the vocabulary "
+                                                              r"has 4"):
         _corrupt(_records([400]), None, vocab=small)
+    with pytest.raises(ValueError, match="no sentinel ids"):  # seqio extra ids are not sentinels
+        extra = SpeechTextVocabulary(None, num_units=NUM_UNITS, extra_ids=10)
+        sc.denoise(interleave.speech_only(_dataset(_records([10])), extra), None, vocabulary=extra)
 
 
 def test_bad_denoiser_config_names_entry_and_field():
@@ -407,7 +412,7 @@ def test_examples_with_prompts_or_extra_features_are_refused():
     no_eos = dict(ex, loss_mask=tf.ones([3], tf.int32), targets=tf.constant([v.speech_marker_id, 5, 6], tf.int32))
     with pytest.raises(tf.errors.InvalidArgumentError, match="do not end with EOS"):
         _run(lambda: sc.span_corruption(tf.data.Dataset.from_tensors(no_eos), None, vocabulary=v))
-    with pytest.raises(ValueError, match=r"unsupported: \['patch_ids'\]"):
+    with pytest.raises(ValueError, match=r"unsupported per-token features: \['patch_ids'\]"):
         sc.span_corruption(tf.data.Dataset.from_tensors(dict(ex, patch_ids=tf.constant([0, 0, 0]))), None,
                            vocabulary=v)
 
@@ -449,3 +454,99 @@ def test_demo_denoise_run_file_configures_ul2_and_the_mixture():
         assert {"spoken_demo_denoise_speech_en", "spoken_demo_denoise_text_fr", "spoken_demo_lm_crosslingual"} <= members
     finally:
         gin.clear_config()
+
+
+def test_later_chunks_restate_the_markers_in_effect():
+    """An interleaved body cut into chunks: each later chunk's prefix names the modality and the
+    language in effect where it starts (left out when the chunk opens with its own marker of that
+    kind); the bodies still restore the original in order."""
+    v = VOCAB
+    en, fr = v.lang_tag_id("en"), v.lang_tag_id("fr")
+    speech = lambda k: [v.unit_offset + (3 * i) % NUM_UNITS for i in range(k)]  # noqa: E731
+    body = speech(20) + [v.text_marker_id] + [v.unk_id] * 25 + [v.speech_marker_id, fr] + speech(30)
+    targets = [en, v.speech_marker_id] + body + [v.eos_id]
+    ex = {"id": tf.constant("mix"), "targets": tf.constant(targets, tf.int32),
+          "modality": tf.constant(v.modality_ids(targets), tf.int32), "loss_mask": tf.ones([len(targets)], tf.int32),
+          "lang": tf.constant("en")}
+    kinds = ((v.text_marker_id, v.speech_marker_id), (en, fr))
+    for length in (16, 26):  # at 26 (chunks of 23) a chunk opens with [Speech][FR]
+        outs = _run(lambda: sc.denoise(tf.data.Dataset.from_tensors(ex), {"targets": length}, vocabulary=v,
+                                       denoisers=[sc.Denoiser("prefix_lm", 0.25)]))
+        restored, position, opened = [], 0, 0
+        for o in outs:
+            assert o["lang"] == b"en"  # other features are copied onto every chunk
+            seq = list(o["targets"][:-1])
+            run = next(i for i, t in enumerate(seq) if v.modality_ids([t])[0] != c.MODALITY_MARKER)
+            own = next(k for k in range(len(body) - position) if v.modality_ids([body[position + k]])[0] !=
+                       c.MODALITY_MARKER)  # the chunk's own leading markers
+            restated, chunk = seq[:run - own], seq[run - own:]
+            want = []
+            for kind in (kinds[1], kinds[0]):  # the example's prefix order: [EN][Speech]
+                if any(t in kind for t in body[position:position + own]):
+                    continue
+                want.append([t for t in targets[:2 + position] if t in kind][-1])
+            assert restated == want, (length, position)
+            opened += own > 0
+            restored += chunk
+            position += len(chunk)
+        assert restored == body and len(outs) > 3
+    assert opened  # the opening case was exercised
+
+
+def test_per_record_denoising_registers_as_a_task(tmp_path):
+    """`span_corruption.denoise` (per record) in a per-record task: the cache point goes before it
+    (SeqIO runs length-dependent steps after it); the same chunks as the batched task. A cacheable
+    batched task with it is refused at registration, naming it."""
+    utts = [corpus.Utterance(id=f"u{i}", lang="en", units=np.random.RandomState(i).randint(0, NUM_UNITS, 70 + i)
+                             .tolist(), unit_rate_hz=25.0) for i in range(6)]
+    corpus.write_tfrecord_shards(str(tmp_path), "train", utts, 1)
+    files = {"train": str(tmp_path / "train-*.tfrecord")}
+    speech = functools.partial(interleave.speech_only, vocabulary=VOCAB, dedup=False)
+    task = registration.register_corpus_task(
+        "test_sc_per_record", files, [speech, functools.partial(sc.denoise, vocabulary=VOCAB)], VOCAB,
+        features=("id", "units"))
+    batched = registration.register_corpus_task(
+        "test_sc_batched", files, [functools.partial(interleave.speech_only_batches, vocabulary=VOCAB, dedup=False),
+                                   functools.partial(sc.denoise_batches, vocabulary=VOCAB)], VOCAB,
+        features=("id", "units"), batched=True)
+    try:
+        names = [getattr(getattr(p, "func", p), "__name__", type(p).__name__) for p in task.preprocessors]
+        assert names.index("CacheDatasetPlaceholder") < names.index("denoise")
+        read = lambda t: [{k: np.asarray(v).tolist() for k, v in ex.items()} for ex in  # noqa: E731
+                          t.get_dataset({"targets": 48}, split="train", shuffle=False, seed=5).as_numpy_iterator()]
+        per_record = read(task)
+        assert len(per_record) > len(utts) and all(len(ex["targets"]) <= 48 for ex in per_record)
+        assert all(VOCAB.is_sentinel(ex["targets"]).any() for ex in per_record)
+        bodies = lambda exs: [(ex["id"], _restore(VOCAB, ex["targets"], ex["loss_mask"])[1]) for ex in exs]  # noqa
+        assert bodies(per_record) == bodies(read(batched))  # the same chunks (the draws follow each graph's seeds)
+        with pytest.raises(ValueError, match=r"denoise_batches reads the sequence length.*cacheable=False"):
+            registration.register_corpus_task(
+                "test_sc_cacheable", files, [functools.partial(interleave.speech_only_batches, vocabulary=VOCAB),
+                                             functools.partial(sc.denoise_batches, vocabulary=VOCAB)], VOCAB,
+                features=("id", "units"), batched=True, cacheable=True)
+    finally:
+        for name in ("test_sc_per_record", "test_sc_batched"):
+            seqio.TaskRegistry.remove(name)
+
+
+def test_a_resume_compares_the_gin_denoisers(denoise_task):
+    """The gin denoisers of a span-corruption member are part of the resume settings ('mixture'),
+    so resuming a UL2 run with T5's rule (or the reverse) is refused like another mixture."""
+    import types
+
+    from slm_jax.training.optimizer import OptimizerConfig
+    from slm_jax.training.train import resume_settings
+    run = types.SimpleNamespace(train_dataset=DatasetConfig(mixture_or_task_name=denoise_task, sequence_length=64,
+                                                            batch_size=4),
+                                optimizer=OptimizerConfig(), train_steps=10, train_tokens=None)
+    try:
+        t5 = resume_settings(run)["mixture"]
+        assert t5["denoisers"] == [dataclasses.asdict(d) for d in sc.T5_SPAN_CORRUPTION]
+        gin.parse_config_file("gin/data/ul2.gin")
+        assert len(resume_settings(run)["mixture"]["denoisers"]) == 7
+    finally:
+        gin.clear_config()
+    plain = types.SimpleNamespace(**{**vars(run), "train_dataset": DatasetConfig(
+        mixture_or_task_name="spoken_demo_speech_en", sequence_length=64, batch_size=4)})
+    import slm_jax_demo.tasks  # noqa: F401 - registers the demo tasks (no I/O)
+    assert "denoisers" not in resume_settings(plain)["mixture"]  # other runs' records are unchanged

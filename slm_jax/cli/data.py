@@ -13,10 +13,14 @@ from slm_jax.data.inspect_data import rates_for_token_shares, show, stats
 
 
 def data_main(argv) -> int:
-    modules = [a.split("=", 1)[1] for a in argv if a.startswith("--module_import=")]
-    argv = [a for a in argv if not a.startswith("--module_import=")]
-    gin_utils.import_modules(modules)
-    parser = argparse.ArgumentParser(prog="slm-jax data", description=inspect_data.__doc__)
+    # --gin_file / --gin.NAME=VALUE / --module_import as in train, so a run's data settings (e.g. the
+    # denoisers of gin/data/ul2.gin) show here as they train
+    _, _, modules, _ = gin_utils.split_gin_args(argv)
+    argv = gin_utils.setup(argv, required=False)
+    parser = argparse.ArgumentParser(
+        prog="slm-jax data", description=inspect_data.__doc__,
+        epilog="Every subcommand also takes --module_import=MODULE (your tasks), --gin_file=FILE and "
+               "--gin.NAME=VALUE (e.g. a run file, so gin-configured preprocessing shows as it trains).")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_show = sub.add_parser("show", help="decode the first examples of a task/mixture")
     p_show.add_argument("name")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -450,7 +451,10 @@ def register_corpus_task(
     after it (`split_to_length`, itself run on batches of 256), so `slm-jax data cache` can store
     the interleaved examples (`slm_jax.data.task_cache`). Same examples again; the graph differs
     from `cacheable=False`, so a data-iterator checkpoint of one does not restore into the other.
-    Per-record tasks always have the cache point (after their preprocessors, before the split).
+    Per-record tasks always have the cache point: after their preprocessors, before the split, or,
+    when a preprocessor reads SeqIO's `sequence_length` (e.g. `span_corruption.denoise`), before the
+    first such one (SeqIO runs length-dependent steps only after the cache point), which then runs on
+    every read. A cacheable batched task cannot have one (ValueError naming it).
 
     Record fields: the fields the preprocessors declare (`preprocessors.common.declare_fields`)
     must be parsed (ValueError here otherwise, naming the field) and present in every record:
@@ -477,19 +481,29 @@ def register_corpus_task(
                               on_missing_field=on_missing_field, batched=batched)
     source = TFExampleSource(split_to_filepattern, desc, root_fn=root_fn, batch_records=batch_records if batched
                              else None)
+    split = prep.split_to_length if split_long_examples else prep.require_unsplit
+    # SeqIO runs a preprocessor that reads the sequence length (e.g. span corruption) only after
+    # the cache point; the cache point then goes before the first such preprocessor
+    by_length = next((i for i, fn in enumerate(preprocessors) if reads_sequence_length(fn)), len(preprocessors))
+    before, after = list(preprocessors[:by_length]), list(preprocessors[by_length:])
     if batched and not cacheable:
-        finish = [drop_token_modality, functools.partial(_finish_batches, split_long_examples=split_long_examples)]
+        steps = [*preprocessors, drop_token_modality,
+                 functools.partial(_finish_batches, split_long_examples=split_long_examples)]
     elif batched:
-        finish = [drop_token_modality, prep.unbatch_records, seqio.CacheDatasetPlaceholder(),
-                  prep.split_to_length if split_long_examples else prep.require_unsplit]
+        if after:
+            raise ValueError(
+                f"register_corpus_task({name!r}): {_name(after[0])} reads the sequence length, so SeqIO runs it only "
+                "after the cache point, but a cacheable batched task caches after all its preprocessors; register it "
+                "with cacheable=False (or batched=False, which caches before it)")
+        steps = [*preprocessors, drop_token_modality, prep.unbatch_records, seqio.CacheDatasetPlaceholder(), split]
     else:
-        finish = [drop_token_modality, seqio.CacheDatasetPlaceholder(),
-                  prep.split_to_length if split_long_examples else prep.require_unsplit]
+        steps = [*before, seqio.CacheDatasetPlaceholder(), *after, drop_token_modality, split] if after else \
+            [*preprocessors, drop_token_modality, seqio.CacheDatasetPlaceholder(), split]
     _remove_if_registered(seqio.TaskRegistry, name)
     task = seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=[*([check] if needed else []), *preprocessors, *finish],
+        preprocessors=[*([check] if needed else []), *steps],
         output_features=slm_output_features(vocabulary),
         metric_fns=[],
         shuffle_buffer_size=shuffle_buffer_size,
@@ -497,6 +511,26 @@ def register_corpus_task(
     task.required_record_fields = dict(needed)
     task.on_missing_field = on_missing_field
     return task
+
+
+def reads_sequence_length(preprocessor: Callable) -> bool:
+    """Whether a (possibly `functools.partial`) preprocessor takes SeqIO's `sequence_length` argument
+    without having it bound already."""
+    fn, bound = preprocessor, set()
+    while isinstance(fn, functools.partial):
+        bound |= set(fn.keywords)
+        fn = fn.func
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "sequence_length" in parameters and "sequence_length" not in bound
+
+
+def _name(preprocessor: Callable) -> str:
+    while isinstance(preprocessor, functools.partial):
+        preprocessor = preprocessor.func
+    return getattr(preprocessor, "__qualname__", repr(preprocessor))
 
 
 def _finish_batches(batches: tf.data.Dataset, sequence_length=None, split_long_examples: bool = True):

@@ -127,7 +127,8 @@ def _shape_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], reco
 RESUME_SETTINGS: dict[str, tuple[str, bool]] = {
     "batch_size": ("BATCH_SIZE (train/DatasetConfig.batch_size)", True),
     "sequence_length": ("SEQUENCE_LENGTH (train/DatasetConfig.sequence_length, .ctc_length)", True),
-    "mixture": ("MIXTURE_OR_TASK_NAME (train/DatasetConfig.mixture_or_task_name) and its members' rates", True),
+    "mixture": ("MIXTURE_OR_TASK_NAME (train/DatasetConfig.mixture_or_task_name), its members' rates and the "
+                "gin denoisers of its span-corruption members (denoising.denoisers)", True),
     "data_order": ("train/DatasetConfig.split / .seed (SEED) / .shuffle / .pack / .num_epochs / .use_cached", True),
     "vocabulary": ("the task's targets vocabulary (class, vocab_size)", True),
     "schedule": ("OptimizerConfig.learning_rate / .warmup_steps / .decay / .final_lr_fraction / .decay_steps "

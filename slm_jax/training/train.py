@@ -97,6 +97,10 @@ def resume_settings(run) -> dict[str, Any]:
         total = sum(rate for _, rate in members) or 1.0
         # fractions, so scaling every rate alike is no change
         mixture["rates"] = {task.name: round(rate / total, 9) for task, rate in members}
+        from slm_jax.data.preprocessors.span_corruption import gin_denoisers_of
+        denoisers = next(filter(None, (gin_denoisers_of(task) for task, _ in members)), None)
+        if denoisers is not None:  # only for denoising tasks, so other runs' records compare as before
+            mixture["denoisers"] = denoisers
         vocabulary = _vocabulary_record(provider.output_features["targets"].vocabulary)
     constant = opt.decay == "constant"
     schedule = {"learning_rate": opt.learning_rate, "warmup_steps": opt.warmup_steps, "decay": opt.decay,

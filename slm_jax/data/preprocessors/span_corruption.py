@@ -17,7 +17,8 @@ and EOS closes the targets. Markers inside an interleaved body are ordinary toke
 stay where they are in the input or move with their span into the targets, so the
 restored sequence has them exactly where the modality changes.
 
-Output (the same keys as the input: `id`, `targets`, `modality`, `loss_mask`):
+Output (`id`, `targets`, `modality`, `loss_mask`; other non-token features of the input are
+copied onto every chunk):
     targets    prefix + input-with-sentinels + targets-with-sentinels + EOS
     loss_mask  0 on prefix and input, 1 on the targets part and EOS
     modality   `vocabulary.modality_ids_tf(targets)` (sentinels are MARKER)
@@ -36,14 +37,15 @@ Rules (a `Denoiser` each):
   * `prefix_lm` (UL2's S-denoiser): the last t tokens are the target, t uniform in
     [1, max(1, min(n - 1, 2 * round(n * noise_density) - 1))] so the mean target share is
     `noise_density`; no sentinels.
-A UL2 mixture (`UL2_DENOISERS`, `gin/data/ul2.gin`) samples one denoiser per chunk by
-`rate`. Which denoisers a task uses is gin configuration: `denoising.denoisers = [...]`
+A UL2 mixture (`UL2_DENOISERS`, `gin/data/ul2.gin`) samples one denoiser per example by
+`rate` (all its chunks use it, each chunk sized for that denoiser). Which denoisers a task uses is gin configuration: `denoising.denoisers = [...]`
 (dicts or `Denoiser`s), read when a dataset is built, for tasks that do not pass their own.
 
 Length: with a sequence length L (SeqIO passes it) the body is cut into consecutive chunks
-of the largest size whose corrupted form fits (prefix + n + 2 * spans(n) + EOS <= L, spans
-at the largest of the denoisers' rules), each becoming one example with the prefix
-repeated, so the split after the preprocessors never cuts a span from its sentinel.
+of the largest size whose corrupted form fits (prefix + n + 2 * spans(n) + EOS <= L under the
+example's denoiser), each becoming one example, so the split after the preprocessors never
+cuts a span from its sentinel. A later chunk's prefix says what is in effect where it starts
+(an interleaved body may have switched to [Text] or to another language tag since).
 Nothing is dropped. L also fixes the most spans an example can have; more than the
 vocabulary's sentinels is a ValueError here (T5 would silently run into other ids). Without
 L a whole example is one chunk and too many spans fail a tf.debugging.Assert.
@@ -64,9 +66,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slm_jax.contract import MODALITY_MARKER
+from slm_jax.contract import ALIGNED_TASK_FEATURES, MODALITY_MARKER
 from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, vectorized
 from slm_jax.data.tokenizers.token_space import sentinel_block
+from slm_jax.gin_utils import ConfigError
 
 KINDS = ("span", "prefix_lm")
 EXAMPLE_KEYS = ("id", "targets", "modality", "loss_mask")
@@ -75,9 +78,10 @@ WHO = "denoise"
 
 @dataclasses.dataclass(frozen=True)
 class Denoiser:
-    """One denoising rule (module docstring). `rate`: relative sampling weight in a mixture, > 0.
+    """One denoising rule (module docstring). `rate`: relative sampling weight in a mixture, > 0;
+    `mean_noise_span_length` is read by `span` only.
 
-    Raises ValueError naming the field for a bad value."""
+    Raises ConfigError (a ValueError) naming the field for a bad value."""
     kind: str = "span"
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
@@ -85,16 +89,21 @@ class Denoiser:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"Denoiser.kind must be one of {list(KINDS)}, got {self.kind!r}")
+            raise ConfigError(f"Denoiser.kind must be one of {list(KINDS)}, got {self.kind!r}")
         for name, value, lo_open in (("noise_density", self.noise_density, True), ("rate", self.rate, True),
                                      ("mean_noise_span_length", self.mean_noise_span_length, True)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                     or value <= 0:
-                raise ValueError(f"Denoiser.{name} must be a number > 0, got {value!r}")
+                raise ConfigError(f"Denoiser.{name} must be a number > 0, got {value!r}")
         if self.noise_density >= 1:
-            raise ValueError(f"Denoiser.noise_density must be < 1, got {self.noise_density!r}")
+            raise ConfigError(f"Denoiser.noise_density must be < 1, got {self.noise_density!r}")
         if self.kind == "span" and self.mean_noise_span_length < 1:
-            raise ValueError(f"Denoiser.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length!r}")
+            raise ConfigError(f"Denoiser.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length!r}")
+
+    def __repr__(self):
+        shown = ("kind", "noise_density", "mean_noise_span_length", "rate") if self.kind == "span" else \
+            ("kind", "noise_density", "rate")
+        return f"Denoiser({', '.join(f'{k}={getattr(self, k)!r}' for k in shown)})"
 
     def spans(self, n: int) -> int:
         """Sentinels a chunk of n tokens gets (0 for prefix_lm), T5's float32 arithmetic."""
@@ -123,11 +132,11 @@ UL2_DENOISERS = (
 
 def as_denoisers(spec, where: str = "denoisers") -> tuple[Denoiser, ...]:
     """`Denoiser`s from a sequence of `Denoiser`s or dicts with its field names (gin writes dicts).
-    ValueError naming the entry and field otherwise."""
+    ConfigError (a ValueError) naming the entry and field otherwise."""
     if isinstance(spec, (Denoiser, Mapping)):
         spec = [spec]
     if not isinstance(spec, Sequence) or isinstance(spec, (str, bytes)) or not spec:
-        raise ValueError(f"{where}: expected a non-empty list of denoisers, got {spec!r}")
+        raise ConfigError(f"{where}: expected a non-empty list of denoisers, got {spec!r}")
     out = []
     fields = {f.name for f in dataclasses.fields(Denoiser)}
     for i, entry in enumerate(spec):
@@ -135,14 +144,14 @@ def as_denoisers(spec, where: str = "denoisers") -> tuple[Denoiser, ...]:
             out.append(entry)
             continue
         if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}[{i}]: expected a dict or Denoiser, got {entry!r}")
+            raise ConfigError(f"{where}[{i}]: expected a dict or Denoiser, got {entry!r}")
         unknown = sorted(set(entry) - fields)
         if unknown:
-            raise ValueError(f"{where}[{i}]: unknown field(s) {unknown}; known: {sorted(fields)}")
+            raise ConfigError(f"{where}[{i}]: unknown field(s) {unknown}; known: {sorted(fields)}")
         try:
             out.append(Denoiser(**entry))
-        except ValueError as err:
-            raise ValueError(f"{where}[{i}]: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{where}[{i}]: {err}") from None
     return tuple(out)
 
 
@@ -151,6 +160,21 @@ def denoising(denoisers=T5_SPAN_CORRUPTION) -> tuple[Denoiser, ...]:
     """The denoisers of tasks that do not pass their own (gin: `denoising.denoisers = [...]`,
     a list of dicts with `Denoiser`'s fields; `gin/data/ul2.gin` holds UL2's mixture)."""
     return as_denoisers(denoisers, "denoising.denoisers")
+
+
+def gin_denoisers_of(task) -> list[dict] | None:
+    """The gin-configured denoisers (`denoising()`, as dicts) when one of `task`'s preprocessors
+    reads them (`denoise_batches` / `denoise` without their own `denoisers`), else None: what a
+    resume compares (another rule changes the data stream)."""
+    import functools
+    for preprocessor in getattr(task, "preprocessors", ()):
+        fn, bound = preprocessor, {}
+        while isinstance(fn, functools.partial):
+            bound = {**fn.keywords, **bound}
+            fn = fn.func
+        if fn in (denoise_batches, denoise) and bound.get("denoisers") is None:
+            return [dataclasses.asdict(d) for d in denoising()]
+    return None
 
 
 def max_body_lengths(length: int, denoisers: Sequence[Denoiser]) -> np.ndarray:
@@ -166,11 +190,11 @@ def max_body_lengths(length: int, denoisers: Sequence[Denoiser]) -> np.ndarray:
 
 
 def check_sentinel_budget(length: int, denoisers: Sequence[Denoiser], num_sentinels: int) -> None:
-    """ValueError when a chunk at sequence length `length` may need more sentinels than exist."""
-    n = int(max_body_lengths(length - 1, denoisers)[-1]) if length > 1 else 0
+    """ConfigError when a chunk at sequence length `length` may need more sentinels than exist."""
     for d in denoisers:
+        n = int(max_body_lengths(length - 1, [d])[-1]) if length > 1 else 0
         if d.spans(n) > num_sentinels:
-            raise ValueError(
+            raise ConfigError(
                 f"{WHO}: at sequence length {length} a chunk of {n} tokens gets {d.spans(n)} spans under {d}, but the "
                 f"vocabulary has {num_sentinels} sentinels; give it num_sentinels >= {d.spans(n)} "
                 "(SpeechTextVocabulary(num_sentinels=...)) or use a shorter sequence length")
@@ -180,33 +204,37 @@ def check_sentinel_budget(length: int, denoisers: Sequence[Denoiser], num_sentin
 def denoise_batches(batches: tf.data.Dataset, sequence_length: Mapping[str, int] | None = None,
                     output_features=None, vocabulary=None, denoisers=None) -> tf.data.Dataset:
     """Corrupts every example of every ragged batch (module docstring); `denoisers`: a list of
-    `Denoiser`s / dicts, None for the gin-configured `denoising()`. Raises ValueError for a
-    vocabulary without sentinels, input features other than `EXAMPLE_KEYS`, or a sequence length
-    at which the sentinels could run out; in the graph, a tf.debugging.Assert names examples that
-    do not end with EOS, carry a loss mask with zeros, or have a prefix that leaves no room."""
+    `Denoiser`s / dicts, None for the gin-configured `denoising()`. Features other than
+    `EXAMPLE_KEYS` (e.g. record fields a task format keeps) are copied onto every chunk.
+    Raises ConfigError for a bad denoiser list, a vocabulary without sentinels or a sequence
+    length at which the sentinels could run out; ValueError for per-token features it cannot
+    cut (`patch_ids`); in the graph, a tf.debugging.Assert names examples that do not end with
+    EOS, carry a loss mask with zeros, have a prefix that leaves no room, or (without a
+    sequence length) need more sentinels than exist."""
     vocabulary = _vocab(vocabulary, output_features)
     denoisers = denoising() if denoisers is None else as_denoisers(denoisers)
     first_sentinel, num_sentinels = sentinel_block(vocabulary)
     if not num_sentinels and any(d.kind == "span" for d in denoisers):
-        raise ValueError(f"{WHO}: vocabulary {vocabulary!r} has no sentinel ids; build it with num_sentinels > 0")
+        raise ConfigError(f"{WHO}: vocabulary {vocabulary!r} has no sentinel ids; build it with "
+                          "SpeechTextVocabulary(..., num_sentinels=100)")
     spec = batches.element_spec
-    extra = sorted(set(spec) - set(EXAMPLE_KEYS))
-    if extra or "targets" not in spec:
+    uncuttable = sorted(set(spec) & set(ALIGNED_TASK_FEATURES) - set(EXAMPLE_KEYS))
+    if uncuttable or "targets" not in spec:
         raise ValueError(f"{WHO}: expects examples with {list(EXAMPLE_KEYS)} (e.g. from interleave.speech_only_batches), "
-                         f"got features {sorted(spec)}; unsupported: {extra}")
+                         f"got features {sorted(spec)}; unsupported per-token features: {uncuttable}")
     length = (sequence_length or {}).get("targets")
     if length is not None:
         length = int(length)
         check_sentinel_budget(length, denoisers, num_sentinels)
-        table = max_body_lengths(length, denoisers)
+        tables = np.stack([max_body_lengths(length, [d]) for d in denoisers])
     else:
-        table = None
-    return _denoise_batch(batches, vocabulary=vocabulary, denoisers=denoisers, table=table,
+        tables = None
+    return _denoise_batch(batches, vocabulary=vocabulary, denoisers=denoisers, tables=tables,
                           sentinel_hi=first_sentinel + num_sentinels - 1, num_sentinels=num_sentinels)
 
 
 @seqio.map_over_dataset(num_seeds=1)
-def _denoise_batch(batch, seed, vocabulary, denoisers, table, sentinel_hi, num_sentinels):
+def _denoise_batch(batch, seed, vocabulary, denoisers, tables, sentinel_hi, num_sentinels):
     seed = tf.cast(seed, tf.int64)
     batch = {k: as_ragged(v) for k, v in batch.items()}
     targets = batch["targets"].with_row_splits_dtype(tf.int64)
@@ -223,18 +251,28 @@ def _denoise_batch(batch, seed, vocabulary, denoisers, table, sentinel_hi, num_s
     prefix_len = tf.minimum(leading, tf.maximum(sizes - 1, 0))
     body_len = tf.maximum(sizes - prefix_len - 1, 0)
     last = tf.gather(flat, tf.maximum(targets.row_limits() - 1, 0))
-    checks = [tf.debugging.Assert(tf.reduce_all((sizes > 0) & tf.equal(last, vocabulary.eos_id)), [
-        f"{WHO}: example(s)", tf.boolean_mask(ids, ~((sizes > 0) & tf.equal(last, vocabulary.eos_id))),
-        "do not end with EOS", vocabulary.eos_id], summarize=8)]
+    ends_with_eos = (sizes > 0) & tf.equal(last, vocabulary.eos_id)
+    checks = [tf.debugging.Assert(tf.reduce_all(ends_with_eos), [
+        f"{WHO}: example(s)", tf.boolean_mask(ids, ~ends_with_eos), "do not end with EOS", vocabulary.eos_id],
+        summarize=8)]
     if "loss_mask" in batch:
         zeros = tf.reduce_any(tf.equal(batch["loss_mask"], 0), axis=1)
         checks.append(tf.debugging.Assert(tf.reduce_all(~zeros), [
             f"{WHO}: example(s)", tf.boolean_mask(ids, zeros),
             "have a loss mask with zeros (a prompt?); denoising sets its own loss mask"], summarize=8))
-    if table is not None:
-        length = len(table) - 1
+
+    # one denoiser per example (UL2 draws per example), so its chunks fit its own rule
+    if len(denoisers) > 1:
+        logits = tf.math.log(tf.constant([[d.rate for d in denoisers]], tf.float64))
+        row_choice = tf.reshape(tf.random.stateless_categorical(logits, tf.cast(num_rows, tf.int32), seed + [0, 1]),
+                                [-1])
+    else:
+        row_choice = tf.zeros([num_rows], tf.int64)
+    if tables is not None:
+        length = tables.shape[1] - 1
         room = length - prefix_len - 1
-        chunk = tf.gather(tf.constant(table, tf.int64), tf.clip_by_value(room, 0, length))
+        chunk = tf.gather_nd(tf.constant(tables, tf.int64),
+                             tf.stack([row_choice, tf.clip_by_value(room, 0, length)], axis=1))
         fits = (room >= 0) & ((chunk > 0) | tf.equal(body_len, 0))
         checks.append(tf.debugging.Assert(tf.reduce_all(fits), [
             f"{WHO}: example(s)", tf.boolean_mask(ids, ~fits), f"have a prefix of markers that leaves no room for a "
@@ -258,24 +296,28 @@ def _denoise_batch(batch, seed, vocabulary, denoisers, table, sentinel_hi, num_s
     x = tf.gather(flat, positions.flat_values)
     num_chunks = tf.size(n, out_type=tf.int64)
 
-    noise = _noise_mask(n, seed, denoisers)
-    kind = noise["uses_sentinels"]
-    out = _assemble(x, noise["mask"], positions.value_rowids(), num_chunks, kind, sentinel_hi)
-    checks = [tf.debugging.Assert(out["max_spans"] <= num_sentinels, [
-        f"{WHO}: an example needs", out["max_spans"], f"sentinels but the vocabulary has {num_sentinels}; raise "
-        "num_sentinels or set a sequence length"])]
+    noise = _noise_mask(n, tf.gather(row_choice, chunk_row), seed, denoisers)
+    out = _assemble(x, noise["mask"], positions.value_rowids(), num_chunks, noise["uses_sentinels"], sentinel_hi)
+    short = out["spans"] > num_sentinels
+    checks = [tf.debugging.Assert(~tf.reduce_any(short), [
+        f"{WHO}: example(s)", tf.boolean_mask(tf.gather(ids, chunk_row), short), "need",
+        tf.boolean_mask(out["spans"], short), f"sentinels but the vocabulary has {num_sentinels}; raise "
+        "num_sentinels or set a sequence length (the body is then cut into chunks that fit)"], summarize=8)]
     with tf.control_dependencies(checks):
         corrupted = tf.identity(out["input"])
 
     prefix = tf.ragged.range(targets.row_starts(), targets.row_starts() + prefix_len)
     prefix = tf.gather(tf.RaggedTensor.from_row_splits(tf.gather(flat, prefix.flat_values), prefix.row_splits),
                        chunk_row)
+    prefix = _markers_in_effect(prefix, flat, targets.row_starts(), chunk_row, index_in_row, starts,
+                                positions, is_marker, vocabulary)
     eos = tf.RaggedTensor.from_tensor(tf.fill([num_chunks, 1], tf.constant(vocabulary.eos_id, tf.int32)))
     parts = [prefix, corrupted.with_row_splits_dtype(tf.int64), out["targets"].with_row_splits_dtype(tf.int64), eos]
     new_targets = tf.concat(parts, axis=1)
     loss = tf.concat([tf.zeros_like(parts[0]), tf.zeros_like(parts[1]), tf.ones_like(parts[2]),
                       tf.ones_like(parts[3])], axis=1)
     return {
+        **{k: tf.gather(v, chunk_row) for k, v in batch.items() if k not in EXAMPLE_KEYS},
         "id": tf.gather(ids, chunk_row),
         "targets": new_targets,
         "modality": new_targets.with_flat_values(tf.cast(vocabulary.modality_ids_tf(new_targets.flat_values),
@@ -284,15 +326,52 @@ def _denoise_batch(batch, seed, vocabulary, denoisers, table, sentinel_hi, num_s
     }
 
 
-def _noise_mask(n: tf.Tensor, seed: tf.Tensor, denoisers: Sequence[Denoiser]) -> dict:
-    """Per chunk (lengths `n`, int64 [C]): the chosen denoiser's noise mask as flat bool [sum n]
-    and whether it writes sentinels, bool [C]."""
+def _marker_kinds(vocabulary) -> list[tuple[int, int]]:
+    """[lo, hi) id ranges of the marker kinds a chunk's prefix restates: [Text]/[Speech], language tags."""
+    kinds = [(vocabulary.text_marker_id, vocabulary.speech_marker_id + 1)]
+    if getattr(vocabulary, "langs", ()):
+        kinds.append((vocabulary.lang_offset, vocabulary.lang_offset + len(vocabulary.langs)))
+    return kinds
+
+
+def _markers_in_effect(prefix, flat, row_starts, chunk_row, index_in_row, starts, positions, is_marker, vocabulary):
+    """The prefix of each LATER chunk of an example says what is in effect where the chunk starts:
+    each prefix marker of a kind ([Text]/[Speech], language tags) becomes the last marker of that
+    kind before the chunk (an interleaved body switches), and is left out when the chunk's own
+    leading markers include one of that kind. First chunks keep the example's prefix as it is."""
+    later = index_in_row > 0
+    num_chunks = tf.size(starts, out_type=tf.int64)
+    chunk_of, where = positions.value_rowids(), positions.flat_values
+    # the chunk's leading run of markers: positions before its first non-marker token
+    offset = where - tf.gather(starts, chunk_of)
+    first_plain = tf.math.unsorted_segment_min(tf.where(tf.gather(is_marker, where), tf.int64.max, offset), chunk_of,
+                                               num_chunks)
+    leading = offset < tf.gather(first_plain, chunk_of)
+    values, rows = prefix.flat_values, prefix.value_rowids()
+    keep = tf.ones_like(values, tf.bool)
+    for lo, hi in _marker_kinds(vocabulary):
+        is_kind = (flat >= lo) & (flat < hi)
+        count = tf.cumsum(tf.cast(is_kind, tf.int64))  # markers of this kind up to and including each position
+        where_kind = tf.concat([tf.where(is_kind)[:, 0], [0]], 0)  # [0]: a safe gather when there are none
+        before = starts - 1
+        seen = tf.where(before >= 0, tf.gather(count, tf.maximum(before, 0)), 0)
+        last_pos = tf.gather(where_kind, tf.maximum(seen - 1, 0))
+        valid = later & (seen > 0) & (last_pos >= tf.gather(row_starts, chunk_row))
+        in_effect = tf.gather(flat, last_pos)
+        token = tf.gather(flat, where)
+        chunk_opens_one = later & (tf.math.unsorted_segment_max(
+            tf.cast(leading & (token >= lo) & (token < hi), tf.int32), chunk_of, num_chunks) > 0)
+        in_prefix = (values >= lo) & (values < hi)
+        values = tf.where(in_prefix & tf.gather(valid, rows), tf.gather(in_effect, rows), values)
+        keep &= ~(in_prefix & tf.gather(chunk_opens_one, rows))
+    return tf.RaggedTensor.from_value_rowids(tf.boolean_mask(values, keep), tf.boolean_mask(rows, keep),
+                                             nrows=prefix.nrows())
+
+
+def _noise_mask(n: tf.Tensor, choice: tf.Tensor, seed: tf.Tensor, denoisers: Sequence[Denoiser]) -> dict:
+    """Per chunk (lengths `n`, int64 [C]; `choice`: its denoiser's index, int64 [C]): the noise mask
+    as flat bool [sum n] and whether the denoiser writes sentinels, bool [C]."""
     num_chunks = tf.size(n, out_type=tf.int64)
-    if len(denoisers) > 1:
-        logits = tf.math.log(tf.constant([[d.rate for d in denoisers]], tf.float64))
-        choice = tf.reshape(tf.random.stateless_categorical(logits, tf.cast(num_chunks, tf.int32), seed + [0, 1]), [-1])
-    else:
-        choice = tf.zeros([num_chunks], tf.int64)
     table = lambda values, dtype: tf.gather(tf.constant(values, dtype), choice)  # noqa: E731
     density = table([d.noise_density for d in denoisers], tf.float32)
     mean_span = table([d.mean_noise_span_length for d in denoisers], tf.float32)
@@ -344,7 +423,7 @@ def random_composition(total: tf.Tensor, parts: tf.Tensor, seed: tf.Tensor) -> t
 
 def _assemble(x, mask, rows, num_chunks, uses_sentinels, sentinel_hi) -> dict:
     """Flat chunk tokens `x` int32 [N] with their noise `mask` and chunk ids `rows` -> the corrupted
-    input and the targets part, ragged [C, None] each, and the most sentinels any chunk used."""
+    input and the targets part, ragged [C, None] each, and the sentinels each chunk used, int64 [C]."""
     prev = tf.concat([[False], mask[:-1]], 0) & tf.concat([[False], tf.equal(rows[1:], rows[:-1])], 0)
     start = mask & ~prev
     sentinel_start = start & tf.gather(uses_sentinels, rows)
@@ -362,8 +441,7 @@ def _assemble(x, mask, rows, num_chunks, uses_sentinels, sentinel_hi) -> dict:
     spans = tf.RaggedTensor.from_value_rowids(
         tf.where(first_of_span, tf.gather(sentinel, source), tf.gather(x, source)), tf.gather(rows, source),
         nrows=num_chunks)
-    return {"input": corrupted, "targets": spans,
-            "max_spans": tf.reduce_max(tf.concat([starts_per_chunk, [0]], 0))}
+    return {"input": corrupted, "targets": spans, "spans": starts_per_chunk}
 
 
 def _vocab(vocabulary, output_features):

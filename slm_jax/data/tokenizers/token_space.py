@@ -809,11 +809,9 @@ class SpeechTextVocabulary(seqio.Vocabulary):
 
 
 def sentinel_block(vocabulary) -> tuple[int, int]:
-    """(first id, count) of a vocabulary's span-corruption sentinels, sentinel k at first + count - 1 - k:
-    a `SpeechTextVocabulary`'s `num_sentinels` block, else seqio's `extra_ids` (T5's sentinels,
-    `vocab_size - 1 - k`). (0, 0) when it has none."""
-    vocabulary = getattr(vocabulary, "real", vocabulary)  # a registration.LazyVocabulary
-    if isinstance(vocabulary, SpeechTextVocabulary) and vocabulary.num_sentinels:
-        return vocabulary.sentinel_offset, vocabulary.num_sentinels
-    extra = int(getattr(vocabulary, "extra_ids", 0) or 0)
-    return (vocabulary.vocab_size - extra, extra) if extra else (0, 0)
+    """(first id, count) of a vocabulary's span-corruption sentinels (sentinel k at first + count - 1 - k):
+    the `num_sentinels` block of a `SpeechTextVocabulary` (also behind a `registration.LazyVocabulary`);
+    (0, 0) for any other vocabulary. seqio `extra_ids` are NOT sentinels here (they decode as <unk>)."""
+    vocabulary = getattr(vocabulary, "real", vocabulary)
+    count = int(getattr(vocabulary, "num_sentinels", 0) or 0)
+    return (vocabulary.sentinel_offset, count) if count else (0, 0)
