@@ -235,8 +235,9 @@ def test_lst_sampling_completes_patches_and_matches_teacher_forcing():
 
 @pytest.mark.slow
 def test_lst_step_is_the_same_on_sharded_meshes():
-    """One train step on 1 device and on (data, fsdp) meshes of 8 fake devices: same loss; the
-    pooling kernel runs per device inside shard_map (interpret mode here)."""
+    """One train step on 1 device and on a (data 2, fsdp 4) mesh of 8 fake devices: same loss; the
+    pooling kernel runs per device inside shard_map (interpret mode here). (A data-only mesh adds
+    nothing the 2x4 one does not cover: both axes shard the batch.)"""
     from slm_jax.training import partitioning
     from slm_jax.training.optimizer import OptimizerConfig
     from slm_jax.training.trainer import TrainConfig, Trainer
@@ -249,7 +250,7 @@ def test_lst_step_is_the_same_on_sharded_meshes():
     batch = {k: np.asarray(v) for k, v in batch.items()}
     cfg = _cfg(pooling="attention", pooling_impl="pallas_interpret")
     losses = []
-    for shape in ((1, 1, 1), (8, 1, 1), (2, 4, 1)):
+    for shape in ((1, 1, 1), (2, 4, 1)):
         devices = np.array(jax.devices()[: int(np.prod(shape))]).reshape(shape)
         mesh = jax.sharding.Mesh(devices, partitioning.MESH_AXES)
         trainer = Trainer(cfg, OptimizerConfig(learning_rate=1e-3, warmup_steps=1), TrainConfig(), mesh,
