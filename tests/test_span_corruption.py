@@ -550,3 +550,12 @@ def test_a_resume_compares_the_gin_denoisers(denoise_task):
         mixture_or_task_name="spoken_demo_speech_en", sequence_length=64, batch_size=4)})
     import slm_jax_demo.tasks  # noqa: F401 - registers the demo tasks (no I/O)
     assert "denoisers" not in resume_settings(plain)["mixture"]  # other runs' records are unchanged
+
+
+def test_data_stats_counts_the_loss_tokens(denoise_task):
+    from slm_jax.data import inspect_data
+    row = inspect_data.stats(denoise_task, max_examples=12, sequence_length=64)[denoise_task]
+    task = seqio.get_mixture_or_task(denoise_task)
+    exs = list(task.get_dataset({"targets": 64}, split="train", shuffle=False, num_epochs=1).take(12)
+               .as_numpy_iterator())
+    assert row["loss_tokens"] == sum(int(ex["loss_mask"].sum()) for ex in exs) < row["tokens"]

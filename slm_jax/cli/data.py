@@ -87,7 +87,7 @@ def _run(args) -> int:
         print(show(args.name, args.n, args.split, args.sequence_length, colour))
         return 0
     table = stats(args.name, args.split, args.max_examples, args.sequence_length)
-    keys = ["examples", "tokens", "tokens_per_example", "speech", "text", "marker", "modality_runs"]
+    keys = ["examples", "tokens", "loss_tokens", "tokens_per_example", "speech", "text", "marker", "modality_runs"]
     print("task".ljust(32) + "".join(k.rjust(20) for k in keys))
     for task, row in table.items():
         print(task.ljust(32) + "".join(f"{row.get(k, 0):20,.1f}" if isinstance(row.get(k, 0), float)

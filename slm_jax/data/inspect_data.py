@@ -137,7 +137,8 @@ def empty_task_message(task: str, split: str) -> str:
 
 def stats(name: str, split: str = "train", max_examples: int | None = None,
           sequence_length: int | None = None) -> dict[str, dict[str, float]]:
-    """Token counts per task and modality over (up to `max_examples` of) each task."""
+    """Token counts per task and modality over (up to `max_examples` of) each task; `loss_tokens`:
+    those with loss weight 1 (fewer than `tokens` for prompts and denoising)."""
     table = {}
     for task in leaf_tasks(name):
         vocab = task.output_features["targets"].vocabulary
@@ -146,6 +147,8 @@ def stats(name: str, split: str = "train", max_examples: int | None = None,
         examples = 0
         for ex in _examples(task, split, sequence_length, max_examples):
             totals.update(example_stats(vocab, ex["targets"]))
+            if "loss_mask" in ex:  # prompts, denoising: the tokens the loss reads
+                totals["loss_tokens"] += int(np.sum(np.asarray(ex["loss_mask"])[np.asarray(ex["targets"]) != 0]))
             examples += 1
         row = {"examples": examples, **totals}
         row["tokens_per_example"] = totals["tokens"] / max(examples, 1)
