@@ -29,6 +29,8 @@ PIPELINES = (
     "spoken_demo_xl_mix",           # the demo's training mixture
     "spoken_demo_interleaved_en",   # word-level speech-text interleaving (SentencePiece)
     "spoken_demo_speech_text",      # SpiritLM-style 1/3 interleaved, speech, text
+    "spoken_demo_denoise_speech_en",  # T5 span corruption over deduplicated units
+    "spoken_demo_denoise_mix",      # denoising + plain LM + cross-lingual (T5's rule unless gin says otherwise)
 )
 
 
