@@ -411,6 +411,10 @@ REFUSALS = {
     "llama_attention_bias": ("llama", {"attention_bias": True}, r"config\.json: attention_bias=True is not supported"),
     "llama_mlp_bias": ("llama", {"mlp_bias": True}, r"config\.json: mlp_bias=True is not supported"),
     "activation": ("qwen3", {"hidden_act": "gelu"}, r"config\.json: hidden_act='gelu' is not supported"),
+    "quantized": ("llama", {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}},
+                  r"config\.json: quantization_config is not supported"),
+    "kv_heads": ("llama", {"num_key_value_heads": 3},
+                 r"config\.json: its values do not make a valid DecoderConfig: .*num_kv_heads=3"),
 }
 BASES = {"llama": "llama3.2", "qwen2": "qwen2.5", "qwen3": "qwen3"}
 
@@ -466,3 +470,26 @@ def test_supported_spellings_are_read(base_dirs):
     assert (fields["rope_type"], fields["rope_scaling_factor"], fields["rope_theta"]) == ("linear", 2.0, 1e4)
     fields = decoder_fields_from_hf({**config, "rope_scaling": None, "rope_theta": 1e6})[1]
     assert (fields["rope_type"], fields["rope_theta"]) == ("default", 1e6)
+
+
+def test_export_writes_back_the_sources_generation_config(base_dirs, tmp_path):
+    """export-hf keeps the imported generation_config.json (Qwen3's EOS list, pad id, sampling defaults)
+    and puts the run's BOS in it, so the exported model stops where the source did."""
+    hf_dir = str(tmp_path / "hf")
+    shutil.copytree(base_dirs["qwen3"], hf_dir)
+    path = os.path.join(hf_dir, "generation_config.json")
+    with open(path) as f:
+        source = json.load(f)
+    source.update({"eos_token_id": [7, 9], "pad_token_id": 9, "do_sample": True, "temperature": 0.6, "top_p": 0.95})
+    with open(path, "w") as f:
+        json.dump(source, f)
+    model_dir, out = str(tmp_path / "model"), str(tmp_path / "out")
+    hf_import.import_hf(hf_dir, model_dir, decoder_options=F32)
+    hf_export.export_hf(model_dir, out)
+    with open(os.path.join(out, "generation_config.json")) as f:
+        exported = json.load(f)
+    with open(os.path.join(model_dir, "bos.json")) as f:
+        bos = json.load(f)["bos_id"]
+    assert exported["eos_token_id"] == [7, 9] and exported["pad_token_id"] == 9
+    assert (exported["do_sample"], exported["temperature"], exported["top_p"]) == (True, 0.6, 0.95)
+    assert exported["bos_token_id"] == bos

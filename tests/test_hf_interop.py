@@ -428,6 +428,7 @@ def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path
 
     from slm_jax.data.registration import register_corpus_task
     from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+    from slm_jax.data.tokenizers.unit_vocab import UnitVocabulary
     from slm_jax.training.train import ModelDataMismatchError, check_imported_vocabulary
 
     model_dir = str(tmp_path / "model")
@@ -437,7 +438,8 @@ def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path
     cases = {"match": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB),
              "text": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB - 40),
              "units": SpeechTextVocabulary(None, num_units=500, text_vocab_size=TEXT_VOCAB),
-             "sentinels": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB, num_sentinels=100)}
+             "sentinels": SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB, num_sentinels=100),
+             "unit_vocab": UnitVocabulary(10)}
     for name, vocab in cases.items():
         register_corpus_task(f"imported_layout_{name}", files, [], vocab)
     run = lambda name: types.SimpleNamespace(  # noqa: E731
@@ -450,6 +452,44 @@ def test_train_refuses_a_task_vocabulary_other_than_the_imported_layout(tmp_path
         check_imported_vocabulary(run("units"))
     with pytest.raises(ModelDataMismatchError, match=r"num_sentinels=100.*num_sentinels=0"):  # import --num_sentinels
         check_imported_vocabulary(run("sentinels"))
+    with pytest.raises(ModelDataMismatchError, match=r"uses UnitVocabulary, but .* 'speech' speech layout"):
+        check_imported_vocabulary(run("unit_vocab"))  # has num_units too, not the layout's other fields
+
+
+
+def test_unit_tasks_on_a_byte_level_import_end_with_the_checkpoints_eos(tmp_path, caplog):
+    """A byte-level LLM (no SentencePiece model) trains unit-only tasks with a placeholder text block;
+    `eos_id` puts the checkpoint's own EOS at the end of every sequence (id 1 would be an ordinary
+    token); a task that keeps the placeholder EOS is warned about, naming the recorded ids."""
+    import logging
+    import types
+
+    from slm_jax.data.registration import register_corpus_task
+    from slm_jax.data.tokenizers.token_space import SpeechTextVocabulary
+    from slm_jax.training.train import check_imported_vocabulary
+
+    model_dir = str(tmp_path / "model")
+    import_hf(save_hf_model(tmp_path / "hf", "qwen2", tie=True), model_dir,
+              vocab={"layout": "speech", "num_units": 10}, decoder_options=F32)
+    with open(os.path.join(model_dir, hf_import.IMPORT_RECORD)) as f:
+        eos = json.load(f)["tokens"]["eos_ids"]
+    assert eos == [TEXT_VOCAB - 1]  # the fixture's <|endoftext|>
+    good = SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB, eos_id=eos[0])
+    assert good.eos_id == eos[0] and good.modality_ids([eos[0], 1])[0] == 3  # a marker, id 1 a text token
+    files = {"train": str(tmp_path / "none-*.tfrecord")}
+    for name, vocab in (("eos_good", good), ("eos_placeholder",
+                                             SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB))):
+        register_corpus_task(f"imported_{name}", files, [], vocab)
+    run = lambda name: types.SimpleNamespace(  # noqa: E731
+        model_dir=model_dir, eval_dataset=None,
+        train_dataset=types.SimpleNamespace(mixture_or_task_name=f"imported_{name}"))
+    with caplog.at_level(logging.WARNING, logger="slm_jax"):
+        check_imported_vocabulary(run("eos_good"))
+        assert "EOS" not in caplog.text
+        check_imported_vocabulary(run("eos_placeholder"))
+    assert f"ends every sequence with id 1" in caplog.text and f"eos_id={eos[0]}" in caplog.text
+    with pytest.raises(ValueError, match=r"eos_id must be an int in \[1, text_vocab_size=300\)"):
+        SpeechTextVocabulary(None, num_units=10, text_vocab_size=TEXT_VOCAB, eos_id=0)
 
 
 def test_speech_layout_with_span_corruption_sentinels(tmp_path):

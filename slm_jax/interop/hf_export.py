@@ -298,12 +298,18 @@ def run_bos(model_dir: str) -> tuple[int, str]:
     return record["bos_id"], str(record.get("source"))
 
 
-def write_generation_config(out_dir: str, config: dict) -> None:
-    """generation_config.json with the same token ids as config.json (transformers reads BOS/EOS/PAD from it)."""
+def write_generation_config(out_dir: str, config: dict, source: dict | None = None) -> None:
+    """generation_config.json: the imported source's (`source`: its EOS lists, pad id, sampling defaults,
+    as import-hf recorded them) with the run's BOS; else the token ids of config.json (transformers reads
+    BOS/EOS/PAD from it)."""
     keys = ("bos_token_id", "eos_token_id", "pad_token_id")
+    out = dict(source or {})
+    for k in keys:
+        if config.get(k) is not None and (k == "bos_token_id" or out.get(k) is None):
+            out[k] = config[k]
+    out["transformers_version"] = config.get("transformers_version")
     with open(os.path.join(out_dir, GENERATION_CONFIG), "w") as f:
-        json.dump({**{k: config[k] for k in keys if config.get(k) is not None},
-                   "transformers_version": config.get("transformers_version")}, f, indent=2)
+        json.dump(out, f, indent=2)
 
 
 def tokenizer_adds_bos(out_dir: str, bos_id: int) -> bool | None:
@@ -375,7 +381,7 @@ def export_hf(model_dir: str, out_dir: str, *, step: int | None = None, family: 
     config = {**hf_layout.hf_config_from_decoder(cfg, family, out_dtype.name, base), "bos_token_id": bos_id}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    write_generation_config(out_dir, config)
+    write_generation_config(out_dir, config, (record or {}).get("generation_config"))
     tokenizer = write_tokenizer(model_dir, record, out_dir)
     adds = tokenizer_adds_bos(out_dir, bos_id)
     with open(os.path.join(out_dir, README), "w") as f:

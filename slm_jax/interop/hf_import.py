@@ -192,7 +192,11 @@ def plan_import(hf_dir: str, vocab: dict | None = None, decoder_options: dict | 
         raise ValueError(f"DecoderConfig fields {bad} come from the HF config.json; only {_RUN_FIELDS} may be set")
     vocab = dict(vocab or {})
     extension = VocabExtension.create(vocab.pop("layout", "none"), fields["vocab_size"], **vocab)
-    model_cfg = DecoderConfig(**{**fields, "vocab_size": extension.vocab_size, "ctc_num_classes": 0, **options})
+    try:
+        model_cfg = DecoderConfig(**{**fields, "vocab_size": extension.vocab_size, "ctc_num_classes": 0, **options})
+    except ValueError as err:  # e.g. heads not a multiple of kv heads: say which file's values they are
+        raise UnsupportedModelError(f"{os.path.join(hf_dir, 'config.json')}: its values do not make a valid "
+                                    f"DecoderConfig: {err}") from None
     checkpoint = SafetensorsCheckpoint(hf_dir)
     sources = hf_layout.leaf_sources(model_cfg, fields["vocab_size"], _weight_prefix(checkpoint.names))
     check_tensors(checkpoint, sources)
@@ -304,6 +308,18 @@ def _check_new_model_dir(model_dir: str) -> None:
                               "import into a new directory")
 
 
+def _read_generation_config(hf_dir: str) -> dict | None:
+    """The source's generation_config.json (EOS lists, pad id, sampling defaults), for export-hf to write back."""
+    path = os.path.join(hf_dir, GENERATION_CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise UnsupportedModelError(f"{path}: not valid JSON ({err})") from None
+
+
 def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool) -> None:
     from slm_jax.training.run_dir import write_run_files
 
@@ -313,7 +329,8 @@ def _write_records(plan: ImportPlan, model_dir: str, seed: int, tokenizer: bool)
         f.write(gin_text)
     record = {"source": os.path.abspath(plan.hf_dir), "family": plan.family, "hf_config": plan.hf_config,
               "vocab": plan.extension.to_json(), "seed": seed, "tokenizer": TOKENIZER_DIR if tokenizer else None,
-              "bos": dataclasses.asdict(plan.bos), "tokens": dataclasses.asdict(plan.tokens)}
+              "bos": dataclasses.asdict(plan.bos), "tokens": dataclasses.asdict(plan.tokens),
+              "generation_config": _read_generation_config(plan.hf_dir)}
     with open(os.path.join(model_dir, IMPORT_RECORD), "w") as f:
         json.dump(record, f, indent=1)
     run_dir.write_bos_record(model_dir, plan.bos.bos_id, plan.bos.source,

@@ -167,6 +167,9 @@ def _refuse(config: dict, where: str, key: str, supported, why: str) -> None:
 
 def _refuse_unsupported(config: dict, family: str, where: str) -> None:
     """Keys whose value the Decoder cannot compute (checked before any weight is read)."""
+    if config.get("quantization_config") is not None:
+        raise UnsupportedModelError(f"{where}: quantization_config is not supported (import-hf reads full-precision "
+                                    "weights; load and dequantize with transformers, save_pretrained, import that)")
     _refuse(config, where, "hidden_act", "silu", "the Decoder's MLP is SwiGLU")
     if family in ("llama", "qwen3"):
         _refuse(config, where, "attention_bias", False, "the Decoder's q/k/v/o projections have no biases in "

@@ -188,7 +188,9 @@ def check_imported_vocabulary(run) -> None:
     if not tf.io.gfile.exists(path):
         return
     with tf.io.gfile.GFile(path) as f:
-        imported = json.load(f).get("vocab") or {}
+        record = json.load(f)
+    imported = record.get("vocab") or {}
+    eos_ids = (record.get("tokens") or {}).get("eos_ids") or []
     if imported.get("layout") in (None, "none"):
         return
     for cfg in filter(None, (run.train_dataset, run.eval_dataset)):
@@ -197,7 +199,7 @@ def check_imported_vocabulary(run) -> None:
         except ValueError:
             continue  # get_dataset raises the detailed "not registered" error
         vocab = getattr(vocab, "real", vocab)  # registration.LazyVocabulary
-        if not hasattr(vocab, "num_units"):
+        if not hasattr(vocab, "text_vocab_size"):  # e.g. the legacy UnitVocabulary (it has num_units too)
             raise ModelDataMismatchError(
                 f"{cfg.mixture_or_task_name!r} uses {type(vocab).__name__}, but {path} was imported with the "
                 f"{imported['layout']!r} speech layout: register the task with a SpeechTextVocabulary of that layout")
@@ -208,8 +210,15 @@ def check_imported_vocabulary(run) -> None:
                 raise ModelDataMismatchError(
                     f"{cfg.mixture_or_task_name!r}: vocabulary {field}={got!r} but {path} has {field}={want!r}; "
                     f"the task must use the imported layout (its text model is the imported tokenizer, "
-                    f"MODEL_DIR/tokenizer; SpeechTextVocabulary(<its SentencePiece model>, num_units=...)) "
+                    f"MODEL_DIR/tokenizer; SpeechTextVocabulary(<its SentencePiece model>, num_units=...), or for a "
+                    f"byte-level tokenizer (Llama 3, Qwen, SmolLM2) and unit-only tasks SpeechTextVocabulary(None, "
+                    f"text_vocab_size=<its text size>, eos_id=<its EOS>, num_units=...)) "
                     f"or ids do not line up with the imported embedding")
+        if eos_ids and not vocab.has_text_model and vocab.eos_id not in eos_ids:
+            log.warning("%r ends every sequence with id %d, an ordinary token of the imported checkpoint, whose EOS "
+                        "ids are %s (%s): build the task's vocabulary with SpeechTextVocabulary(None, ..., eos_id=%d) "
+                        "so sequences end, and generation stops, where the checkpoint's do",
+                        cfg.mixture_or_task_name, vocab.eos_id, eos_ids, path, eos_ids[0])
 
 
 def _first_non_finite(pending: list[tuple[int, Any]]) -> int | None:

@@ -133,6 +133,11 @@ class SpeechTextVocabulary(seqio.Vocabulary):
       text_vocab_size: size of the text block. With a model it must equal the model's piece
         count (a check); without one it reserves that many placeholder ids (0 PAD, 1 EOS,
         2 UNK, the rest undecodable), which lets a unit-only corpus use a text LM's layout.
+      eos_id: without a model, the EOS id inside the placeholder text block (default 1): an
+        imported byte-level LLM's own end-of-text id (Llama 3 `<|end_of_text|>`, Qwen
+        `<|endoftext|>`; `slm-jax import-hf` records it in hf_import.json `tokens.eos_ids`), so
+        sequences end, and generation stops, where the checkpoint's did. With a model the EOS is
+        the model's (ValueError if given).
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         extra_ids: int = 0,
         text_vocab_size: Optional[int] = None,
         num_sentinels: int = 0,
+        eos_id: Optional[int] = None,
     ):
         self._model_bytes, self._model_path = _read_model_bytes(sentencepiece_model)
         self._sp = None  # python SentencePieceProcessor, built lazily
@@ -161,7 +167,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         self._num_units, self._num_pitch, self._num_style = int(num_units), int(num_pitch), int(num_style)
         self._num_sentinels = int(num_sentinels)
         self._langs = self._check_langs(langs)
-        self._init_text_block(text_vocab_size)
+        self._init_text_block(text_vocab_size, eos_id)
         self._model_digest = hashlib.sha256(self._model_bytes).hexdigest() if self._model_bytes else None
         super().__init__(extra_ids=int(extra_ids))
 
@@ -211,7 +217,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
             out.append(lang)
         return tuple(out)
 
-    def _init_text_block(self, text_vocab_size: Optional[int]) -> None:
+    def _init_text_block(self, text_vocab_size: Optional[int], eos_id: Optional[int] = None) -> None:
         if self._model_bytes is None:
             n = _NO_SPM_TEXT_SIZE if text_vocab_size is None else int(text_vocab_size)
             if n < _NO_SPM_TEXT_SIZE:
@@ -219,8 +225,16 @@ class SpeechTextVocabulary(seqio.Vocabulary):
                     f"SpeechTextVocabulary: text_vocab_size must be >= {_NO_SPM_TEXT_SIZE} "
                     f"(PAD, EOS, UNK), got {text_vocab_size}"
                 )
-            self._text_size, self._pad, self._eos, self._unk = n, _NO_SPM_PAD, _NO_SPM_EOS, _NO_SPM_UNK
+            eos = _NO_SPM_EOS if eos_id is None else eos_id
+            if not isinstance(eos, (int, np.integer)) or isinstance(eos, bool) or not 0 < eos < n:
+                raise ValueError(f"SpeechTextVocabulary: eos_id must be an int in [1, text_vocab_size={n}) (0 is PAD), "
+                                 f"got {eos_id!r}")
+            unk = _NO_SPM_UNK if eos != _NO_SPM_UNK else _NO_SPM_EOS  # keep UNK off the EOS id
+            self._text_size, self._pad, self._eos, self._unk = n, _NO_SPM_PAD, int(eos), unk
             return
+        if eos_id is not None:
+            raise ValueError(f"SpeechTextVocabulary: eos_id={eos_id} is for vocabularies without a sentencepiece_model; "
+                             f"{self._model_name()}'s EOS is its own")
         sp = self.sp_processor
         n = sp.get_piece_size()
         if text_vocab_size is not None and int(text_vocab_size) != n:
@@ -789,6 +803,7 @@ class SpeechTextVocabulary(seqio.Vocabulary):
             tuple(x.upper() for x in self._langs),
             self.extra_ids,
             self._num_sentinels,
+            self._eos,
         )
 
     def __eq__(self, other):
@@ -804,7 +819,8 @@ class SpeechTextVocabulary(seqio.Vocabulary):
         return (
             f"SpeechTextVocabulary(sentencepiece_model={model!r}, text_vocab_size={self._text_size}, "
             f"num_units={self._num_units}, num_pitch={self._num_pitch}, num_style={self._num_style}, "
-            f"langs={list(self._langs)}, num_sentinels={self._num_sentinels}, extra_ids={self.extra_ids})"
+            f"langs={list(self._langs)}, num_sentinels={self._num_sentinels}, extra_ids={self.extra_ids}"
+            + (f", eos_id={self._eos})" if self._model_bytes is None and self._eos != _NO_SPM_EOS else ")")
         )
 
 
