@@ -88,3 +88,9 @@ def test_data_show_renders_context_targets_and_spans():
                      "spans:   <extra_id_0> = [Hu3][Hu4] | <extra_id_1> = [Hu6][Hu7]"]
     plain = [v.speech_marker_id, *u(1, 2), v.eos_id]
     assert inspect_data.render_with_loss(v, np.asarray(plain), np.ones(4), colour=False) == ["[Speech][Hu1][Hu2]"]
+
+
+def test_invisible_spans_are_quoted():
+    """A span that renders empty or as bare spaces (e.g. only SentencePiece's word-start piece) is quoted."""
+    assert [inspect_data._shown(s) for s in ("[Hu3]", "", " ", " the", "the cat")] == \
+        ["[Hu3]", "''", "' '", "' the'", "the cat"]

@@ -3,7 +3,8 @@
 `show` decodes the first examples with each modality told apart (ANSI colours on a
 terminal, SpiritLM-style tags otherwise); an example whose loss mask leaves tokens out
 (prompts, denoising) is shown as its context and its loss-weighted targets, and a
-span-corrupted one also lists each sentinel (`<extra_id_N>`) with the span it stands for; `stats` counts tokens per task and modality;
+span-corrupted one also lists each sentinel (`<extra_id_N>`) with the span it stands for;
+`stats` counts tokens per task and modality;
 `rates_for_token_shares` turns wanted token shares into mixture rates, the comparison
 the cross-lingual paper makes under matched training-token budgets.
 """
@@ -67,9 +68,14 @@ def render_with_loss(vocab, ids: np.ndarray, loss_mask: np.ndarray, colour: bool
     lines = [f"context: {render_example(vocab, context, colour)}", f"targets: {render_example(vocab, part, colour)}"]
     if hasattr(vocab, "is_sentinel") and vocab.is_sentinel(part).any():
         spans = spans_of(part, lambda i: bool(vocab.is_sentinel(i)))
-        lines.append("spans:   " + " | ".join(f"{vocab.id_to_tag(s)} = {render_example(vocab, np.asarray(span), colour)}"
-                                             for s, span in spans))
+        shown = (f"{vocab.id_to_tag(s)} = {_shown(render_example(vocab, np.asarray(span), colour))}" for s, span in spans)
+        lines.append("spans:   " + " | ".join(shown))
     return lines
+
+
+def _shown(rendered: str) -> str:
+    """A span as rendered, quoted when it would be invisible (empty, or only SentencePiece's word-start space)."""
+    return rendered if rendered and rendered.strip() == rendered else repr(rendered)
 
 
 def example_stats(vocab, ids: np.ndarray) -> dict[str, int]:

@@ -269,8 +269,8 @@ def write_tokenizer(model_dir: str, record: dict | None, out_dir: str) -> str:
         src = os.path.join(model_dir, record["tokenizer"])
         for path in glob.glob(os.path.join(src, "*")):
             shutil.copy2(path, out_dir)
-        line = f"tokenizer: {src} (speech tokens at their ids)"
         tags = VocabExtension.from_json(record["vocab"]).new_tokens()
+        line = f"tokenizer: {src}" + (" (speech tokens at their ids)" if tags else " (the source's, unchanged)")
         if tags and span_parity_pipeline(out_dir, tags):
             line += f"; set to slm_jax's text-span rule (tokenizer_config.json slm_jax_text_spans: {SPAN_RULE})"
         return line

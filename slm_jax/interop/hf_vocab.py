@@ -63,6 +63,8 @@ class VocabExtension:
         defaults to 128 with speech, none without."""
         if layout == "spiritlm":
             num_units, num_pitch, num_style, langs = 501, 64, 100, ()
+        if layout == "none":  # no speech ids: record no stream sizes
+            num_units, num_pitch, num_style, langs = 0, 0, 0, ()
         if layout == "none" and num_sentinels:
             raise VocabLayoutError("--num_sentinels needs a speech layout (--vocab_layout=speech or spiritlm): the "
                                    "sentinels follow the speech tokens")
