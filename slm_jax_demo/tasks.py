@@ -117,28 +117,39 @@ def speech_only_with_ctc(dataset, vocabulary, max_chars=CTC_MAX_CHARS, dedup=Tru
                                   passthrough=("ctc_targets",))
 
 
-for _lang in LANGS:
+def _speech_task(name, lang, vocabulary, *then):
+    """Speech-only examples (deduplicated units) of one language, then the preprocessors `then`."""
     register_corpus_task(
-        f"spoken_demo_speech_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only_batches, vocabulary=SPEECH_VOCAB, dedup=True)],
-        SPEECH_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
+        name, _speech_files(lang),
+        [functools.partial(interleave.speech_only_batches, vocabulary=vocabulary, dedup=True), *then],
+        vocabulary, features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
+
+
+def _text_task(name, lang, vocabulary, *then):
+    """Text-only examples (the transcripts' SentencePiece ids) of one language, then `then`."""
+    register_corpus_task(
+        name, _speech_files(lang), [functools.partial(interleave.text_only_batches, vocabulary=vocabulary), *then],
+        vocabulary, features=TEXT_FIELDS, root_fn=_ROOT, batched=True)
+
+
+def _crosslingual_task(name, vocabulary):
+    """Sentence-level EN<->FR interleaving of the paired records, strict alternation."""
+    register_corpus_task(
+        name, PAIRED_FILES,
+        [functools.partial(interleave.crosslingual_interleave_batches, vocabulary=vocabulary, switch_prob=1.0)],
+        vocabulary, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT, batched=True)
+
+
+for _lang in LANGS:
+    _speech_task(f"spoken_demo_speech_{_lang}", _lang, SPEECH_VOCAB)
     register_corpus_task(
         f"spoken_demo_interleaved_{_lang}", _speech_files(_lang),
         [functools.partial(word_interleave.word_interleave_batches, vocabulary=TEXT_VOCAB, policy="poisson")],
         TEXT_VOCAB, features=WORD_FIELDS, root_fn=_ROOT, batched=True)
-    register_corpus_task(
-        f"spoken_demo_text_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.text_only_batches, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=TEXT_FIELDS,
-        root_fn=_ROOT, batched=True)
-    register_corpus_task(
-        f"spoken_demo_speech_tv_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only_batches, vocabulary=TEXT_VOCAB, dedup=True)], TEXT_VOCAB,
-        features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
+    _text_task(f"spoken_demo_text_{_lang}", _lang, TEXT_VOCAB)
+    _speech_task(f"spoken_demo_speech_tv_{_lang}", _lang, TEXT_VOCAB)
 
-register_corpus_task(
-    "spoken_demo_crosslingual", PAIRED_FILES,
-    [functools.partial(interleave.crosslingual_interleave_batches, vocabulary=SPEECH_VOCAB, switch_prob=1.0)],
-    SPEECH_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT, batched=True)
+_crosslingual_task("spoken_demo_crosslingual", SPEECH_VOCAB)
 register_corpus_task(
     "spoken_demo_asr_en", _speech_files("en"),
     [functools.partial(task_formats.format_asr, vocabulary=TEXT_VOCAB)], TEXT_VOCAB, features=ASR_FIELDS,
@@ -154,25 +165,12 @@ register_corpus_task(
     features=ASR_FIELDS, root_fn=_ROOT, split_long_examples=False)  # a transcript belongs to the whole utterance
 
 # --- denoising (span corruption / UL2) ------------------------------------------------------
+_denoise = functools.partial(span_corruption.denoise_batches, vocabulary=DENOISE_VOCAB)  # gin's denoisers
 for _lang in LANGS:
-    register_corpus_task(
-        f"spoken_demo_denoise_speech_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only_batches, vocabulary=DENOISE_VOCAB, dedup=True),
-         functools.partial(span_corruption.denoise_batches, vocabulary=DENOISE_VOCAB)],
-        DENOISE_VOCAB, features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
-    register_corpus_task(
-        f"spoken_demo_denoise_text_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.text_only_batches, vocabulary=DENOISE_VOCAB),
-         functools.partial(span_corruption.denoise_batches, vocabulary=DENOISE_VOCAB)],
-        DENOISE_VOCAB, features=TEXT_FIELDS, root_fn=_ROOT, batched=True)
-    register_corpus_task(
-        f"spoken_demo_lm_speech_{_lang}", _speech_files(_lang),
-        [functools.partial(interleave.speech_only_batches, vocabulary=DENOISE_VOCAB, dedup=True)], DENOISE_VOCAB,
-        features=SPEECH_FIELDS, root_fn=_ROOT, batched=True)
-register_corpus_task(
-    "spoken_demo_lm_crosslingual", PAIRED_FILES,
-    [functools.partial(interleave.crosslingual_interleave_batches, vocabulary=DENOISE_VOCAB, switch_prob=1.0)],
-    DENOISE_VOCAB, feature_description=corpus.PAIRED_TFRECORD_FEATURES, root_fn=_ROOT, batched=True)
+    _speech_task(f"spoken_demo_denoise_speech_{_lang}", _lang, DENOISE_VOCAB, _denoise)
+    _text_task(f"spoken_demo_denoise_text_{_lang}", _lang, DENOISE_VOCAB, _denoise)
+    _speech_task(f"spoken_demo_lm_speech_{_lang}", _lang, DENOISE_VOCAB)
+_crosslingual_task("spoken_demo_lm_crosslingual", DENOISE_VOCAB)
 
 register_mixture("spoken_demo_mixed", ["spoken_demo_speech_en", "spoken_demo_speech_fr"])
 register_mixture("spoken_demo_xl_mix", [("spoken_demo_crosslingual", 2.0), ("spoken_demo_speech_en", 1.0),

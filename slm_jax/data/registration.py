@@ -516,10 +516,7 @@ def register_corpus_task(
 def reads_sequence_length(preprocessor: Callable) -> bool:
     """Whether a (possibly `functools.partial`) preprocessor takes SeqIO's `sequence_length` argument
     without having it bound already."""
-    fn, bound = preprocessor, set()
-    while isinstance(fn, functools.partial):
-        bound |= set(fn.keywords)
-        fn = fn.func
+    fn, _, bound = prep.unwrap_partial(preprocessor)
     try:
         parameters = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -528,9 +525,8 @@ def reads_sequence_length(preprocessor: Callable) -> bool:
 
 
 def _name(preprocessor: Callable) -> str:
-    while isinstance(preprocessor, functools.partial):
-        preprocessor = preprocessor.func
-    return getattr(preprocessor, "__qualname__", repr(preprocessor))
+    fn = prep.unwrap_partial(preprocessor)[0]
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 def _finish_batches(batches: tf.data.Dataset, sequence_length=None, split_long_examples: bool = True):

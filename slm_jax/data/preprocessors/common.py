@@ -303,12 +303,18 @@ def declare_fields(preprocessor: Callable, fields_fn: Callable[[Mapping], Sequen
     return preprocessor
 
 
-def required_fields(preprocessor: Callable) -> tuple[str, ...] | None:
-    """The record fields a (possibly `functools.partial`) preprocessor declared (`declare_fields`),
-    for its arguments; None when it declared none."""
+def unwrap_partial(preprocessor: Callable) -> tuple[Callable, tuple, dict]:
+    """(function, bound positional args, bound keyword args) of a possibly nested `functools.partial`."""
     fn, args, kwargs = preprocessor, (), {}
     while isinstance(fn, functools.partial):
         args, kwargs, fn = fn.args + args, {**fn.keywords, **kwargs}, fn.func
+    return fn, args, kwargs
+
+
+def required_fields(preprocessor: Callable) -> tuple[str, ...] | None:
+    """The record fields a (possibly `functools.partial`) preprocessor declared (`declare_fields`),
+    for its arguments; None when it declared none."""
+    fn, args, kwargs = unwrap_partial(preprocessor)
     fields_fn = getattr(fn, "required_fields", None)
     if fields_fn is None:
         return None

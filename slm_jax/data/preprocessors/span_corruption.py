@@ -67,7 +67,8 @@ import seqio
 import tensorflow as tf
 
 from slm_jax.contract import ALIGNED_TASK_FEATURES, MODALITY_MARKER
-from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, vectorized
+from slm_jax.data.preprocessors.common import DEFAULT_BATCH_RECORDS, as_ragged, unwrap_partial, vectorized
+from slm_jax.data.preprocessors.interleave import _vocab
 from slm_jax.data.tokenizers.token_space import sentinel_block
 from slm_jax.gin_utils import ConfigError
 
@@ -166,12 +167,8 @@ def gin_denoisers_of(task) -> list[dict] | None:
     """The gin-configured denoisers (`denoising()`, as dicts) when one of `task`'s preprocessors
     reads them (`denoise_batches` / `denoise` without their own `denoisers`), else None: what a
     resume compares (another rule changes the data stream)."""
-    import functools
     for preprocessor in getattr(task, "preprocessors", ()):
-        fn, bound = preprocessor, {}
-        while isinstance(fn, functools.partial):
-            bound = {**fn.keywords, **bound}
-            fn = fn.func
+        fn, _, bound = unwrap_partial(preprocessor)
         if fn in (denoise_batches, denoise) and bound.get("denoisers") is None:
             return [dataclasses.asdict(d) for d in denoising()]
     return None
@@ -189,10 +186,13 @@ def max_body_lengths(length: int, denoisers: Sequence[Denoiser]) -> np.ndarray:
     return out
 
 
-def check_sentinel_budget(length: int, denoisers: Sequence[Denoiser], num_sentinels: int) -> None:
-    """ConfigError when a chunk at sequence length `length` may need more sentinels than exist."""
-    for d in denoisers:
-        n = int(max_body_lengths(length - 1, [d])[-1]) if length > 1 else 0
+def check_sentinel_budget(length: int, denoisers: Sequence[Denoiser], num_sentinels: int,
+                          tables: np.ndarray | None = None) -> None:
+    """ConfigError when a chunk at sequence length `length` may need more sentinels than exist.
+    `tables`: each denoiser's `max_body_lengths(length, [d])`, when already computed."""
+    for i, d in enumerate(denoisers):
+        table = max_body_lengths(length, [d]) if tables is None else tables[i]
+        n = int(table[length - 1]) if length > 1 else 0  # the largest chunk: a prefix of 0 markers + EOS
         if d.spans(n) > num_sentinels:
             raise ConfigError(
                 f"{WHO}: at sequence length {length} a chunk of {n} tokens gets {d.spans(n)} spans under {d}, but the "
@@ -211,7 +211,7 @@ def denoise_batches(batches: tf.data.Dataset, sequence_length: Mapping[str, int]
     cut (`patch_ids`); in the graph, a tf.debugging.Assert names examples that do not end with
     EOS, carry a loss mask with zeros, have a prefix that leaves no room, or (without a
     sequence length) need more sentinels than exist."""
-    vocabulary = _vocab(vocabulary, output_features)
+    vocabulary = _vocab(vocabulary, output_features, WHO)
     denoisers = denoising() if denoisers is None else as_denoisers(denoisers)
     first_sentinel, num_sentinels = sentinel_block(vocabulary)
     if not num_sentinels and any(d.kind == "span" for d in denoisers):
@@ -225,8 +225,8 @@ def denoise_batches(batches: tf.data.Dataset, sequence_length: Mapping[str, int]
     length = (sequence_length or {}).get("targets")
     if length is not None:
         length = int(length)
-        check_sentinel_budget(length, denoisers, num_sentinels)
         tables = np.stack([max_body_lengths(length, [d]) for d in denoisers])
+        check_sentinel_budget(length, denoisers, num_sentinels, tables)
     else:
         tables = None
     return _denoise_batch(batches, vocabulary=vocabulary, denoisers=denoisers, tables=tables,
@@ -244,8 +244,8 @@ def _denoise_batch(batch, seed, vocabulary, denoisers, tables, sentinel_hi, num_
     flat = tf.cast(targets.flat_values, tf.int32)
     is_marker = tf.equal(vocabulary.modality_ids_tf(flat), MODALITY_MARKER)
     # prefix: the leading run of markers, never the last token (EOS)
-    index_in_row = tf.range(tf.size(flat, out_type=tf.int64)) - tf.repeat(targets.row_starts(), sizes)
-    first_plain = tf.math.unsorted_segment_min(tf.where(is_marker, tf.int64.max, index_in_row),
+    token_in_row = tf.range(tf.size(flat, out_type=tf.int64)) - tf.repeat(targets.row_starts(), sizes)
+    first_plain = tf.math.unsorted_segment_min(tf.where(is_marker, tf.int64.max, token_in_row),
                                                targets.value_rowids(), num_rows)
     leading = tf.minimum(first_plain, sizes)  # rows of markers only: their length
     prefix_len = tf.minimum(leading, tf.maximum(sizes - 1, 0))
@@ -442,15 +442,6 @@ def _assemble(x, mask, rows, num_chunks, uses_sentinels, sentinel_hi) -> dict:
         tf.where(first_of_span, tf.gather(sentinel, source), tf.gather(x, source)), tf.gather(rows, source),
         nrows=num_chunks)
     return {"input": corrupted, "targets": spans, "spans": starts_per_chunk}
-
-
-def _vocab(vocabulary, output_features):
-    if vocabulary is None and output_features is not None and "targets" in output_features:
-        vocabulary = output_features["targets"].vocabulary
-    if vocabulary is None or not hasattr(vocabulary, "modality_ids_tf"):
-        raise ValueError(f"{WHO}: vocabulary must be a SpeechTextVocabulary (argument `vocabulary` or "
-                         f"output_features['targets'].vocabulary), got {type(vocabulary).__name__}")
-    return vocabulary
 
 
 # --- named forms ---------------------------------------------------------------------------------
